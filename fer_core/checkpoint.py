@@ -1,0 +1,80 @@
+"""Atomic checkpoints that carry everything needed to resume, evaluate or predict.
+
+A checkpoint is one dict: model, optimizer, scheduler (and grad-scaler) state, epoch, best metric, the
+resolved config, class names, the preprocessing contract and the epoch history. It is written to a
+temporary file in the same folder and renamed over the target, so a crash mid-write leaves the previous
+file intact. Loading uses ``weights_only=True``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "fer_core.checkpoint/1"
+REQUIRED = ("format", "model", "config", "class_names", "preprocess", "epoch")
+
+
+def _atomic(target: Path, write) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` (a dict of tensors, numbers, strings, lists, dicts) atomically to ``path``.
+
+    Args:
+        state: the checkpoint dict; "format" is added.
+        path: target file (its folder is created).
+    """
+    target = Path(path)
+    _atomic(target, lambda f: torch.save({**state, "format": FORMAT}, f))
+    return target
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Atomically copy a checkpoint file (best.pt from last.pt without serialising twice)."""
+    target = Path(dst)
+    with open(src, "rb") as s:
+        _atomic(target, lambda f: shutil.copyfileobj(s, f))
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a fer_core checkpoint safely.
+
+    Args:
+        path: a .pt written by ``save_checkpoint``.
+        map_location: where tensors go.
+
+    Raises:
+        CheckpointError: missing file, not a torch file, or not a fer_core checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found; pass a last.pt/best.pt written by fer_core")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises pickle, zip and runtime errors alike for junk
+        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}); pass a last.pt/best.pt written by fer_core") from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+        raise CheckpointError(f"{p}: not a fer_core checkpoint (no {', '.join(k for k in REQUIRED if not isinstance(state, dict) or k not in state)}); "
+                              "for a plain weights file use the 'weights' config key instead")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{p}: checkpoint format {state['format']!r} is not {FORMAT!r}; retrain or use the fer_core version that wrote it")
+    return state

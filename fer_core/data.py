@@ -1,0 +1,324 @@
+"""Dataset layout checks, a decode-once uint8 cache, and the training/evaluation data pipeline.
+
+Flow: ``scan_split`` walks an ImageFolder split and checks its layout (fast, stat only) ->
+``load_split`` decodes every image once into a uint8 array cached on disk (keyed by the files' paths,
+sizes, mtimes and the target size) -> ``FerDataset`` serves (augmented) uint8 images to a DataLoader.
+Normalisation happens later, batched on the device (``preprocess.Preprocess``), because moving uint8 is
+4x cheaper than float and the arithmetic is nearly free there.
+
+Every problem is found here, before training: DataLoader workers only index an in-memory array, so they
+cannot hit an unreadable file mid-epoch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Alphabetical, which is also ImageFolder's order: label i is CLASS_NAMES[i].
+CLASS_NAMES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+# Bump when the cache's content or format changes, so old caches are never read as new ones.
+CACHE_VERSION = 1
+
+
+@dataclass
+class SplitFiles:
+    """The image files of one split, as found on disk (nothing decoded yet)."""
+
+    root: Path
+    split: str
+    classes: tuple[str, ...]
+    paths: list[Path]
+    labels: list[int]
+
+
+@dataclass
+class SplitData:
+    """A decoded split: ``images`` is uint8 N×H×W (gray) or N×H×W×3, ``labels`` int64 N."""
+
+    split: str
+    classes: tuple[str, ...]
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    skipped: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+
+def _visible(p: Path) -> bool:
+    # Hidden files (.DS_Store, editor swap files, our own cache folders) are never data.
+    return not p.name.startswith(".")
+
+
+def scan_split(root: str | os.PathLike, split: str, classes: Sequence[str] = CLASS_NAMES) -> SplitFiles:
+    """Find a split's image files and check the layout.
+
+    Args:
+        root: dataset root holding ``split``/<class>/ folders.
+        split: "train", "val" or "test".
+        classes: the class folder names that must be present, in label order.
+
+    Raises:
+        DataError: root or split missing, a class folder missing, unexpected or empty, or a file that is
+            not an image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found; pass --data pointing at a folder with train/ and val/ inside")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: split folder missing; the dataset root needs train/ and val/ (test/ optional), each with the class folders {', '.join(classes)}")
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and _visible(p))
+    extra = [c for c in found if c not in classes]
+    if extra:
+        raise DataError(f"{split_dir / extra[0]}: unexpected class folder '{extra[0]}'; only {', '.join(classes)} are allowed: rename or remove it")
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise DataError(f"{split_dir / missing[0]}: class folder missing; create it and put that class's images in it (every split needs all of {', '.join(classes)})")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = split_dir / name
+        files = sorted(
+            p for p in class_dir.rglob("*")
+            if p.is_file() and _visible(p) and all(_visible(q) for q in p.relative_to(class_dir).parents if str(q) != ".")
+        )
+        for p in files:
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DataError(f"{p}: not an image file ({p.suffix or 'no extension'}); move it out of the class folder (images must be one of {' '.join(IMAGE_EXTENSIONS)})")
+        if not files:
+            raise DataError(f"{class_dir}: class folder is empty; add at least one image of '{name}'")
+        paths += files
+        labels += [label] * len(files)
+    return SplitFiles(root, split, tuple(classes), paths, labels)
+
+
+def decode_image(path: str | os.PathLike, img_size: int, grayscale: bool) -> np.ndarray:
+    """Decode one image file to a uint8 array of img_size×img_size (×3 when not grayscale).
+
+    Any mode (RGBA, palette, CMYK, 16-bit, gray) is converted; non-square images are resized to a square
+    (face crops are near-square already, and a crop would lose chin or brows).
+
+    Raises:
+        OSError, ValueError, SyntaxError, Image.DecompressionBombError: unreadable image (callers decide).
+    """
+    with Image.open(path) as im:
+        # draft() lets the JPEG decoder downscale by powers of two while decoding: far faster for big photos.
+        im.draft("L" if grayscale else "RGB", (img_size, img_size))
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16/32-bit gray: scale to 8 bits by the real range instead of clipping to white.
+            arr = np.asarray(im, dtype=np.float32)
+            hi = float(arr.max()) or 1.0
+            im = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            # Composite transparency onto white rather than letting transparent pixels turn black.
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        im = im.convert("L" if grayscale else "RGB")
+        if im.size != (img_size, img_size):
+            im = im.resize((img_size, img_size), Image.BICUBIC, reducing_gap=2.0)
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get("FER_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "fer_core"
+
+
+def _cache_key(files: SplitFiles, img_size: int, grayscale: bool) -> str:
+    h = hashlib.sha256()
+    h.update(f"v{CACHE_VERSION}|{img_size}|{int(grayscale)}|{','.join(files.classes)}|".encode())
+    for p, label in zip(files.paths, files.labels):
+        st = p.stat()
+        h.update(f"{p.relative_to(files.root)}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _decode_all(files: SplitFiles, img_size: int, grayscale: bool, strict: bool) -> SplitData:
+    shape = (img_size, img_size) if grayscale else (img_size, img_size, 3)
+    images = np.empty((len(files.paths),) + shape, dtype=np.uint8)
+    keep, skipped = [], []
+    for i, p in enumerate(files.paths):
+        try:
+            images[len(keep)] = decode_image(p, img_size, grayscale)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, UnidentifiedImageError) as e:
+            if strict:
+                raise DataError(f"{p}: corrupt or truncated image ({e}); replace or delete it (or set strict: false to skip such files)") from None
+            skipped.append(str(p))
+            continue
+        keep.append(i)
+    if skipped:
+        shown = "; ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else "")
+        warnings.warn(f"{files.root / files.split}: skipped {len(skipped)} corrupt or truncated image(s): {shown}", stacklevel=3)
+    labels = np.asarray([files.labels[i] for i in keep], dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(files.classes))
+    for c, n in enumerate(counts):
+        if n == 0:
+            raise DataError(f"{files.root / files.split / files.classes[c]}: no readable image left after skipping corrupt files; add valid images")
+    return SplitData(files.split, files.classes, images[: len(keep)], labels,
+                     [str(files.paths[i].relative_to(files.root)) for i in keep], skipped)
+
+
+def load_split(
+    root: str | os.PathLike,
+    split: str,
+    img_size: int,
+    grayscale: bool = True,
+    strict: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    classes: Sequence[str] = CLASS_NAMES,
+) -> SplitData:
+    """Check, decode (once) and return a split as uint8 arrays.
+
+    The decoded array is cached as ``<cache_dir>/<key>.npy`` plus ``<key>.json``; the key covers every
+    file's relative path, size and mtime, the target size and colour mode, so any change re-decodes.
+    An exclusive file lock makes two processes (trials on one node) decode once between them, and both
+    files are written to temporary names and renamed into place, so a reader never sees half a cache.
+
+    Args:
+        root: dataset root.
+        split: split folder name.
+        img_size: square size to resize to.
+        grayscale: decode as 1-channel.
+        strict: raise on a corrupt image instead of warning and skipping it.
+        cache_dir: cache folder (None: $FER_CACHE_DIR or ~/.cache/fer_core).
+        classes: expected class folder names in label order.
+
+    Raises:
+        DataError: see ``scan_split``; corrupt files when ``strict``.
+    """
+    files = scan_split(root, split, classes)
+    cache = Path(cache_dir) if cache_dir else _default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{cache}: cannot create the image cache folder ({e.strerror}); set cache_dir or $FER_CACHE_DIR to a writable folder") from None
+    key = _cache_key(files, img_size, grayscale)
+    npy, meta_path = cache / f"{split}-{key}.npy", cache / f"{split}-{key}.json"
+    with open(cache / f"{split}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until the with-block ends; released by the OS on crash
+        if meta_path.exists() and npy.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta["skipped"]:
+                if strict:
+                    raise DataError(f"{meta['skipped'][0]}: corrupt or truncated image; replace or delete it (or set strict: false to skip such files)")
+                warnings.warn(f"{Path(root) / split}: skipped {len(meta['skipped'])} corrupt or truncated image(s): {'; '.join(meta['skipped'][:20])}", stacklevel=2)
+            # mmap: trials on one node share the page cache instead of each holding a copy.
+            images = np.load(npy, mmap_mode="r")
+            return SplitData(split, tuple(meta["classes"]), images, np.asarray(meta["labels"], dtype=np.int64), meta["paths"], meta["skipped"])
+        log.info("decoding %d images of %s/%s at %d px into %s", len(files.paths), root, split, img_size, npy)
+        data = _decode_all(files, img_size, grayscale, strict)
+        for target, write in ((npy, lambda f: np.save(f, data.images)),
+                              (meta_path, lambda f: f.write(json.dumps({"classes": list(data.classes), "labels": data.labels.tolist(), "paths": data.paths, "skipped": data.skipped}).encode()))):
+            fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.")
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' jobs on a shared node read it too
+            os.replace(tmp, target)  # the .json goes last: its presence marks a complete cache
+        return data
+
+
+def stratified_indices(labels: np.ndarray, max_samples: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-stratified subset of at most ``max_samples`` (each class keeps its share, >= 1).
+
+    Args:
+        labels: int labels of the full split.
+        max_samples: subset size; 0 or >= len(labels) keeps everything.
+        seed: the subset is part of the data definition, so it has its own seed (not the training seed).
+    """
+    n = len(labels)
+    if max_samples <= 0 or max_samples >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(labels)
+    out = []
+    for c, count in enumerate(counts):
+        if count == 0:
+            continue
+        take = max(1, int(round(max_samples * count / n)))
+        idx = np.flatnonzero(labels == c)
+        out.append(rng.choice(idx, size=min(take, count), replace=False))
+    return np.sort(np.concatenate(out))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` pairs in a seeded per-epoch shuffle.
+
+    Carrying the epoch inside each key lets the dataset seed every sample's augmentation from
+    (seed, epoch, index): the same run gives the same images whether it was resumed or not, and
+    whichever worker process draws the sample.
+    """
+
+    def __init__(self, n: int, seed: int, num_samples: int | None = None):
+        self.n, self.seed, self.epoch = n, seed, 0
+        self.num_samples = num_samples or n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        reps = -(-self.num_samples // self.n)  # ceil: a capped epoch may need more than one pass
+        order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])[: self.num_samples]
+        return iter([(self.epoch, int(i)) for i in order])
+
+
+class FerDataset(torch.utils.data.Dataset):
+    """Serves (uint8 image tensor, label) from a decoded split, augmented when a transform is given.
+
+    Args:
+        data: the decoded split.
+        indices: which rows to use (a subset), default all.
+        transform: an albumentations Compose (or None for evaluation).
+        seed: base seed of the per-sample augmentation randomness.
+    """
+
+    def __init__(self, data: SplitData, indices: np.ndarray | None = None, transform=None, seed: int = 0):
+        self.images, self.labels = data.images, data.labels
+        self.indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+        self.transform, self.seed = transform, seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        row = int(self.indices[i])
+        img = np.asarray(self.images[row])
+        if self.transform is not None:
+            # Reseeding per sample costs a few microseconds and buys exact reproducibility (see EpochSampler).
+            self.transform.set_random_seed((self.seed * 1_000_003 + epoch * 65_537 + row) % (2**32))
+            img = self.transform(image=img)["image"]
+        return torch.from_numpy(np.ascontiguousarray(img)), int(self.labels[row])
+
+
+def iter_batches(data: SplitData, indices: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Plain sequential (uint8 images, labels) batches for evaluation: no workers, no per-sample calls."""
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        yield torch.from_numpy(np.ascontiguousarray(data.images[idx])), torch.from_numpy(data.labels[idx])

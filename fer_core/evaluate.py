@@ -1,0 +1,110 @@
+"""Evaluate a checkpoint on any split and save the metrics as JSON.
+
+    python -m fer_core.evaluate CHECKPOINT --data DIR --split test [--out metrics.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import engine
+from .checkpoint import load_checkpoint
+from .data import iter_batches, load_split
+from .errors import CheckpointError, FerError
+from .model import build_model
+from .preprocess import Preprocess
+from .runtime import Runtime, resolve_runtime
+
+
+def load_model(path, runtime: Runtime | None = None):
+    """Rebuild the model a checkpoint was trained with.
+
+    Args:
+        path: a fer_core checkpoint.
+        runtime: device settings (default: auto).
+
+    Returns:
+        (model in eval mode on the device, Preprocess, class names, checkpoint dict).
+
+    Raises:
+        CheckpointError: not a fer_core checkpoint, or its weights do not fit its own config.
+    """
+    runtime = runtime or resolve_runtime()
+    state = load_checkpoint(path)
+    cfg = state["config"]
+    model = build_model(cfg["model"], num_classes=len(state["class_names"]), drop_rate=cfg.get("drop_rate", 0.0))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit model {cfg['model']} ({str(e).splitlines()[0]}); the checkpoint is damaged") from None
+    model.to(runtime.device).eval()
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, Preprocess.from_dict(state["preprocess"]), list(state["class_names"]), state
+
+
+def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 256, runtime: Runtime | None = None,
+                        cache_dir: str | None = None, return_probs: bool = False) -> dict:
+    """Evaluate a checkpoint on ``data/split``, with the checkpoint's own preprocessing.
+
+    Args:
+        path: checkpoint file.
+        data: dataset root.
+        split: split folder (val, test, train).
+        batch_size: evaluation batch size.
+        runtime: device settings (default: auto).
+        cache_dir: decoded-image cache folder (None: default).
+        return_probs: include "probs"/"labels" arrays.
+
+    Returns:
+        Metrics with keys prefixed by ``split_`` plus "checkpoint", "split", "epoch".
+    """
+    runtime = runtime or resolve_runtime()
+    model, pre, classes, state = load_model(path, runtime)
+    split_data = load_split(data, split, pre.img_size, pre.grayscale, cache_dir=cache_dir, classes=classes)
+    out = engine.evaluate(model, iter_batches(split_data, np.arange(len(split_data)), batch_size), pre, runtime,
+                          classes, prefix=f"{split}_", return_probs=return_probs)
+    out.update({"checkpoint": str(path), "split": split, "epoch": int(state["epoch"])})
+    return out
+
+
+def format_metrics(m: dict, split: str) -> str:
+    """A readable table of a split's metrics."""
+    lines = [f"{split}: accuracy {m[f'{split}_accuracy']:.4f}  balanced {m[f'{split}_balanced_accuracy']:.4f}  "
+             f"macro-F1 {m[f'{split}_macro_f1']:.4f}  loss {m[f'{split}_loss']:.4f}  ({m[f'{split}_samples']} images)",
+             f"{'class':<10}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>7}"]
+    for c in m[f"{split}_support"]:
+        lines.append(f"{c:<10}{m[f'{split}_per_class_precision'][c]:>10.3f}{m[f'{split}_per_class_recall'][c]:>8.3f}"
+                     f"{m[f'{split}_per_class_f1'][c]:>8.3f}{m[f'{split}_support'][c]:>7d}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fer_core.evaluate", description="Evaluate a fer_core checkpoint on a split and save metrics JSON.")
+    p.add_argument("checkpoint", help="best.pt / last.pt written by fer_core")
+    p.add_argument("--data", required=True, help="dataset root holding the split folder")
+    p.add_argument("--split", default="val", help="split folder to evaluate (val, test, ...); default val")
+    p.add_argument("--out", help="metrics JSON path (default: <checkpoint folder>/<split>_metrics.json)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = p.parse_args(argv)
+    try:
+        m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, resolve_runtime(args.device))
+    except FerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"{args.split}_metrics.json"
+    out.write_text(json.dumps(m, indent=1))
+    print(format_metrics(m, args.split))
+    print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

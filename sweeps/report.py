@@ -1,0 +1,274 @@
+"""Turn a finished sweep into STORAGE/NAME/report/: winner checkpoint, metrics, plots and report.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from fer_core import viz
+from fer_core.config import config_to_dict, make_config
+from fer_core.data import load_split
+from fer_core.evaluate import evaluate_checkpoint
+from fer_core.runtime import resolve_runtime
+
+from .settings import SweepSettings
+
+# Columns of Ray's per-epoch rows that the plots and tables use.
+_ROW_KEYS = ("training_iteration", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+             "val_balanced_accuracy", "val_macro_f1", "epoch_seconds", "images_per_s")
+
+
+def _rows(result) -> list[dict]:
+    df = result.metrics_dataframe
+    if df is None or df.empty:
+        return []
+    cols = [c for c in _ROW_KEYS if c in df.columns]
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in df[cols].to_dict("records")]
+
+
+def collect_trials(results, settings: SweepSettings) -> list[dict]:
+    """One dict per trial: id, params, status, per-epoch history, best/last metric, early stop, error.
+
+    Args:
+        results: Ray Tune ResultGrid of the sweep.
+        settings: the sweep settings (metric, mode, max epochs).
+    """
+    searched = [p.name for p in settings.search_space]
+    sign = 1 if settings.mode == "max" else -1
+    trials = []
+    for res in results:
+        hist = _rows(res)
+        values = [r[settings.metric] for r in hist if settings.metric in r and not _nan(r[settings.metric])]
+        error = res.error
+        trials.append({
+            "trial_id": (res.metrics or {}).get("trial_id") or Path(res.path).name,
+            "params": {k: res.config.get(k) for k in searched},
+            "status": "ERROR" if error else "TERMINATED",
+            "error": f"{type(error).__name__}: {_first_line(error)}" if error else "",
+            "history": hist,
+            "epochs": len(hist),
+            "best": max(values, key=lambda v: sign * v) if values else math.nan,
+            "last": values[-1] if values else math.nan,
+            "stopped_early": not error and len(hist) < settings.scheduler.max_epochs,
+            "path": res.path,
+        })
+    return trials
+
+
+def _nan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _first_line(error) -> str:
+    # Ray wraps trial exceptions; the root cause's own message is the useful line.
+    cause = error
+    while getattr(cause, "__cause__", None) is not None:
+        cause = cause.__cause__
+    lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(cause).__name__
+
+
+def pick_best(trials: list[dict], settings: SweepSettings) -> dict | None:
+    """The trial with the best metric at any epoch (ASHA-stopped trials included), or None if all failed."""
+    ok = [t for t in trials if t["status"] != "ERROR" and not _nan(t["best"])]
+    if not ok:
+        return None
+    sign = 1 if settings.mode == "max" else -1
+    return max(ok, key=lambda t: sign * t["best"])
+
+
+def ranked(trials: list[dict], settings: SweepSettings) -> list[dict]:
+    sign = 1 if settings.mode == "max" else -1
+    return sorted(trials, key=lambda t: (t["status"] == "ERROR" or _nan(t["best"]), -sign * (0 if _nan(t["best"]) else t["best"])))
+
+
+def _importances(trials: list[dict], settings: SweepSettings) -> dict:
+    """fANOVA importance of each searched parameter over the finished trials (empty if too few)."""
+    import optuna
+
+    from .space import to_optuna
+
+    dists = to_optuna(settings.search_space)
+    done = [t for t in trials if t["status"] != "ERROR" and not _nan(t["best"])]
+    if len(done) < 3:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if settings.mode == "max" else "minimize")
+    for t in done:
+        params = {k: v for k, v in t["params"].items() if k in dists}
+        try:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t["best"]))
+        except ValueError:  # a value outside its distribution (e.g. an initial point): leave that trial out
+            continue
+    try:
+        return optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError):
+        return {}
+
+
+def _sample_indices(labels: np.ndarray, probs: np.ndarray, n: int = 16, seed: int = 0) -> np.ndarray:
+    """A spread of samples: a few per class, right and wrong ones both shown when they exist."""
+    rng = np.random.default_rng(seed)
+    pred = probs.argmax(1)
+    picked = []
+    for c in range(probs.shape[1]):
+        for right in (True, False):
+            idx = np.flatnonzero((labels == c) & ((pred == labels) == right))
+            if len(idx):
+                picked.append(int(rng.choice(idx)))
+    return np.asarray(picked[:n])
+
+
+def write_report(settings: SweepSettings, data: str, trials: list[dict], best: dict, final, wall_s: float) -> Path:
+    """Write report/ for the sweep and the retrained winner; returns the report folder.
+
+    Args:
+        settings: sweep settings.
+        data: dataset root used.
+        trials: from ``collect_trials``.
+        best: the winning trial.
+        final: Ray Result of the retrain.
+        wall_s: seconds since the sweep started (the report states it).
+    """
+    storage = settings.storage
+    root = Path(storage).expanduser().resolve() / settings.name if "://" not in storage else Path("runs") / settings.name
+    out = root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    # The retrain's final epoch is the winner (no extra selection on val): cosine ends at its lowest lr.
+    with tempfile.TemporaryDirectory() as tmp:
+        final.checkpoint.to_directory(tmp)
+        shutil.copy2(Path(tmp) / "last.pt", out / "best.pt")
+    winner_cfg = make_config({**config_to_dict(settings.train), **best["params"], "data": data, "epochs": settings.retrain_epochs})
+    cfg_dict = config_to_dict(winner_cfg)
+    cfg_dict.pop("out")
+    (out / "best_config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+
+    runtime = resolve_runtime()
+    metrics = {"best_trial": best["trial_id"], "best_trial_" + settings.metric: best["best"], "params": best["params"],
+               "metric": settings.metric, "mode": settings.mode, "retrain_epochs": settings.retrain_epochs,
+               "device": runtime.describe(), "wall_seconds": round(wall_s, 1), "seed": winner_cfg.seed,
+               "search_seed": settings.seed, "data": data,
+               "trials": {"total": len(trials), "failed": sum(t["status"] == "ERROR" for t in trials),
+                          "stopped_early": sum(t["stopped_early"] for t in trials)}}
+    val = evaluate_checkpoint(out / "best.pt", data, "val", runtime=runtime, return_probs=True)
+    probs, labels = val.pop("probs"), val.pop("labels")
+    metrics.update(val)
+    if (Path(data) / "test").is_dir():
+        test = evaluate_checkpoint(out / "best.pt", data, "test", runtime=runtime)
+        metrics.update({k: v for k, v in test.items() if k.startswith("test_")})
+    metrics.pop("checkpoint", None), metrics.pop("split", None)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+    classes = list(val["val_support"])
+    history = _rows(final)
+    viz.plot_training_curves(history, out / "training_curves.png")
+    viz.plot_confusion_matrix(val["val_confusion_matrix"], classes, out / "confusion_matrix.png",
+                              title=f"Validation confusion matrix (accuracy {val['val_accuracy']:.3f})")
+    viz.plot_per_class_accuracy(val["val_per_class_recall"], out / "per_class_accuracy.png", support=val["val_support"])
+    viz.plot_sweep_history(trials, settings.metric, out / "sweep_history.png", mode=settings.mode)
+    names = [p.name for p in settings.search_space]
+    rows = [{**t["params"], settings.metric: t["best"]} for t in trials if t["status"] != "ERROR" and not _nan(t["best"])]
+    viz.plot_param_vs_metric(rows, names, settings.metric, out / "param_vs_metric.png",
+                             log_params={p.name for p in settings.search_space if p.is_log})
+    viz.plot_param_importance(_importances(trials, settings), out / "param_importance.png")
+    pre = yaml.safe_load((out / "best_config.yaml").read_text())
+    split = load_split(data, "val", pre["img_size"], pre["grayscale"])
+    pick = _sample_indices(labels, probs)
+    viz.plot_sample_predictions(np.asarray(split.images)[pick], labels[pick], probs[pick], classes, out / "sample_predictions.png")
+
+    _write_trials_csv(trials, settings, out / "trials.csv")
+    _write_markdown(settings, trials, best, metrics, out / "report.md")
+    return out
+
+
+def _write_trials_csv(trials: list[dict], settings: SweepSettings, path: Path) -> None:
+    names = [p.name for p in settings.search_space]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial_id", "status", "epochs", "stopped_early", f"best_{settings.metric}", f"last_{settings.metric}", *names, "error"])
+        for t in ranked(trials, settings):
+            w.writerow([t["trial_id"], t["status"], t["epochs"], t["stopped_early"], t["best"], t["last"],
+                        *[t["params"].get(n) for n in names], t["error"]])
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else (f"{v:.3g}" if abs(v) < 0.01 or abs(v) >= 1000 else f"{v:.4f}")
+    return str(v)
+
+
+def _trial_table(trials: list[dict], settings: SweepSettings, limit: int | None = None) -> list[str]:
+    names = [p.name for p in settings.search_space]
+    head = ["trial", "status", "epochs", settings.metric, *names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in ranked(trials, settings)[:limit]:
+        status = "failed" if t["status"] == "ERROR" else ("stopped early (ASHA)" if t["stopped_early"] else "completed")
+        lines.append("| " + " | ".join([t["trial_id"], status, str(t["epochs"]), _fmt(t["best"]), *[_fmt(t["params"].get(n)) for n in names]]) + " |")
+    return lines
+
+
+def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: dict, path: Path) -> None:
+    failed = [t for t in trials if t["status"] == "ERROR"]
+    test = f"| test | {m['test_accuracy']:.4f} | {m['test_balanced_accuracy']:.4f} | {m['test_macro_f1']:.4f} |" if "test_accuracy" in m else None
+    lines = [
+        f"# Sweep report: {settings.name}",
+        "",
+        f"Data: `{m['data']}`. Device: {m['device']}. Wall time (sweep + retrain + report): {m['wall_seconds']:.0f} s. "
+        f"Search: Optuna TPE (seed {settings.seed}), ASHA (grace {settings.scheduler.grace_period}, max {settings.scheduler.max_epochs} epochs, "
+        f"reduction {settings.scheduler.reduction_factor:g}); metric `{settings.metric}` ({settings.mode}).",
+        "",
+        f"{m['trials']['total']} trials: {m['trials']['total'] - m['trials']['failed'] - m['trials']['stopped_early']} ran to the end, "
+        f"{m['trials']['stopped_early']} stopped early by ASHA, {m['trials']['failed']} failed.",
+        "",
+        "## Winner, retrained from scratch",
+        "",
+        f"Trial `{best['trial_id']}` ({settings.metric} {best['best']:.4f} during the sweep), retrained for "
+        f"{settings.retrain_epochs} epochs with seed {m['seed']}: `best.pt`, config in `best_config.yaml`.",
+        "",
+        "| split | accuracy | balanced accuracy | macro-F1 |",
+        "|---|---|---|---|",
+        f"| val | {m['val_accuracy']:.4f} | {m['val_balanced_accuracy']:.4f} | {m['val_macro_f1']:.4f} |",
+        *([test] if test else []),
+        "",
+        "![training curves](training_curves.png)",
+        "![confusion matrix](confusion_matrix.png)",
+        "![per-class accuracy](per_class_accuracy.png)",
+        "![sample predictions](sample_predictions.png)",
+        "",
+        "## The search",
+        "",
+        "![sweep history](sweep_history.png)",
+        "![parameters vs metric](param_vs_metric.png)",
+        "![importance](param_importance.png)",
+        "",
+        "### Top trials",
+        "",
+        *_trial_table(trials, settings, limit=10),
+        "",
+        f"All trials: `trials.csv`.",
+    ]
+    if failed:
+        lines += ["", "## Failed trials", ""] + [f"- `{t['trial_id']}` with {t['params']}: {t['error']}" for t in failed]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def print_summary(trials: list[dict], settings: SweepSettings, report_dir: Path | None) -> None:
+    """The end-of-run summary on stdout: top trials, failures, where the report is."""
+    print("\nTop trials:")
+    print("\n".join(_trial_table(trials, settings, limit=5)))
+    for t in trials:
+        if t["status"] == "ERROR":
+            print(f"FAILED trial {t['trial_id']} {t['params']}: {t['error']}")
+    if report_dir is not None:
+        m = json.loads((report_dir / "metrics.json").read_text())
+        test = f", test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""
+        print(f"\nRetrained winner: val accuracy {m['val_accuracy']:.4f}, macro-F1 {m['val_macro_f1']:.4f}{test}")
+        print(f"Report: {report_dir / 'report.md'}")

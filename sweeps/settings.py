@@ -1,0 +1,179 @@
+"""Sweep settings: the YAML file's shape, defaults and checks (all before Ray starts).
+
+A sweep YAML has these top-level keys (all optional except search_space)::
+
+    name, storage, data, metric, mode, num_samples, max_concurrent_trials, seed, max_failures,
+    retrain_epochs, ensemble_top_k, resources: {cpus_per_trial, gpus_per_trial},
+    scheduler: {max_epochs, grace_period, reduction_factor}, demo: {...}, train: {TrainConfig keys},
+    search_space: {...}, initial_points: [{param: value, ...}, ...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fer_core.config import TrainConfig, load_yaml, make_config, unknown_key_error
+from fer_core.errors import ConfigError
+
+from .space import Param, parse_space
+
+METRICS = ("val_accuracy", "val_macro_f1", "val_balanced_accuracy", "val_loss")
+
+
+@dataclass
+class Scheduler:
+    max_epochs: int = 10  # epochs each trial may train (ASHA's max_t)
+    grace_period: int = 1  # epochs before ASHA may stop a trial
+    reduction_factor: float = 2.0  # keep the top 1/rf at each rung
+
+
+@dataclass
+class Resources:
+    cpus_per_trial: Any = "auto"  # auto: all CPUs split across the trials that run at once
+    gpus_per_trial: Any = "auto"  # auto: one whole GPU per trial when GPUs exist, else 0; 0.25 = 4 trials share a GPU
+
+
+@dataclass
+class Demo:
+    train_per_class: int = 200
+    val_per_class: int = 60
+    test_per_class: int = 60
+    img_size: int = 48
+    seed: int = 0
+
+
+@dataclass
+class SweepSettings:
+    name: str = "fer-sweep"
+    storage: str = "runs"
+    data: str = ""  # empty: the built-in demo data
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    num_samples: int = 8
+    max_concurrent_trials: int = 0  # 0 = as many as the resources allow
+    seed: int = 0  # TPE sampler seed
+    max_failures: int = 1  # retries per trial (from its last checkpoint) before it counts as failed
+    retrain_epochs: int = 10
+    ensemble_top_k: int = 0
+    resources: Resources = field(default_factory=Resources)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    demo: Demo = field(default_factory=Demo)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search_space: list[Param] = field(default_factory=list)
+    initial_points: list[dict] = field(default_factory=list)
+    source: str = "defaults"
+
+
+_SCALARS = {"name": str, "storage": str, "data": str, "metric": str, "mode": str, "num_samples": int,
+            "max_concurrent_trials": int, "seed": int, "max_failures": int, "retrain_epochs": int, "ensemble_top_k": int}
+_SECTIONS = {"resources": Resources, "scheduler": Scheduler, "demo": Demo}
+TOP_KEYS = set(_SCALARS) | set(_SECTIONS) | {"train", "search_space", "initial_points"}
+
+
+def _typed(value, typ, where):
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (typ is int and int(value) != value):
+        raise ConfigError(f"{where} must be {'an integer' if typ is int else 'a number'}, got {value!r}")
+    return typ(value)
+
+
+def _section(cls, values, where):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    obj = cls()
+    names = {f.name: f for f in fields(cls)}
+    for k, v in values.items():
+        if k not in names:
+            raise unknown_key_error(k, where, names)
+        default = getattr(obj, k)
+        if isinstance(default, str) and isinstance(v, str):  # "auto"
+            if v != "auto":
+                raise ConfigError(f"{where}.{k} must be a number or 'auto', got {v!r}")
+            setattr(obj, k, v)
+        else:
+            setattr(obj, k, _typed(v, type(default) if not isinstance(default, str) else float, f"{where}.{k}"))
+    return obj
+
+
+def load_settings(path: str | Path | None, overrides: dict | None = None) -> SweepSettings:
+    """Read, merge and check a sweep YAML.
+
+    Args:
+        path: YAML file (None: sweeps/configs/default.yaml).
+        overrides: values from the command line; a key that is a TrainConfig key goes under ``train``,
+            a dotted key (``scheduler.max_epochs``) into its section, anything else is top level.
+
+    Raises:
+        ConfigError: any unknown key, wrong type or impossible value, naming the file and key.
+    """
+    path = Path(path) if path else Path(__file__).parent / "configs" / "default.yaml"
+    raw = load_yaml(path)
+    src = str(path)
+    for key, value in (overrides or {}).items():
+        section, _, sub = key.partition(".")
+        if sub:
+            if section not in _SECTIONS and section != "train":
+                raise ConfigError(f"command line: '{key}': only resources., scheduler., demo. and train. keys take a dot")
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{src}: '{section}' must be a mapping")
+            raw[section][sub] = value
+        elif key in TOP_KEYS:
+            raw[key] = value
+        else:
+            raw.setdefault("train", {})
+            raw["train"][key] = value
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise unknown_key_error(key, src, TOP_KEYS)
+    s = SweepSettings(source=src)
+    for key, typ in _SCALARS.items():
+        if key in raw:
+            setattr(s, key, _typed(raw[key] if raw[key] is not None or typ is not str else "", typ, f"{src}: '{key}'"))
+    for key, cls in _SECTIONS.items():
+        if key in raw:
+            setattr(s, key, _section(cls, raw[key], f"{src}: '{key}'"))
+    train = raw.get("train") or {}
+    if not isinstance(train, dict):
+        raise ConfigError(f"{src}: 'train' must be a mapping of fer_core config keys")
+    s.train = make_config(train, source=f"{src}: train")
+    s.search_space = parse_space(raw.get("search_space"), src)
+    _check(s, raw.get("initial_points") or [], src)
+    return s
+
+
+def _check(s: SweepSettings, points, src: str) -> None:
+    if s.metric not in METRICS:
+        raise ConfigError(f"{src}: 'metric' = {s.metric!r} is not one of {', '.join(METRICS)}")
+    if s.mode not in ("max", "min"):
+        raise ConfigError(f"{src}: 'mode' must be max or min, got {s.mode!r}")
+    if (s.metric == "val_loss") != (s.mode == "min"):
+        raise ConfigError(f"{src}: 'mode' = {s.mode} does not fit metric {s.metric} (loss is minimised, the others maximised)")
+    for key, low in (("num_samples", 1), ("retrain_epochs", 0), ("max_failures", 0), ("max_concurrent_trials", 0), ("ensemble_top_k", 0)):
+        if getattr(s, key) < low:
+            raise ConfigError(f"{src}: '{key}' must be >= {low}, got {getattr(s, key)}")
+    sch = s.scheduler
+    if sch.max_epochs < 1 or sch.grace_period < 1 or sch.grace_period > sch.max_epochs:
+        raise ConfigError(f"{src}: scheduler needs 1 <= grace_period ({sch.grace_period}) <= max_epochs ({sch.max_epochs})")
+    if sch.reduction_factor <= 1:
+        raise ConfigError(f"{src}: scheduler.reduction_factor must be > 1, got {sch.reduction_factor}")
+    for key in ("cpus_per_trial", "gpus_per_trial"):
+        v = getattr(s.resources, key)
+        if v != "auto" and (v < 0 or (key == "cpus_per_trial" and v < 1) or (key == "gpus_per_trial" and v > 1 and v != int(v))):
+            raise ConfigError(f"{src}: resources.{key} = {v} is impossible (cpus >= 1; gpus a fraction in (0, 1] or a whole number)")
+    if not s.name or "/" in s.name:
+        raise ConfigError(f"{src}: 'name' must be a non-empty folder name without '/', got {s.name!r}")
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError(f"{src}: 'initial_points' must be a list of mappings of searched parameters")
+    names = {p.name for p in s.search_space}
+    for i, point in enumerate(points):
+        for k, v in point.items():
+            if k not in names:
+                raise ConfigError(f"{src}: initial_points[{i}].{k} is not in search_space ({', '.join(sorted(names))})")
+            make_config({k: v}, source=f"{src}: initial_points[{i}]")
+    s.initial_points = points

@@ -1,0 +1,133 @@
+"""The search space: declared once in YAML, checked here, and mapped to Ray Tune in one function.
+
+YAML form (each key is a fer_core TrainConfig key)::
+
+    search_space:
+      lr:            {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+      batch_size:    {type: choice, values: [32, 64, 128]}
+      aug_strength:  {type: uniform, low: 0.0, high: 0.8}
+      drop_path_rate: {type: quniform, low: 0.0, high: 0.3, q: 0.05}
+      seed:          {type: randint, low: 0, high: 1000}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fer_core.config import FIELDS, make_config, unknown_key_error
+from fer_core.errors import ConfigError
+
+TYPES = ("loguniform", "uniform", "quniform", "randint", "choice")
+# Keys a trial must not vary: they define where data and outputs live, not how well the model trains.
+NOT_SEARCHABLE = {"data", "out", "cache_dir", "progress", "device", "threads", "num_workers", "epochs"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter. Args: name: TrainConfig key; kind: one of TYPES; low/high/q/values: its range."""
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None
+    values: tuple | None = None
+
+    @property
+    def is_log(self) -> bool:
+        return self.kind == "loguniform"
+
+
+def parse_space(spec: Any, source: str) -> list[Param]:
+    """Check a YAML search-space mapping and return its parameters.
+
+    Args:
+        spec: the mapping under ``search_space``.
+        source: the YAML file, named in error messages.
+
+    Raises:
+        ConfigError: empty space, unknown or unsearchable key, unknown type, impossible range, or a
+            value that the key's type rejects (each a one-line message naming the key).
+    """
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(f"{source}: 'search_space' is empty; declare at least one parameter, e.g. lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}")
+    params = []
+    for name, p in spec.items():
+        where = f"{source}: search_space.{name}"
+        if name not in FIELDS:
+            raise unknown_key_error(name, f"{source}: search_space", FIELDS)
+        if name in NOT_SEARCHABLE:
+            raise ConfigError(f"{where} cannot be searched (it sets where things run or live, or the epoch budget); set it under 'train' instead")
+        if not isinstance(p, dict) or "type" not in p:
+            raise ConfigError(f"{where} must be a mapping with a 'type' ({', '.join(TYPES)})")
+        kind = p["type"]
+        if kind not in TYPES:
+            raise ConfigError(f"{where}.type = {kind!r} is not one of {', '.join(TYPES)}")
+        allowed = {"type", "values"} if kind == "choice" else {"type", "low", "high"} | ({"q"} if kind == "quniform" else set())
+        extra = set(p) - allowed
+        if extra:
+            raise ConfigError(f"{where}: unknown field '{sorted(extra)[0]}' for type {kind} (allowed: {', '.join(sorted(allowed))})")
+        if kind == "choice":
+            values = p.get("values")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}.values must be a non-empty list")
+            for v in values:
+                make_config({name: v}, source=where)  # the key's own type and range check each value
+            params.append(Param(name, kind, values=tuple(values)))
+            continue
+        try:
+            low, high = float(p["low"]), float(p["high"])
+            q = float(p["q"]) if kind == "quniform" else None
+        except KeyError as e:
+            raise ConfigError(f"{where} needs '{e.args[0]}'") from None
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: low/high{'/q' if kind == 'quniform' else ''} must be numbers") from None
+        if not low < high:
+            raise ConfigError(f"{where}: low ({low:g}) must be below high ({high:g})")
+        if kind == "loguniform" and low <= 0:
+            raise ConfigError(f"{where}: loguniform needs low > 0, got {low:g}")
+        if q is not None and not 0 < q <= high - low:
+            raise ConfigError(f"{where}: q must be in (0, high - low], got {q:g}")
+        if kind == "randint" and (low != int(low) or high != int(high)):
+            raise ConfigError(f"{where}: randint needs integer low and high")
+        for v in (low, high if kind != "randint" else high - 1):
+            make_config({name: int(v) if kind == "randint" else v}, source=where)
+        params.append(Param(name, kind, low, high, q))
+    return params
+
+
+def to_tune(params: list[Param]) -> dict:
+    """The Ray Tune param_space for these parameters (OptunaSearch converts it to Optuna distributions)."""
+    from ray import tune
+
+    out = {}
+    for p in params:
+        if p.kind == "loguniform":
+            out[p.name] = tune.loguniform(p.low, p.high)
+        elif p.kind == "uniform":
+            out[p.name] = tune.uniform(p.low, p.high)
+        elif p.kind == "quniform":
+            out[p.name] = tune.quniform(p.low, p.high, p.q)
+        elif p.kind == "randint":
+            out[p.name] = tune.randint(int(p.low), int(p.high))  # high exclusive, as in Tune
+        else:
+            out[p.name] = tune.choice(list(p.values))
+    return out
+
+
+def to_optuna(params: list[Param]) -> dict:
+    """The same space as Optuna distributions (for importance estimates over finished trials)."""
+    import optuna.distributions as d
+
+    out = {}
+    for p in params:
+        if p.kind in ("loguniform", "uniform"):
+            out[p.name] = d.FloatDistribution(p.low, p.high, log=p.is_log)
+        elif p.kind == "quniform":
+            out[p.name] = d.FloatDistribution(p.low, p.high)  # q-rounding may land just outside a step grid
+        elif p.kind == "randint":
+            out[p.name] = d.IntDistribution(int(p.low), int(p.high) - 1)
+        else:
+            out[p.name] = d.CategoricalDistribution(list(p.values))
+    return out

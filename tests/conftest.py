@@ -1,0 +1,54 @@
+"""Shared fixtures: a small procedural demo dataset and paths to the real data/weights in ../shared."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fer_core.demo import make_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FER_SHARED", REPO.parent / "shared"))
+FER2013 = SHARED / "data" / "fer2013"
+LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_caches(tmp_path_factory):
+    """Keep the decoded-image and demo caches of a test run out of the user's ~/.cache."""
+    root = tmp_path_factory.mktemp("caches")
+    old = {k: os.environ.get(k) for k in ("FER_CACHE_DIR", "FER_DEMO_DIR")}
+    os.environ["FER_CACHE_DIR"] = str(root / "decoded")
+    os.environ["FER_DEMO_DIR"] = str(root / "demo")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small demo dataset (10 train / 4 val / 4 test images per class, 32 px): read-only for tests."""
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", train_per_class=10, val_per_class=4,
+                             test_per_class=4, img_size=32, seed=1)
+
+
+@pytest.fixture
+def demo_copy(demo_root, tmp_path) -> Path:
+    """A private copy of the small demo dataset that a test may break."""
+    dst = tmp_path / "data"
+    shutil.copytree(demo_root, dst)
+    return dst
+
+
+def tiny_config(data, out, **kw) -> dict:
+    """A config that trains in seconds on the small demo set (real model, real loop)."""
+    cfg = dict(data=str(data), out=str(out), img_size=32, batch_size=8, epochs=2, steps_per_epoch=3,
+               eval_batch_size=64, progress=False, lr=1e-3, warmup_epochs=0.5)
+    cfg.update(kw)
+    return cfg

@@ -1,0 +1,62 @@
+"""Helpers for tests that run sweeps/run.py for real (a local Ray on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO
+
+# Tiny but real: 4 trials of the real trainable on 32 px demo faces, ASHA over 2 epochs.
+TINY = ["demo.train_per_class=12", "demo.val_per_class=4", "demo.test_per_class=4", "demo.img_size=32",
+        "img_size=32", "eval_batch_size=64", "scheduler.max_epochs=2", "scheduler.grace_period=1",
+        "retrain_epochs=1", "max_failures=1"]
+
+
+def sweep_cmd(storage: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "sweeps/run.py", "--storage", str(storage), "--name", name, *TINY, *extra]
+
+
+def run_sweep(storage: Path, name: str, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_cmd(storage, name, *extra), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy())
+
+
+def trial_states(exp: Path) -> dict[str, str]:
+    """trial_id -> status, from Tune's latest experiment-state file ({} until one is written)."""
+    files = sorted(glob.glob(str(exp / "experiment_state-*.json")), key=os.path.getmtime)
+    if not files:
+        return {}
+    try:
+        state = json.loads(Path(files[-1]).read_text())
+    except (json.JSONDecodeError, OSError):  # caught mid-rename: try again next poll
+        return {}
+    out = {}
+    for trial_json, _ in state["trial_data"]:
+        t = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+        out[t["trial_id"]] = t["status"]
+    return out
+
+
+def trial_rows(exp: Path) -> dict[str, list[dict]]:
+    """trial_id -> every reported row, from the trials' result.json files."""
+    out = {}
+    for f in exp.glob("fer_trainable_*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and everything it started (Ray's daemons)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)

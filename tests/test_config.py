@@ -1,0 +1,49 @@
+import pytest
+
+from fer_core.config import TrainConfig, load_yaml, make_config, parse_overrides
+from fer_core.errors import ConfigError
+
+
+def test_defaults_and_coercion():
+    cfg = make_config({"lr": "1e-3", "epochs": "3", "strict": "true", "aug_strength": 0})
+    assert cfg.lr == pytest.approx(1e-3) and cfg.epochs == 3 and cfg.strict is True and cfg.aug_strength == 0.0
+    assert isinstance(cfg, TrainConfig)
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"learning_rate": 1e-3}, "unknown key 'learning_rate'"),
+    ({"lr": "fast"}, "key 'lr' must be a number"),
+    ({"epochs": 2.5}, "key 'epochs' must be an integer"),
+    ({"aug_strength": 1.5}, "outside [0.0, 1.0]"),
+    ({"optimizer": "lamb"}, "not one of adamw, adam, sgd"),
+    ({"strict": "maybe"}, "must be true or false"),
+])
+def test_bad_values_name_the_key(values, fragment):
+    with pytest.raises(ConfigError) as e:
+        make_config(values, source="my.yaml")
+    msg = str(e.value)
+    assert fragment in msg and msg.startswith("my.yaml") and "\n" not in msg
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        make_config({"batchsize": 32})
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ is not valid YAML"):
+        load_yaml(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_yaml(lst)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_yaml(tmp_path / "missing.yaml")
+
+
+def test_overrides():
+    assert parse_overrides(["lr=0.01", "model=efficientnet_b0"]) == {"lr": 0.01, "model": "efficientnet_b0"}
+    with pytest.raises(ConfigError, match="'lr' is not key=value"):
+        parse_overrides(["lr"])

@@ -1,0 +1,163 @@
+"""Dataset layout checks (one test per error), corrupt-file handling, decoding and the decode-once cache."""
+
+import multiprocessing as mp
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_core import data as fdata
+from fer_core.data import CLASS_NAMES, decode_image, load_split, scan_split, stratified_indices
+from fer_core.errors import DataError
+
+
+def _one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_valid_layout(demo_root):
+    files = scan_split(demo_root, "train")
+    assert files.classes == CLASS_NAMES and len(files.paths) == 70
+    assert sorted(set(files.labels)) == list(range(7))
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(DataError) as e:
+        scan_split(tmp_path / "nope", "train")
+    assert "dataset folder not found" in _one_line(e) and "nope" in str(e.value)
+
+
+def test_missing_split(demo_copy):
+    shutil.rmtree(demo_copy / "val")
+    with pytest.raises(DataError) as e:
+        load_split(demo_copy, "val", 32)
+    assert f"{demo_copy / 'val'}: split folder missing" in _one_line(e)
+
+
+def test_missing_class(demo_copy):
+    shutil.rmtree(demo_copy / "train" / "fear")
+    with pytest.raises(DataError) as e:
+        scan_split(demo_copy, "train")
+    assert f"{demo_copy / 'train' / 'fear'}: class folder missing" in _one_line(e)
+
+
+def test_unexpected_class(demo_copy):
+    (demo_copy / "train" / "contempt").mkdir()
+    with pytest.raises(DataError) as e:
+        scan_split(demo_copy, "train")
+    assert "unexpected class folder 'contempt'" in _one_line(e) and "rename or remove" in str(e.value)
+
+
+def test_empty_class(demo_copy):
+    for p in (demo_copy / "train" / "sad").iterdir():
+        p.unlink()
+    with pytest.raises(DataError) as e:
+        scan_split(demo_copy, "train")
+    assert f"{demo_copy / 'train' / 'sad'}: class folder is empty" in _one_line(e)
+
+
+def test_non_image_file(demo_copy):
+    note = demo_copy / "train" / "happy" / "notes.txt"
+    note.write_text("not a picture")
+    with pytest.raises(DataError) as e:
+        scan_split(demo_copy, "train")
+    assert f"{note}: not an image file (.txt)" in _one_line(e) and "move it out" in str(e.value)
+
+
+def test_hidden_files_are_ignored(demo_copy):
+    (demo_copy / "train" / "happy" / ".DS_Store").write_bytes(b"\0\1")
+    assert len(scan_split(demo_copy, "train").paths) == 70
+
+
+def _break_images(root):
+    happy = sorted((root / "train" / "happy").iterdir())
+    corrupt = happy[0].with_name("corrupt.png")
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    truncated = happy[1].with_name("truncated.jpg")
+    Image.open(happy[1]).convert("L").resize((64, 64)).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    return corrupt, truncated
+
+
+def test_corrupt_and_truncated_are_skipped_with_a_warning(demo_copy, tmp_path):
+    corrupt, truncated = _break_images(demo_copy)
+    with pytest.warns(UserWarning) as rec:
+        split = load_split(demo_copy, "train", 32, cache_dir=tmp_path / "c")
+    msg = str(rec[0].message)
+    assert "skipped 2 corrupt or truncated image(s)" in msg and str(corrupt) in msg and str(truncated) in msg
+    assert len(split) == 70 and sorted(split.skipped) == sorted([str(corrupt), str(truncated)])
+    # The warning repeats when the cache is reused: skipped files are never silently forgotten.
+    with pytest.warns(UserWarning, match="skipped 2"):
+        load_split(demo_copy, "train", 32, cache_dir=tmp_path / "c")
+
+
+def test_strict_fails_on_corrupt(demo_copy, tmp_path):
+    corrupt, _ = _break_images(demo_copy)
+    with pytest.raises(DataError) as e:
+        load_split(demo_copy, "train", 32, strict=True, cache_dir=tmp_path / "c")
+    assert "corrupt or truncated image" in _one_line(e) and "strict: false" in str(e.value)
+
+
+def test_decode_modes(tmp_path):
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (60, 40), (255, 0, 0, 0)).save(rgba)  # fully transparent -> white background
+    assert decode_image(rgba, 32, True).min() == 255
+    g16 = tmp_path / "g16.png"
+    Image.fromarray(np.full((20, 20), 1000, dtype=np.uint16)).save(g16)
+    assert decode_image(g16, 32, True).max() == 255  # scaled by its range, not clipped
+    pal = tmp_path / "p.png"
+    Image.new("RGB", (30, 30), (10, 200, 10)).convert("P").save(pal)
+    assert decode_image(pal, 16, False).shape == (16, 16, 3)
+    cmyk = tmp_path / "c.jpg"
+    Image.new("CMYK", (30, 30), (0, 0, 0, 0)).save(cmyk)
+    assert decode_image(cmyk, 16, True).shape == (16, 16)
+
+
+def test_cache_is_reused_and_invalidated(demo_copy, tmp_path, monkeypatch):
+    cache = tmp_path / "c"
+    first = load_split(demo_copy, "val", 32, cache_dir=cache)
+    assert first.images.dtype == np.uint8 and first.images.shape == (28, 32, 32)
+    assert len(list(cache.glob("val-*.npy"))) == 1
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded again although the cache is valid")
+    monkeypatch.setattr(fdata, "decode_image", no_decoding)
+    again = load_split(demo_copy, "val", 32, cache_dir=cache)
+    assert np.array_equal(np.asarray(again.images), first.images)
+
+    # Changing a file (size/mtime) or the size must decode again.
+    monkeypatch.undo()
+    img = sorted((demo_copy / "val" / "angry").iterdir())[0]
+    Image.new("L", (48, 48), 7).save(img)
+    changed = load_split(demo_copy, "val", 32, cache_dir=cache)
+    assert changed.images[0].max() == 7
+    load_split(demo_copy, "val", 24, cache_dir=cache)
+    assert len(list(cache.glob("val-*.npy"))) == 3
+
+
+def _load_in_child(args):
+    root, cache = args
+    d = load_split(root, "train", 32, cache_dir=cache)
+    return int(np.asarray(d.images).sum())
+
+
+def test_cache_safe_with_two_processes(demo_root, tmp_path):
+    cache = tmp_path / "shared-cache"
+    with mp.get_context("spawn").Pool(2) as pool:
+        sums = pool.map(_load_in_child, [(demo_root, cache)] * 4)
+    assert len(set(sums)) == 1
+    assert len(list(cache.glob("train-*.npy"))) == 1 and not list(cache.glob(".*train-*"))  # no temp files left
+
+
+def test_stratified_subset_keeps_class_shares():
+    labels = np.repeat(np.arange(7), [400, 40, 400, 700, 500, 480, 320])
+    idx = stratified_indices(labels, 1000)
+    counts = np.bincount(labels[idx], minlength=7)
+    expected = np.array([400, 40, 400, 700, 500, 480, 320]) * 1000 / len(labels)
+    assert np.all(np.abs(counts - expected) <= 1) and counts.min() >= 1
+    assert np.array_equal(idx, stratified_indices(labels, 1000))  # deterministic
+    assert len(stratified_indices(labels, 0)) == len(labels)

@@ -1,0 +1,112 @@
+"""Real Ray Tune + Optuna sweeps of the demo data on a local Ray bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from .conftest import REPO
+from .sweep_utils import kill_group, run_sweep, sweep_cmd, trial_rows, trial_states
+
+REPORT_FILES = ["best_config.yaml", "best.pt", "metrics.json", "training_curves.png", "confusion_matrix.png",
+                "per_class_accuracy.png", "sweep_history.png", "param_vs_metric.png", "param_importance.png",
+                "sample_predictions.png", "report.md", "trials.csv"]
+
+
+@pytest.fixture(scope="module")
+def sweep_with_a_failure(tmp_path_factory):
+    """4 trials; the first is pinned (initial point) to a batch larger than the data, which fer_core
+    rejects inside the trial: a real trial failure, retried once per FailureConfig, then reported."""
+    storage = tmp_path_factory.mktemp("sweeps")
+    cfg = yaml.safe_load((REPO / "sweeps" / "configs" / "default.yaml").read_text())
+    cfg["num_samples"] = 4
+    cfg["search_space"]["batch_size"] = {"type": "choice", "values": [8, 16, 4096]}
+    cfg["initial_points"] = [{"batch_size": 4096, "lr": 1e-3, "aug_strength": 0.2}]
+    path = storage / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    r = run_sweep(storage, "ci", "--config", str(path))
+    return r, storage / "ci", time.perf_counter() - t0
+
+
+def test_small_sweep_runs_and_reports(sweep_with_a_failure):
+    r, exp, seconds = sweep_with_a_failure
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "DEMO data" in r.stdout and "Report:" in r.stdout
+    report = exp / "report"
+    for name in REPORT_FILES:
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    m = json.loads((report / "metrics.json").read_text())
+    for key in ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "best_trial", "params"):
+        assert key in m, key
+    assert m["trials"]["total"] == 4
+    best = yaml.safe_load((report / "best_config.yaml").read_text())
+    assert best["epochs"] == 1 and best["batch_size"] == m["params"]["batch_size"]
+    # Every trial ran through the real trainable and reported per epoch via Tune.
+    rows = trial_rows(exp)
+    assert len(rows) >= 3 and all(r_[0]["epoch"] == 1 for r_ in rows.values())
+    print(f"small sweep wall time {seconds:.0f}s")
+
+
+def test_failed_trial_is_retried_reported_and_the_sweep_goes_on(sweep_with_a_failure):
+    r, exp, _ = sweep_with_a_failure
+    assert r.returncode == 0
+    states = trial_states(exp)
+    assert list(states.values()).count("ERROR") == 1 and list(states.values()).count("TERMINATED") == 3
+    assert "FAILED trial" in r.stdout and "exceeds the" in r.stdout
+    md = (exp / "report" / "report.md").read_text()
+    assert "## Failed trials" in md and "batch_size" in md and "exceeds the" in md
+    csv_text = (exp / "report" / "trials.csv").read_text()
+    assert "ERROR" in csv_text
+
+
+def test_driver_killed_mid_sweep_resumes_without_losing_trials(tmp_path):
+    storage, name = tmp_path, "killed"
+    exp = storage / name
+    cmd = sweep_cmd(storage, name, "num_samples=4")
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            states = trial_states(exp)
+            if list(states.values()).count("TERMINATED") >= 1 and len(states) >= 2:
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial completed within 600 s")
+        done_before = {t for t, s in states.items() if s == "TERMINATED"}
+        rows_before = trial_rows(exp)
+        proc.send_signal(signal.SIGKILL)  # the driver only, as a crash or `kill -9` would
+        proc.wait(timeout=30)
+    finally:
+        kill_group(proc)  # then Ray's own daemons, which a lost driver leaves behind for a while
+        log.close()
+    assert not (exp / "report").exists()
+
+    r = run_sweep(storage, name, "num_samples=4", "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    states = trial_states(exp)
+    assert len(states) == 4 and set(states.values()) <= {"TERMINATED", "ERROR"}
+    rows_after = trial_rows(exp)
+    for trial in done_before:
+        assert states[trial] == "TERMINATED"
+        keys = ("epoch", "val_accuracy", "val_loss", "train_loss")
+        assert [{k: row[k] for k in keys} for row in rows_after[trial]] == \
+               [{k: row[k] for k in keys} for row in rows_before[trial]], trial
+    assert (exp / "report" / "report.md").is_file()
+
+
+def test_resume_needs_an_experiment_and_a_new_run_needs_a_free_name(tmp_path, sweep_with_a_failure):
+    r = run_sweep(tmp_path, "nothing", "--resume", timeout=300)
+    assert r.returncode == 2 and "no experiment to resume" in r.stderr and "Ray" not in r.stdout
+    _, exp, _ = sweep_with_a_failure
+    r = run_sweep(exp.parent, exp.name, timeout=300)
+    assert r.returncode == 2 and "an experiment already exists there; pass --resume" in r.stderr

@@ -1,0 +1,79 @@
+"""Sweep YAML checks: every bad input is a one-line error before Ray starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fer_core.errors import ConfigError
+from sweeps.run import plan_resources
+from sweeps.settings import load_settings
+from sweeps.space import to_optuna, to_tune
+
+from .conftest import REPO
+
+CONFIGS = REPO / "sweeps" / "configs"
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "fer2013.yaml", "fer2013-cpu.yaml"])
+def test_shipped_configs_load(name):
+    s = load_settings(CONFIGS / name)
+    assert {p.name for p in s.search_space} >= {"lr", "batch_size", "aug_strength"}
+    space = to_tune(s.search_space)
+    assert set(space) == set(to_optuna(s.search_space))
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return p
+
+
+GOOD_SPACE = "search_space:\n  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("num_sample: 3\n" + GOOD_SPACE, "unknown key 'num_sample' (did you mean 'num_samples'?)"),
+    ("num_samples: many\n" + GOOD_SPACE, "'num_samples' must be an integer"),
+    ("search_space: {}\n", "'search_space' is empty"),
+    ("name: x\n", "'search_space' is empty"),
+    ("search_space:\n  lr: {type: loguniform, low: 1.0e-2, high: 1.0e-4}\n", "search_space.lr: low (0.01) must be below high (0.0001)"),
+    ("search_space:\n  lr: {type: loguniform, low: 0, high: 1}\n", "loguniform needs low > 0"),
+    ("search_space:\n  lr: {type: gaussian, low: 0, high: 1}\n", "search_space.lr.type = 'gaussian' is not one of"),
+    ("search_space:\n  batch_size: {type: choice, values: []}\n", "search_space.batch_size.values must be a non-empty list"),
+    ("search_space:\n  batch_size: {type: choice, values: [32, big]}\n", "key 'batch_size' must be an integer"),
+    ("search_space:\n  aug_strength: {type: uniform, low: 0.0, high: 2.0}\n", "outside [0.0, 1.0]"),
+    ("search_space:\n  learning_rate: {type: uniform, low: 0.1, high: 0.2}\n", "unknown key 'learning_rate'"),
+    ("search_space:\n  epochs: {type: randint, low: 1, high: 5}\n", "search_space.epochs cannot be searched"),
+    ("train:\n  lr: fast\n" + GOOD_SPACE, "train: key 'lr' must be a number"),
+    ("scheduler:\n  grace_period: 5\n  max_epochs: 2\n" + GOOD_SPACE, "grace_period (5) <= max_epochs (2)"),
+    ("metric: val_loss\n" + GOOD_SPACE, "does not fit metric val_loss"),
+    ("resources:\n  gpus_per_trial: 1.5\n" + GOOD_SPACE, "resources.gpus_per_trial = 1.5 is impossible"),
+    ("initial_points:\n  - {batch_size: 32}\n" + GOOD_SPACE, "initial_points[0].batch_size is not in search_space"),
+    ("lr: [1, 2\n", "is not valid YAML"),
+])
+def test_bad_yaml_is_one_clear_line(tmp_path, text, fragment):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_settings(path)
+    assert fragment in str(e.value) and "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_overrides_route_to_sections():
+    s = load_settings(CONFIGS / "default.yaml", {"num_samples": 2, "scheduler.max_epochs": 2, "lr": 0.01, "train.img_size": 40})
+    assert s.num_samples == 2 and s.scheduler.max_epochs == 2 and s.train.lr == 0.01 and s.train.img_size == 40
+
+
+def test_cli_rejects_bad_yaml_before_ray_starts(tmp_path):
+    path = _write(tmp_path, "search_space: {}\n")
+    r = subprocess.run([sys.executable, "sweeps/run.py", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "'search_space' is empty" in r.stderr and "Ray" not in r.stdout + r.stderr
+
+
+def test_resource_plans():
+    s = load_settings(CONFIGS / "default.yaml", {"num_samples": 8})
+    assert plan_resources(s, {"CPU": 2}) == ({"cpu": 2, "gpu": 0.0}, 1)
+    assert plan_resources(s, {"CPU": 16}) == ({"cpu": 4, "gpu": 0.0}, 4)
+    assert plan_resources(s, {"CPU": 16, "GPU": 2}) == ({"cpu": 8, "gpu": 1.0}, 2)
+    s.resources.gpus_per_trial = 0.25  # four trials share each GPU
+    assert plan_resources(s, {"CPU": 16, "GPU": 2}) == ({"cpu": 2, "gpu": 0.25}, 8)
