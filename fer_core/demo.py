@@ -43,16 +43,8 @@ __all__ = [
     "main",
 ]
 
-#: Expression classes, in the alphabetical order ImageFolder sorts folders.
-CLASS_NAMES: Tuple[str, ...] = (
-    "angry",
-    "disgust",
-    "fear",
-    "happy",
-    "neutral",
-    "sad",
-    "surprise",
-)
+# The expression classes (folder names), defined once in data.py.
+from .data import CLASS_NAMES  # noqa: E402
 
 #: Bump whenever the drawing changes, so cached copies made by an older
 #: generator are not silently reused by ``ensure_demo_dataset``.

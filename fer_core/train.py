@@ -255,7 +255,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+    args = build_arg_parser().parse_intermixed_args(argv)
     try:
         cfg = make_config(load_yaml(args.config), source=args.config) if args.config else TrainConfig()
         cli = parse_overrides(args.overrides)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,13 +84,22 @@ def check_experiment(settings: SweepSettings, resume: bool) -> None:
         raise FerError(f"{exp}: an experiment already exists there; pass --resume to continue it or --name NEW to start another")
 
 
+def keep_local_ray_on_loopback() -> None:
+    """Make a local (no --address) Ray bind every socket to 127.0.0.1. Call before ray is imported.
+
+    On Linux, Ray turns even ``_node_ip_address="127.0.0.1"`` into the machine's routed address and
+    listens there and on 0.0.0.0; with this switch off (its default on macOS and Windows) it uses the
+    loopback address for everything, which is all a single-machine sweep needs.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def init_ray(address: str | None) -> None:
     import ray
     if address:
         ray.init(address=address)
     else:
-        # Local runs keep every Ray socket on the loopback interface: nothing is exposed on the network.
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, configure_logging=False)
+        ray.init(include_dashboard=False, configure_logging=False)
 
 
 def plan_resources(settings: SweepSettings, cluster: dict) -> tuple[dict, int]:
@@ -168,6 +178,7 @@ def run_sweep(settings: SweepSettings, data: str, resume: bool):
                 name=settings.name, storage_path=storage_uri(settings.storage),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only last.pt is needed to resume
+                verbose=1,  # the trial status table and start/stop lines, not every epoch's full result
             ),
         )
     return tuner.fit()
@@ -193,12 +204,15 @@ def retrain(settings: SweepSettings, data: str, params: dict):
                            tune_config=tune.TuneConfig(num_samples=1),
                            run_config=tune.RunConfig(name="retrain", storage_path=root,
                                                      failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
     return tuner.fit()[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+    # intermixed: key=value items may stand before and after --flags
+    args = build_arg_parser().parse_intermixed_args(argv)
+    if not args.address:
+        keep_local_ray_on_loopback()
     t0 = time.perf_counter()
     try:
         settings = resolve_settings(args)

@@ -29,7 +29,8 @@ def run_sweep(storage: Path, name: str, *extra: str, timeout: int = 900) -> subp
 
 def trial_states(exp: Path) -> dict[str, str]:
     """trial_id -> status, from Tune's latest experiment-state file ({} until one is written)."""
-    files = sorted(glob.glob(str(exp / "experiment_state-*.json")), key=os.path.getmtime)
+    # The name holds the session's start time; a resumed run writes a new file (and touches the old).
+    files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
     if not files:
         return {}
     try:
@@ -53,10 +54,42 @@ def trial_rows(exp: Path) -> dict[str, list[dict]]:
     return out
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a process started with start_new_session=True and everything it started (Ray's daemons)."""
+def descendants(pid: int) -> list:
+    """Every process started (directly or not) by pid, including Ray workers that left its process group."""
+    import psutil
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_all(proc: subprocess.Popen, children: list) -> None:
+    """SIGKILL proc's process group and the recorded descendants, then wait until they are gone."""
+    import psutil
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for c in children:
+        try:
+            c.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(children, timeout=30)
     proc.wait(timeout=60)
+
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The local addresses that pid and its descendants listen on (TCP)."""
+    import psutil
+    out = set()
+    for p in [psutil.Process(pid), *descendants(pid)]:
+        try:
+            conns = p.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        out |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
+    return out

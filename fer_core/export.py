@@ -1,0 +1,201 @@
+"""Export a checkpoint to ONNX with the preprocessing inside the graph, and check it against PyTorch.
+
+    python -m fer_core.export CHECKPOINT --onnx model.onnx [--check] [--batch-size 64] [--opset 17]
+
+The exported model takes what a deployment has at hand, decoded uint8 pixels, and returns probabilities:
+
+- input ``images``: uint8, shape N×S×S (grayscale checkpoints) or N×S×S×3 (RGB, channels last), S = the
+  checkpoint's ``img_size``; N is dynamic. Faces must be cropped and resized to S×S beforehand with the
+  training decoder's rules (8-bit gray 'L' or RGB, bicubic resize; see ``fer_core.data.decode_image``).
+- inside: uint8 -> float, the gray channel repeated to 3, ``(x - 255*mean) / (255*std)`` per channel:
+  the same arithmetic as ``fer_core.preprocess.Preprocess``.
+- output ``probabilities``: float32 N×7, softmax over the classes in ``class_names`` order.
+
+The class names and this contract are stored in the ONNX file's ``metadata_props`` (keys ``class_names``,
+``preprocess``, ``input_contract``, ``source_checkpoint``, ``fer_core_version``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import FerError
+from .evaluate import load_model
+from .preprocess import Preprocess
+from .runtime import resolve_runtime
+
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+
+
+class PreprocessedModel(nn.Module):
+    """uint8 images in, probabilities out: ``Preprocess`` and softmax wrapped around the network.
+
+    Args:
+        model: the classifier (logits out).
+        preprocess: the checkpoint's contract.
+    """
+
+    def __init__(self, model: nn.Module, preprocess: Preprocess):
+        super().__init__()
+        self.model, self.grayscale = model, preprocess.grayscale
+        # Buffers, so they are constants in the graph; the 255 scale folds the /255 of Preprocess into them.
+        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        x = x.unsqueeze(1).expand(-1, 3, -1, -1) if self.grayscale else x.permute(0, 3, 1, 2)
+        return self.model((x - self.mean) / self.std).softmax(1)
+
+
+def input_contract(pre: Preprocess, class_names: list[str]) -> str:
+    """The sentence stored in the ONNX metadata that tells a deployment what to feed and what comes back."""
+    shape = f"N x {pre.img_size} x {pre.img_size}" + ("" if pre.grayscale else " x 3")
+    colour = "8-bit grayscale ('L')" if pre.grayscale else "8-bit RGB, channels last"
+    return (f"input '{INPUT_NAME}': uint8 {shape}, a face crop resized to {pre.img_size}x{pre.img_size} (bicubic), "
+            f"{colour}; normalisation is inside the graph: (x/255 - mean)/std with mean {list(pre.mean)}, "
+            f"std {list(pre.std)}{', gray repeated to 3 channels' if pre.grayscale else ''}. "
+            f"output '{OUTPUT_NAME}': float32 N x {len(class_names)} softmax probabilities for {', '.join(class_names)}")
+
+
+def _need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise FerError(f"python package '{module}' is missing; pip install onnx onnxruntime (or pip install -e .)") from None
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
+    """Write the checkpoint's model, with its preprocessing and softmax, as an ONNX file.
+
+    Args:
+        checkpoint: a fer_core checkpoint.
+        out: the .onnx file to write (its folder is created).
+        opset: ONNX opset (17 or newer).
+
+    Returns:
+        The ONNX path.
+
+    Raises:
+        CheckpointError: not a usable fer_core checkpoint.
+        FerError: onnx is not installed.
+    """
+    onnx = _need("onnx")
+    model, pre, classes, _ = load_model(checkpoint, resolve_runtime("cpu", channels_last="off"))
+    wrapped = PreprocessedModel(model, pre).eval()
+    shape = (2, pre.img_size, pre.img_size) + (() if pre.grayscale else (3,))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The TorchScript exporter: no onnxscript dependency, and it handles timm's EfficientNet without fuss.
+    torch.onnx.export(wrapped, (torch.zeros(shape, dtype=torch.uint8),), str(out), input_names=[INPUT_NAME],
+                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                      opset_version=opset, dynamo=False)
+    proto = onnx.load(str(out))
+    meta = {"class_names": json.dumps(classes), "preprocess": json.dumps(pre.to_dict()),
+            "input_contract": input_contract(pre, classes), "source_checkpoint": str(checkpoint),
+            "fer_core_version": __version__}
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.doc_string = "fer_core", meta["input_contract"]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    return out
+
+
+def _images_per_s(run, batch: np.ndarray, min_seconds: float = 2.0, min_reps: int = 3) -> float:
+    run(batch)  # warm-up: first calls allocate and (ORT) plan memory
+    reps, t0 = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - t0 < min_seconds:
+        run(batch)
+        reps += 1
+    return reps * len(batch) / (time.perf_counter() - t0)
+
+
+def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 8, bench_batch: int = 64,
+               bench_seconds: float = 2.0, seed: int = 0) -> dict:
+    """Run the ONNX file (onnxruntime, CPU) and the checkpoint (PyTorch, CPU) on the same uint8 batch.
+
+    Args:
+        onnx_path: file written by ``export_onnx``.
+        checkpoint: the checkpoint it came from.
+        batch_size: images compared.
+        bench_batch: batch size for the throughput figures (0: skip timing).
+        bench_seconds: time spent measuring each runtime.
+        seed: random images' seed.
+
+    Returns:
+        {"max_abs_diff", "batch", "onnx_images_per_s", "torch_images_per_s", "threads", "class_names"}.
+    """
+    ort = _need("onnxruntime")
+    runtime = resolve_runtime("cpu", channels_last="off")
+    model, pre, classes, _ = load_model(checkpoint, runtime)
+    wrapped = PreprocessedModel(model, pre).eval()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = runtime.threads  # the same cores PyTorch uses, so the figures compare
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    stored = session.get_modelmeta().custom_metadata_map
+    if json.loads(stored.get("class_names", "[]")) != list(classes):
+        raise FerError(f"{onnx_path}: its class names {stored.get('class_names')} differ from {checkpoint}'s; export it again")
+    shape = (pre.img_size, pre.img_size) + (() if pre.grayscale else (3,))
+    rng = np.random.default_rng(seed)
+
+    def run_ort(x):
+        return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def run_torch(x):
+        with torch.inference_mode():
+            return wrapped(torch.from_numpy(x)).numpy()
+
+    batch = rng.integers(0, 256, (batch_size,) + shape, dtype=np.uint8)
+    p_ort, p_torch = run_ort(batch), run_torch(batch)
+    # The eager Preprocess path (as in training/evaluation) must give the same numbers as the wrapper.
+    with torch.inference_mode():
+        p_eager = model(pre(torch.from_numpy(batch))).softmax(1).numpy()
+    out = {"max_abs_diff": float(np.abs(p_ort - p_torch).max()), "max_abs_diff_eager": float(np.abs(p_ort - p_eager).max()),
+           "batch": batch_size, "threads": runtime.threads, "class_names": classes,
+           "onnx_images_per_s": None, "torch_images_per_s": None, "bench_batch": bench_batch}
+    if bench_batch:
+        big = rng.integers(0, 256, (bench_batch,) + shape, dtype=np.uint8)
+        out["onnx_images_per_s"] = _images_per_s(run_ort, big, bench_seconds)
+        out["torch_images_per_s"] = _images_per_s(run_torch, big, bench_seconds)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fer_core.export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p.add_argument("checkpoint", help="best.pt / last.pt written by fer_core")
+    p.add_argument("--onnx", help="ONNX file to write (default: the checkpoint's path with .onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
+    p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on a batch and time both on CPU")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of the --check timing (default 64)")
+    args = p.parse_args(argv)
+    if args.opset < 17:
+        p.error("--opset must be 17 or newer")
+    out = Path(args.onnx) if args.onnx else Path(args.checkpoint).with_suffix(".onnx")
+    try:
+        export_onnx(args.checkpoint, out, args.opset)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        if args.check:
+            r = check_onnx(out, args.checkpoint, bench_batch=args.batch_size)
+            print(f"onnxruntime vs PyTorch on {r['batch']} images: max abs diff of probabilities {r['max_abs_diff']:.2e}")
+            print(f"CPU inference, batch {r['bench_batch']}, {r['threads']} threads: onnxruntime {r['onnx_images_per_s']:.0f} images/s, "
+                  f"PyTorch {r['torch_images_per_s']:.0f} images/s")
+    except FerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""ONNX export: the graph embeds the preprocessing, onnxruntime agrees with PyTorch, the contract is in the metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fer_core.data import CLASS_NAMES
+from fer_core.errors import CheckpointError
+from fer_core.export import check_onnx, export_onnx, main
+from fer_core.predict import Predictor
+from fer_core.train import train
+
+from .conftest import tiny_config
+
+onnx = pytest.importorskip("onnx", reason="onnx is a project dependency: pip install -e .")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a project dependency: pip install -e .")
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["gray", "rgb"])
+def checkpoint(request, demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    train(tiny_config(demo_root, out, epochs=1, steps_per_epoch=1, grayscale=request.param))
+    return out / "checkpoints" / "best.pt"
+
+
+def test_onnx_matches_pytorch(checkpoint, tmp_path, capsys):
+    path = tmp_path / "model.onnx"
+    assert main([str(checkpoint), "--onnx", str(path)]) == 0 and "wrote" in capsys.readouterr().out
+    r = check_onnx(path, checkpoint, batch_size=8, bench_batch=0)
+    assert r["max_abs_diff"] < 1e-4 and r["max_abs_diff_eager"] < 1e-4, r
+
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    pre = json.loads(meta["preprocess"])
+    assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
+    assert "uint8" in meta["input_contract"] and str(pre["mean"]) in meta["input_contract"]
+
+    # Dynamic batch, uint8 input of the documented shape, probabilities out; same as the Predictor API.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    s = pre["img_size"]
+    shape = (3, s, s) if pre["grayscale"] else (3, s, s, 3)
+    inp = session.get_inputs()[0]
+    assert inp.type == "tensor(uint8)" and inp.shape[1:] == list(shape[1:])
+    x = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    probs = session.run(None, {inp.name: x})[0]
+    assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.abs(probs - Predictor.from_checkpoint(checkpoint, device="cpu").predict_batch(x)).max() < 1e-4
+
+
+def test_export_rejects_a_non_checkpoint(tmp_path, capsys):
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07junk")
+    assert main([str(tmp_path / "m.onnx"), "--onnx", str(tmp_path / "x.onnx")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        export_onnx(tmp_path / "m.onnx", tmp_path / "y.onnx")
