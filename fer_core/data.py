@@ -63,9 +63,6 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=len(self.classes))
-
 
 def _visible(p: Path) -> bool:
     # Hidden files (.DS_Store, editor swap files, our own cache folders) are never data.

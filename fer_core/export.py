@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter: no onnxscript dependency, and it handles timm's EfficientNet without fuss.
-    torch.onnx.export(wrapped, (torch.zeros(shape, dtype=torch.uint8),), str(out), input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                      opset_version=opset, dynamo=False)
+    # Its "legacy exporter" DeprecationWarning is silenced: it says nothing a user of this command can act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(wrapped, (torch.zeros(shape, dtype=torch.uint8),), str(out), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          opset_version=opset, dynamo=False)
     proto = onnx.load(str(out))
     meta = {"class_names": json.dumps(classes), "preprocess": json.dumps(pre.to_dict()),
             "input_contract": input_contract(pre, classes), "source_checkpoint": str(checkpoint),
@@ -121,8 +125,24 @@ def _images_per_s(run, batch: np.ndarray, min_seconds: float = 2.0, min_reps: in
     return reps * len(batch) / (time.perf_counter() - t0)
 
 
+def _test_images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Varied uint8 images: dark to bright, flat to noisy, with a gradient.
+
+    Uniform noise alone is a poor test: every such image looks alike to the network, the outputs barely
+    differ, and two runtimes would agree even if one ignored its input.
+    """
+    size = shape[0]
+    level = np.linspace(20, 235, n)[:, None, None]
+    ramp = np.linspace(-60, 60, size)[None, None, :] * np.resize([1.0, -1.0, 0.3], n)[:, None, None]
+    x = np.broadcast_to(level + ramp, (n, size, size))
+    if len(shape) == 3:  # RGB: a different tint per image
+        x = x[..., None] * np.resize([[1.0, 0.8, 0.6], [0.6, 1.0, 0.8], [0.8, 0.6, 1.0]], (n, 3))[:, None, None, :]
+    contrast = np.resize([0.0, 0.15, 0.5, 1.0], n).reshape((n,) + (1,) * len(shape))
+    return (x + contrast * rng.normal(0, 80, (n,) + shape)).clip(0, 255).astype(np.uint8)
+
+
 def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 8, bench_batch: int = 64,
-               bench_seconds: float = 2.0, seed: int = 0) -> dict:
+               bench_seconds: float = 2.0, seed: int = 0, images: np.ndarray | None = None) -> dict:
     """Run the ONNX file (onnxruntime, CPU) and the checkpoint (PyTorch, CPU) on the same uint8 batch.
 
     Args:
@@ -131,10 +151,13 @@ def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 
         batch_size: images compared.
         bench_batch: batch size for the throughput figures (0: skip timing).
         bench_seconds: time spent measuring each runtime.
-        seed: random images' seed.
+        seed: seed of the generated test images.
+        images: uint8 batch to compare on instead (N×S×S or N×S×S×3); default: generated varied images.
 
     Returns:
-        {"max_abs_diff", "batch", "onnx_images_per_s", "torch_images_per_s", "threads", "class_names"}.
+        {"max_abs_diff" (ONNX vs the wrapper), "max_abs_diff_eager" (ONNX vs model(Preprocess(x))), "prob_range"
+        (largest spread of one class's probability across the images: near 0 means the comparison proves little), "batch", "threads",
+        "onnx_images_per_s", "torch_images_per_s", "bench_batch", "class_names"}.
     """
     ort = _need("onnxruntime")
     runtime = resolve_runtime("cpu", channels_last="off")
@@ -156,12 +179,13 @@ def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 
         with torch.inference_mode():
             return wrapped(torch.from_numpy(x)).numpy()
 
-    batch = rng.integers(0, 256, (batch_size,) + shape, dtype=np.uint8)
+    batch = _test_images(rng, batch_size, shape) if images is None else np.asarray(images, dtype=np.uint8)
     p_ort, p_torch = run_ort(batch), run_torch(batch)
     # The eager Preprocess path (as in training/evaluation) must give the same numbers as the wrapper.
     with torch.inference_mode():
         p_eager = model(pre(torch.from_numpy(batch))).softmax(1).numpy()
     out = {"max_abs_diff": float(np.abs(p_ort - p_torch).max()), "max_abs_diff_eager": float(np.abs(p_ort - p_eager).max()),
+           "prob_range": float(np.ptp(p_torch, axis=0).max()),
            "batch": batch_size, "threads": runtime.threads, "class_names": classes,
            "onnx_images_per_s": None, "torch_images_per_s": None, "bench_batch": bench_batch}
     if bench_batch:

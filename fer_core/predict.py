@@ -137,21 +137,27 @@ def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> tuple[Image
                 if max(w, h) > max_side:
                     r = max_side / max(w, h)
                     im.draft(None, (math.ceil(w * r), math.ceil(h * r)))
-                orientation = im.getexif().get(0x0112, 1)
-                out = ImageOps.exif_transpose(im)  # loads the pixels: truncation shows up here
+                try:
+                    orientation = im.getexif().get(0x0112, 1)
+                except Exception:  # noqa: BLE001 - EXIF parsers raise assorted types; a broken tag must not cost the image
+                    orientation = 1
+                im.load()  # decode now: truncation and corruption show up here
+                out = ImageOps.exif_transpose(im) if orientation in range(2, 9) else im.copy()
                 if orientation in (5, 6, 7, 8):
                     w, h = h, w
-                out = _to_8bit(out).convert("RGB")
+                out = _to_8bit(out)
+                # 32-bit float (some TIFFs) has no direct RGB conversion; 'L' clips it as training's decoder does.
+                out = (out.convert("L") if out.mode == "F" else out).convert("RGB")
                 if max(out.size) > max_side:
                     out.thumbnail((max_side, max_side), Image.BICUBIC)
-                return out, (w, h), orientation not in (1, None)
+                return out, (w, h), orientation in range(2, 9)
     except FileNotFoundError:
         raise DataError(f"{p}: no such file; check the path") from None
     except (IsADirectoryError, PermissionError) as e:
         raise DataError(f"{p}: cannot read the file ({e.strerror}); check its permissions") from None
     except UnidentifiedImageError:
-        raise DataError(f"{p}: not a readable image (Pillow cannot identify it: corrupt, or not an image file "
-                        f"{p.suffix or '(no extension)'}); pass JPEG, PNG, BMP, TIFF, WebP or GIF files") from None
+        raise DataError(f"{p}: not a readable image (Pillow cannot identify this {p.suffix or 'extension-less'} file: "
+                        "corrupt, or not an image); pass JPEG, PNG, BMP, TIFF, WebP or GIF files") from None
     except Image.DecompressionBombError as e:
         raise DataError(f"{p}: image too large to decode safely ({str(e).split(',')[0]}); downscale it first") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
@@ -323,6 +329,8 @@ class Predictor:
             images = [images]
         elif isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (3, 4))):
             images = [images]  # one H×W or H×W×C image, not a batch
+        elif not isinstance(images, np.ndarray):
+            images = list(images)
         return self.predict_batch(np.stack([self.prepare(im) for im in images]) if len(images) else np.zeros((0,)))
 
     # -- photos -> results ----------------------------------------------------------------------------------

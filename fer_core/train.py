@@ -110,12 +110,12 @@ class Trainer:
         warm = min(total, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warm, cfg.min_lr_ratio))
         self.scaler = torch.amp.GradScaler() if self.runtime.amp_dtype is torch.float16 else None
-        weights = engine.class_weights(self.train_data.class_counts()[: len(self.class_names)] if cfg.max_train_samples == 0
-                                       else np.bincount(self.train_data.labels[self.train_idx], minlength=len(self.class_names)),
-                                       cfg.class_weighting)
+        counts = np.bincount(self.train_data.labels[self.train_idx], minlength=len(self.class_names))
+        weights = engine.class_weights(counts, cfg.class_weighting)
         self.loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(self.runtime.device),
                                            label_smoothing=cfg.label_smoothing)
         self.epoch, self.best, self.history = 0, None, []
+        self.best_val: dict | None = None  # full val metrics (confusion matrix included) of the best epoch
 
     # -- state ---------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -165,7 +165,7 @@ class Trainer:
         row["is_best"] = self._is_better(row[self.cfg.best_metric])
         if row["is_best"]:
             self.best = row[self.cfg.best_metric]
-            self._best_val = vm
+            self.best_val = vm
         self.history.append(row)
         return row
 
@@ -223,7 +223,7 @@ def train(config: TrainConfig | Mapping[str, Any], report: ReportFn | None = Non
         save_checkpoint(trainer.state(), ckpt_dir / "last.pt")
         if row["is_best"]:
             copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
-            (out / "best_val_metrics.json").write_text(json.dumps({"epoch": row["epoch"], **trainer._best_val}, indent=1))
+            (out / "best_val_metrics.json").write_text(json.dumps({"epoch": row["epoch"], **trainer.best_val}, indent=1))
         print(_summary_line(row, cfg.epochs, cfg.best_metric, trainer.best), flush=True)
         if report is not None:
             report(row, ckpt_dir)

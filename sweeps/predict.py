@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     if not args.json:
         print(f"{checkpoint}: {predictor.preprocess.img_size}px {'gray' if predictor.preprocess.grayscale else 'RGB'}, "
               f"{len(files)} file(s), face detection {'off' if args.no_face_detect else 'on'}")
-        print(f"{'image':<36} {'face':>4} {'box x,y,w,h':<19} {'expression':<10} {'prob':>5}  " + " ".join(f"{c[:7]:>7}" for c in classes))
+        print(f"{'image':<36} {'face':>4} {'box x,y,w,h':<19} {'expression':<10} {'prob':>5}  " + " ".join(f"{c[:8]:>8}" for c in classes))
     results, records, used = [], [], set()
     rows = []
     for (path, rel), r in zip(files, predictor.predict_files([f for f, _ in files], detect=not args.no_face_detect)):
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
             if not args.json and f is not None:
                 note = "" if f.box else f"  ({r.note})"
                 print(f"{_short(rel, 36):<36} {i if f.box else '-':>4} {_box(f.box):<19} {classes[f.index]:<10} {f.score:>5.2f}  "
-                      + " ".join(f"{v:>7.3f}" for v in f.probs) + note, flush=True)
+                      + " ".join(f"{v:>8.3f}" for v in f.probs) + note, flush=True)
             elif not args.json:
                 print(f"{_short(rel, 36):<36}    - failed (see the summary below)", flush=True)
     with open(out / "predictions.csv", "w", newline="") as fh:

@@ -146,7 +146,8 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], best: d
     with tempfile.TemporaryDirectory() as tmp:
         final.checkpoint.to_directory(tmp)
         shutil.copy2(Path(tmp) / "last.pt", out / "best.pt")
-    winner_cfg = make_config({**config_to_dict(settings.train), **best["params"], "data": data, "epochs": settings.retrain_epochs})
+    winner_cfg = make_config({**config_to_dict(settings.train), **settings.retrain, **best["params"], "data": data,
+                              "epochs": settings.retrain_epochs})
     cfg_dict = config_to_dict(winner_cfg)
     cfg_dict.pop("out")
     (out / "best_config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
@@ -164,7 +165,8 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], best: d
     if (Path(data) / "test").is_dir():
         test = evaluate_checkpoint(out / "best.pt", data, "test", runtime=runtime)
         metrics.update({k: v for k, v in test.items() if k.startswith("test_")})
-    metrics.pop("checkpoint", None), metrics.pop("split", None)
+    for key in ("checkpoint", "split"):  # per-split bookkeeping from evaluate_checkpoint, not metrics
+        metrics.pop(key, None)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
     classes = list(val["val_support"])

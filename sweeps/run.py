@@ -131,9 +131,11 @@ def plan_resources(settings: SweepSettings, cluster: dict) -> tuple[dict, int]:
     return {"cpu": cpt, "gpu": gpt}, min(concurrent, settings.num_samples)
 
 
-def base_train_config(settings: SweepSettings, data: str, resources: dict, epochs: int) -> dict:
-    """The fixed part of every trial's TrainConfig."""
+def base_train_config(settings: SweepSettings, data: str, resources: dict, epochs: int, retrain: bool = False) -> dict:
+    """The fixed part of every trial's TrainConfig (with the ``retrain:`` overrides for the retrain)."""
     base = config_to_dict(settings.train)
+    if retrain:
+        base.update(settings.retrain)
     base.update(data=data, epochs=epochs, threads=int(resources["cpu"]))
     return base
 
@@ -194,7 +196,7 @@ def retrain(settings: SweepSettings, data: str, params: dict):
     import ray
 
     resources, _ = plan_resources(settings, ray.cluster_resources())
-    trainable = make_trainable(base_train_config(settings, data, resources, settings.retrain_epochs), resources)
+    trainable = make_trainable(base_train_config(settings, data, resources, settings.retrain_epochs, retrain=True), resources)
     root = f"{storage_uri(settings.storage)}/{settings.name}"
     exp = f"{root}/retrain"
     if tune.Tuner.can_restore(exp):

@@ -5,7 +5,7 @@ A sweep YAML has these top-level keys (all optional except search_space)::
     name, storage, data, metric, mode, num_samples, max_concurrent_trials, seed, max_failures,
     retrain_epochs, ensemble_top_k, resources: {cpus_per_trial, gpus_per_trial},
     scheduler: {max_epochs, grace_period, reduction_factor}, demo: {...}, train: {TrainConfig keys},
-    search_space: {...}, initial_points: [{param: value, ...}, ...]
+    search_space: {...}, initial_points: [{param: value, ...}, ...], retrain: {TrainConfig keys}
 """
 
 from __future__ import annotations
@@ -63,13 +63,15 @@ class SweepSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     search_space: list[Param] = field(default_factory=list)
     initial_points: list[dict] = field(default_factory=list)
+    # TrainConfig keys that change for the retrain only (e.g. the full train split instead of a trial's subset)
+    retrain: dict = field(default_factory=dict)
     source: str = "defaults"
 
 
 _SCALARS = {"name": str, "storage": str, "data": str, "metric": str, "mode": str, "num_samples": int,
             "max_concurrent_trials": int, "seed": int, "max_failures": int, "retrain_epochs": int, "ensemble_top_k": int}
 _SECTIONS = {"resources": Resources, "scheduler": Scheduler, "demo": Demo}
-TOP_KEYS = set(_SCALARS) | set(_SECTIONS) | {"train", "search_space", "initial_points"}
+TOP_KEYS = set(_SCALARS) | set(_SECTIONS) | {"train", "search_space", "initial_points", "retrain"}
 
 
 def _typed(value, typ, where):
@@ -142,6 +144,11 @@ def load_settings(path: str | Path | None, overrides: dict | None = None) -> Swe
     if not isinstance(train, dict):
         raise ConfigError(f"{src}: 'train' must be a mapping of fer_core config keys")
     s.train = make_config(train, source=f"{src}: train")
+    retrain = raw.get("retrain") or {}
+    if not isinstance(retrain, dict):
+        raise ConfigError(f"{src}: 'retrain' must be a mapping of fer_core config keys")
+    make_config(retrain, source=f"{src}: retrain")  # checks keys and types
+    s.retrain = dict(retrain)
     s.search_space = parse_space(raw.get("search_space"), src)
     _check(s, raw.get("initial_points") or [], src)
     return s

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from fer_core.config import make_config
@@ -54,9 +55,12 @@ def fer_trainable(params: dict, base: dict) -> None:
             resume = local
         print(f"[sweeps] trial restored from its checkpoint (epoch files in {restored.path})", flush=True)
 
+    # Ray's own results name the node by IP, which is not unique when several nodes share a host.
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(row: dict, ckpt_dir: Path) -> None:
         with tempfile.TemporaryDirectory(dir=cfg.out, prefix=".report-") as tmp:
             _link_or_copy(ckpt_dir / "last.pt", Path(tmp) / "last.pt")
-            tune.report(_flat(row), checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({**_flat(row), "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, report=report, resume_from=resume)
