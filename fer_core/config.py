@@ -34,6 +34,7 @@ class TrainConfig:
     out: str = _opt("runs/train", "Output folder: checkpoints/, epochs.jsonl, config.yaml, metrics JSON.")
     img_size: int = _opt(48, "Square input size in pixels. FER2013 is 48 px; larger (upscaled) inputs cost compute but can add accuracy.", low=16, high=512)
     grayscale: bool = _opt(True, "Decode images as grayscale and repeat the channel 3x for the ImageNet stem (FER data is gray; colour adds nothing but memory).")
+    normalize: str = _opt("per_image", "Input normalisation: per_image (each image to zero mean, unit std: robust to exposure and contrast differences between sources) or weights (the pretrained weights' mean/std).", choices=("per_image", "weights"))
     max_train_samples: int = _opt(0, "Use a class-stratified subset of at most this many train images (0 = all). For quick CPU runs.", low=0)
     max_val_samples: int = _opt(0, "Class-stratified subset of the val split (0 = all).", low=0)
     strict: bool = _opt(False, "Fail on a corrupt image instead of warning and skipping it.")

@@ -7,8 +7,9 @@ The exported model takes what a deployment has at hand, decoded uint8 pixels, an
 - input ``images``: uint8, shape N×S×S (grayscale checkpoints) or N×S×S×3 (RGB, channels last), S = the
   checkpoint's ``img_size``; N is dynamic. Faces must be cropped and resized to S×S beforehand with the
   training decoder's rules (8-bit gray 'L' or RGB, bicubic resize; see ``fer_core.data.decode_image``).
-- inside: uint8 -> float, the gray channel repeated to 3, ``(x - 255*mean) / (255*std)`` per channel:
-  the same arithmetic as ``fer_core.preprocess.Preprocess``.
+- inside: ``fer_core.preprocess.Preprocess.normalize`` itself, traced: uint8 -> float, the gray channel
+  repeated to 3, then either each image standardised by its own mean and std (``per_image``, the default)
+  or ``(x - 255*mean) / (255*std)`` per channel with the weights' mean/std.
 - output ``probabilities``: float32 N×7, softmax over the classes in ``class_names`` order.
 
 The class names and this contract are stored in the ONNX file's ``metadata_props`` (keys ``class_names``,
@@ -47,24 +48,22 @@ class PreprocessedModel(nn.Module):
 
     def __init__(self, model: nn.Module, preprocess: Preprocess):
         super().__init__()
-        self.model, self.grayscale = model, preprocess.grayscale
-        # Buffers, so they are constants in the graph; the 255 scale folds the /255 of Preprocess into them.
-        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.model, self.preprocess = model, preprocess
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
-        x = x.unsqueeze(1).expand(-1, 3, -1, -1) if self.grayscale else x.permute(0, 3, 1, 2)
-        return self.model((x - self.mean) / self.std).softmax(1)
+        # The very function training and evaluation use, traced into the graph: they cannot drift apart.
+        return self.model(self.preprocess.normalize(images)).softmax(1)
 
 
 def input_contract(pre: Preprocess, class_names: list[str]) -> str:
     """The sentence stored in the ONNX metadata that tells a deployment what to feed and what comes back."""
     shape = f"N x {pre.img_size} x {pre.img_size}" + ("" if pre.grayscale else " x 3")
     colour = "8-bit grayscale ('L')" if pre.grayscale else "8-bit RGB, channels last"
+    norm = ("each image to zero mean and unit standard deviation over its pixels (std floored at 1 grey level)"
+            if pre.per_image else f"(x/255 - mean)/std with mean {list(pre.mean)}, std {list(pre.std)}")
+    gray = ", gray repeated to 3 channels" if pre.grayscale else ""
     return (f"input '{INPUT_NAME}': uint8 {shape}, a face crop resized to {pre.img_size}x{pre.img_size} (bicubic), "
-            f"{colour}; normalisation is inside the graph: (x/255 - mean)/std with mean {list(pre.mean)}, "
-            f"std {list(pre.std)}{', gray repeated to 3 channels' if pre.grayscale else ''}. "
+            f"{colour}; normalisation is inside the graph{gray}: {norm}. "
             f"output '{OUTPUT_NAME}': float32 N x {len(class_names)} softmax probabilities for {', '.join(class_names)}")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -546,7 +547,10 @@ def plot_contact_sheet(results: Sequence[ImageResult], path: str | os.PathLike, 
         name = Path(r.path).name
         name = name if len(name) <= 28 else name[:12] + "…" + name[-15:]
         if not r.ok or r.thumbnail is None:
-            ax.text(0.5, 0.5, "failed", ha="center", va="center", color="#c62828", fontsize=11, transform=ax.transAxes)
+            # The reason without the path (it is the title) and without the fix (the summary has it).
+            why = (r.error or "").removeprefix(f"{r.path}: ").split(";")[0].split(" (")[0]
+            ax.text(0.5, 0.5, "failed\n" + textwrap.fill(why, 24), ha="center", va="center", color="#c62828",
+                    fontsize=8, transform=ax.transAxes)
             ax.set_title(name, fontsize=7.5, color="0.4")
             continue
         ax.imshow(r.thumbnail)

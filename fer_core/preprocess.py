@@ -17,32 +17,45 @@ from .runtime import Runtime
 @dataclass(frozen=True)
 class Preprocess:
     """Args: img_size: square input size; grayscale: 1-channel decode (repeated to 3 for the stem);
-    mean, std: per-channel normalisation on the 0..1 scale."""
+    mean, std: the weights' per-channel normalisation on the 0..1 scale (used when per_image is off);
+    per_image: standardise each image by its own mean and std instead."""
 
     img_size: int
     grayscale: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    per_image: bool = False
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(int(d["img_size"]), bool(d["grayscale"]), tuple(d["mean"]), tuple(d["std"]))
+        return cls(int(d["img_size"]), bool(d["grayscale"]), tuple(d["mean"]), tuple(d["std"]), bool(d.get("per_image", False)))
 
-    def __call__(self, images: torch.Tensor, runtime: Runtime | None = None) -> torch.Tensor:
-        """uint8 B×H×W or B×H×W×3 -> normalised float B×3×H×W on the runtime's device.
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The arithmetic alone, on whatever device ``x`` is: uint8 B×H×W or B×H×W×3 -> float B×3×H×W.
 
+        Shared by training, evaluation, prediction and the ONNX export, so they cannot drift apart.
         The gray channel is repeated, not averaged into a 1-channel stem, so ImageNet stems (and their
         weights) work unchanged; the stem conv's extra cost is under 1 % of the network.
         """
-        device = runtime.device if runtime else images.device
-        x = images.to(device, non_blocking=True)
         x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1) * 255.0
-        x = (x.float() - mean) / std
+        x = x.float()
+        if self.per_image:
+            # Zero mean, unit std per image: exposure and contrast differ between cameras and datasets
+            # (the FER2013 copy here: train spans 43..205 on average, val 7..237), and a model should not
+            # have to learn that. The floor of 1 grey level keeps a flat image flat instead of amplifying noise.
+            m = x.mean(dim=(1, 2, 3), keepdim=True)
+            sd = ((x - m) ** 2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+            return (x - m) / sd.clamp_min(1.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * 255.0
+        return (x - mean) / std
+
+    def __call__(self, images: torch.Tensor, runtime: Runtime | None = None) -> torch.Tensor:
+        """uint8 batch -> normalised float B×3×H×W on the runtime's device (channels_last when it says so)."""
+        x = self.normalize(images.to(runtime.device if runtime else images.device, non_blocking=True))
         if runtime is not None and runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x.contiguous() if runtime is None or not runtime.channels_last else x
+            return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous()

@@ -67,7 +67,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def _check_resume_compatible(state: dict, cfg: TrainConfig, path) -> None:
     old = state["config"]
-    for key in ("model", "img_size", "grayscale", "epochs", "batch_size", "steps_per_epoch", "max_train_samples", "seed"):
+    for key in ("model", "img_size", "grayscale", "normalize", "epochs", "batch_size", "steps_per_epoch", "max_train_samples", "seed"):
         if old.get(key) != getattr(cfg, key):
             raise CheckpointError(f"{path}: cannot resume, '{key}' was {old.get(key)!r} and is now {getattr(cfg, key)!r}; "
                                   "resume with the same config or start a new run in another --out folder")
@@ -90,7 +90,7 @@ class Trainer:
         self.model = build_model(cfg.model, len(self.class_names), cfg.pretrained, cfg.weights or None,
                                  cfg.drop_rate, cfg.drop_path_rate, cfg.bn_momentum)
         mean, std = normalization(self.model)
-        self.preprocess = Preprocess(cfg.img_size, cfg.grayscale, mean, std)
+        self.preprocess = Preprocess(cfg.img_size, cfg.grayscale, mean, std, per_image=cfg.normalize == "per_image")
         self.model.to(self.runtime.device)
         if self.runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)

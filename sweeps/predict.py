@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
     args = p.parse_args(argv)
 
-    # Imported here so that --help answers at once (torch and timm take seconds to import).
+    # Imported after parsing: the prediction stack (timm, OpenCV, the model code) doubles the start-up time of --help.
     from fer_core.predict import Predictor, collect_inputs, plot_contact_sheet, plot_prediction
 
     out = Path(args.out)

@@ -44,20 +44,24 @@ def checkpoint(request, demo_root, tmp_path_factory):
         model(pre(torch.from_numpy(np.ascontiguousarray(images))))
     head = model.get_classifier()
     with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)))
+        # Scaled for logits of a few units on these images: saturated softmax outputs would hide differences.
+        head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
     save_checkpoint(dict(state, model=model.state_dict()), path)
     return path
 
 
-def test_onnx_matches_pytorch(checkpoint, tmp_path, capsys):
+def test_onnx_matches_pytorch(checkpoint, demo_root, tmp_path, capsys):
     path = tmp_path / "model.onnx"
     assert main([str(checkpoint), "--onnx", str(path)]) == 0 and "wrote" in capsys.readouterr().out
-    r = check_onnx(path, checkpoint, batch_size=8, bench_batch=0)
+    pre = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["preprocess"])
+    # Images like the ones the model was calibrated on (see the fixture): far outside them, an untrained
+    # network's activations run into the thousands and fp32 rounding alone moves the logits by whole units.
+    val = load_split(demo_root, "val", pre["img_size"], pre["grayscale"]).images
+    r = check_onnx(path, checkpoint, batch_size=8, bench_batch=0, images=val[::3][:8])
     assert r["max_abs_diff"] < 1e-4 and r["max_abs_diff_eager"] < 1e-4, r
     assert r["prob_range"] > 0.1, r  # the outputs vary with the input, so agreeing means something
 
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    pre = json.loads(meta["preprocess"])
     assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
     assert "uint8" in meta["input_contract"] and str(pre["mean"]) in meta["input_contract"]
 
@@ -67,7 +71,7 @@ def test_onnx_matches_pytorch(checkpoint, tmp_path, capsys):
     shape = (3, s, s) if pre["grayscale"] else (3, s, s, 3)
     inp = session.get_inputs()[0]
     assert inp.type == "tensor(uint8)" and inp.shape[1:] == list(shape[1:])
-    x = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    x = np.ascontiguousarray(val[1:4])
     probs = session.run(None, {inp.name: x})[0]
     assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert np.abs(probs - Predictor.from_checkpoint(checkpoint, device="cpu").predict_batch(x)).max() < 1e-4

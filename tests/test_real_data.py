@@ -20,9 +20,11 @@ COMMON = dict(img_size=48, max_train_samples=7000, max_val_samples=0, steps_per_
 CHANCE = 1 / 7
 
 CASES = {
-    # name: (extra config, balanced-accuracy threshold set from the measured value, see README)
-    "efficientnet_b0-scratch": ({}, 0.165),
-    "lite0-weights": ({"model": "efficientnet_lite0", "weights": str(LITE0)}, 0.165),
+    # name: (extra config, balanced-accuracy threshold). Measured (README): scratch 0.2162 with the default
+    # per-image normalisation; Lite0 0.1840 with its weights' normalisation (0.1750 per-image). Each
+    # threshold sits 2-4 points below its measurement and 2-4 above chance (0.1429).
+    "efficientnet_b0-scratch": ({}, 0.18),
+    "lite0-weights": ({"model": "efficientnet_lite0", "weights": str(LITE0), "normalize": "weights"}, 0.165),
 }
 
 
