@@ -154,9 +154,10 @@ def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 
         images: uint8 batch to compare on instead (N×S×S or N×S×S×3); default: generated varied images.
 
     Returns:
-        {"max_abs_diff" (ONNX vs the wrapper), "max_abs_diff_eager" (ONNX vs model(Preprocess(x))), "prob_range"
-        (largest spread of one class's probability across the images: near 0 means the comparison proves little), "batch", "threads",
-        "onnx_images_per_s", "torch_images_per_s", "bench_batch", "class_names"}.
+        {"max_abs_diff" (ONNX vs the wrapper), "max_abs_diff_eager" (ONNX vs model(Preprocess(x))),
+        "prob_range" (largest spread of one class's probability across the images: near 0 means the
+        comparison proves little), "batch", "threads", "onnx_images_per_s", "torch_images_per_s",
+        "bench_batch", "class_names"}.
     """
     ort = _need("onnxruntime")
     runtime = resolve_runtime("cpu", channels_last="off")
