@@ -111,11 +111,40 @@ def scan_split(root: str | os.PathLike, split: str, classes: Sequence[str] = CLA
     return SplitFiles(root, split, tuple(classes), paths, labels)
 
 
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """Any PIL mode to one that converts cleanly to 8-bit 'L'/'RGB'.
+
+    16/32-bit gray is scaled by its real range instead of clipped to white; transparency (RGBA, LA, PA,
+    palette with a transparent colour) is composited onto white rather than turning black.
+    """
+    if im.mode in _HIGH_BIT_MODES:
+        arr = np.asarray(im, dtype=np.float32)
+        hi = float(arr.max()) or 1.0
+        im = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im
+
+
+def to_model_array(im: Image.Image, img_size: int, grayscale: bool) -> np.ndarray:
+    """A PIL image (any mode, any size) -> uint8 img_size×img_size (×3 when not grayscale).
+
+    The one conversion used for training data and for images at prediction time. Non-square images are
+    resized to a square (face crops are near-square already, and a crop would lose chin or brows).
+    """
+    im = to_8bit(im).convert("L" if grayscale else "RGB")
+    if im.size != (img_size, img_size):
+        im = im.resize((img_size, img_size), Image.BICUBIC, reducing_gap=2.0)
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
 def decode_image(path: str | os.PathLike, img_size: int, grayscale: bool) -> np.ndarray:
     """Decode one image file to a uint8 array of img_size×img_size (×3 when not grayscale).
-
-    Any mode (RGBA, palette, CMYK, 16-bit, gray) is converted; non-square images are resized to a square
-    (face crops are near-square already, and a crop would lose chin or brows).
 
     Raises:
         OSError, ValueError, SyntaxError, Image.DecompressionBombError: unreadable image (callers decide).
@@ -123,20 +152,7 @@ def decode_image(path: str | os.PathLike, img_size: int, grayscale: bool) -> np.
     with Image.open(path) as im:
         # draft() lets the JPEG decoder downscale by powers of two while decoding: far faster for big photos.
         im.draft("L" if grayscale else "RGB", (img_size, img_size))
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16/32-bit gray: scale to 8 bits by the real range instead of clipping to white.
-            arr = np.asarray(im, dtype=np.float32)
-            hi = float(arr.max()) or 1.0
-            im = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            # Composite transparency onto white rather than letting transparent pixels turn black.
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        im = im.convert("L" if grayscale else "RGB")
-        if im.size != (img_size, img_size):
-            im = im.resize((img_size, img_size), Image.BICUBIC, reducing_gap=2.0)
-        return np.asarray(im, dtype=np.uint8).copy()
+        return to_model_array(im, img_size, grayscale)
 
 
 def _default_cache_dir() -> Path:

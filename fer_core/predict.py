@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import CLASS_NAMES, decode_image
+from .data import CLASS_NAMES, decode_image, to_8bit, to_model_array
 from .errors import CheckpointError, DataError
 from .evaluate import load_model
 from .faces import Box, FaceDetector, crop_face
@@ -45,7 +45,6 @@ MAX_SIDE = 4096
 # The copy kept for the per-image PNG (and, smaller, for the contact sheet).
 DISPLAY_SIDE = 1024
 THUMB_SIDE = 256
-_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -53,25 +52,8 @@ _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """The mode handling of ``data.decode_image``: 16/32-bit gray scaled by its range, transparency on white.
-
-    Kept identical to training's decoder so that an in-memory image and the same image read from a file
-    reach the model as the same pixels.
-    """
-    if im.mode in _HIGH_BIT_MODES:
-        arr = np.asarray(im, dtype=np.float32)
-        hi = float(arr.max()) or 1.0
-        im = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    return im
-
-
 def to_model_input(image: Image.Image, img_size: int, grayscale: bool) -> np.ndarray:
-    """An in-memory image (a face crop) -> the uint8 array the model takes, by ``decode_image``'s rules.
+    """An in-memory image (a face crop) -> the uint8 array the model takes: training's own conversion.
 
     Args:
         image: any PIL image (any mode, any size).
@@ -81,10 +63,7 @@ def to_model_input(image: Image.Image, img_size: int, grayscale: bool) -> np.nda
     Returns:
         uint8 img_size×img_size (gray) or img_size×img_size×3.
     """
-    im = _to_8bit(image).convert("L" if grayscale else "RGB")
-    if im.size != (img_size, img_size):
-        im = im.resize((img_size, img_size), Image.BICUBIC, reducing_gap=2.0)
-    return np.asarray(im, dtype=np.uint8).copy()
+    return to_model_array(image, img_size, grayscale)
 
 
 def array_to_image(a: np.ndarray) -> Image.Image:
@@ -146,7 +125,7 @@ def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> tuple[Image
                 out = ImageOps.exif_transpose(im) if orientation in range(2, 9) else im.copy()
                 if orientation in (5, 6, 7, 8):
                     w, h = h, w
-                out = _to_8bit(out)
+                out = to_8bit(out)
                 # 32-bit float (some TIFFs) has no direct RGB conversion; 'L' clips it as training's decoder does.
                 out = (out.convert("L") if out.mode == "F" else out).convert("RGB")
                 if max(out.size) > max_side:
