@@ -24,7 +24,8 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler,
                     loss_fn: nn.Module, preprocess: Preprocess, runtime: Runtime, scaler=None,
-                    grad_clip: float = 0.0, progress: bool = False, desc: str = "train") -> dict:
+                    grad_clip: float = 0.0, progress: bool = False, desc: str = "train", mixer=None,
+                    ema=None, max_steps: int = 0) -> dict:
     """Train for one pass over ``loader``.
 
     Args:
@@ -38,6 +39,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         grad_clip: max gradient norm (0 = off).
         progress: show a tqdm bar.
         desc: bar label.
+        mixer: a ``mixing.BatchMixer`` (mixup / CutMix), or None.
+        ema: a ``ema.ModelEma`` updated after every optimizer step, or None.
+        max_steps: stop after this many steps (0 = the whole loader; the benchmark uses it).
 
     Returns:
         {"train_loss", "train_accuracy", "train_images", "train_steps", "epoch_seconds", "images_per_s"},
@@ -56,9 +60,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     for images, labels in bar:
         x = preprocess(images, runtime)
         y = labels.to(runtime.device, non_blocking=True)
+        x, y_a, y_b, lam = mixer(x, y) if mixer is not None else (x, y, y, 1.0)
         with runtime.autocast():
             logits = model(x)
-            loss = loss_fn(logits.float(), y)
+        logits = logits.float()
+        loss = loss_fn(logits, y_a) if lam == 1.0 else lam * loss_fn(logits, y_a) + (1.0 - lam) * loss_fn(logits, y_b)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -74,6 +80,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update(model)
         n = y.shape[0]
         # Accumulate on the device: a .item() per step would force a GPU sync every batch.
         loss_sum += loss.detach() * n
@@ -86,8 +94,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             raise FloatingPointError(f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip")
         if progress and steps % 10 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        if steps == max_steps:
+            break
     if not torch.isfinite(loss_sum):
         raise FloatingPointError(f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip")
+    if runtime.is_cuda:
+        torch.cuda.synchronize(runtime.device)  # the clock must include queued GPU work
     seconds = time.perf_counter() - t0
     return {
         "train_loss": float(loss_sum.item() / max(seen, 1)),
@@ -102,7 +114,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, preprocess: Preprocess, runtime: Runtime,
              class_names: list[str], loss_fn: nn.Module | None = None, prefix: str = "val_",
-             return_probs: bool = False) -> dict:
+             return_probs: bool = False, tta_flip: bool = False) -> dict:
     """Evaluate on labelled batches: loss, accuracy, balanced accuracy, macro-F1, per-class figures, confusion matrix.
 
     Args:
@@ -113,29 +125,57 @@ def evaluate(model: nn.Module, batches: Iterable, preprocess: Preprocess, runtim
         class_names: names in label order.
         loss_fn: criterion for the loss figure (None: plain cross-entropy).
         prefix: prepended to every metric key.
-        return_probs: also return "probs" (N×C numpy) and "labels" (N) under those bare keys.
+        return_probs: also return "probs" (N×C numpy) and "labels" (N) under those bare keys
+            (and "probs_tta" with ``tta_flip``).
+        tta_flip: also score the average of the image's and its mirror's probabilities; those metrics
+            come under ``prefix + "tta_"`` (val_tta_accuracy, ...), beside the plain ones.
     """
     model.eval()
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     loss_sum, seen = 0.0, 0
-    all_probs, all_labels = [], []
+    tta_sum = 0.0
+    all_probs, all_tta, all_labels = [], [], []
     for images, labels in batches:
         x = preprocess(images, runtime)
         y = labels.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             logits = model(x).float()
+            flipped = model(x.flip(-1)).float() if tta_flip else None
         loss_sum += float(loss_fn(logits, y)) * y.shape[0]
         seen += y.shape[0]
-        all_probs.append(logits.softmax(1).cpu())
+        probs = logits.softmax(1)
+        all_probs.append(probs.cpu())
+        if tta_flip:
+            tta = (probs + flipped.softmax(1)) / 2
+            tta_sum += float(nn.functional.nll_loss(tta.clamp_min(1e-12).log(), y)) * y.shape[0]
+            all_tta.append(tta.cpu())
         all_labels.append(labels.cpu())
-    probs = torch.cat(all_probs).numpy()
     labels_np = torch.cat(all_labels).numpy()
-    cm = confusion_matrix(labels_np, probs.argmax(1), len(class_names))
-    out = summarize(cm, class_names, prefix=prefix)
+    probs = torch.cat(all_probs).numpy()
+    out = probs_metrics(probs, labels_np, class_names, prefix)
     out[prefix + "loss"] = loss_sum / max(seen, 1)
+    if tta_flip:
+        tta_probs = torch.cat(all_tta).numpy()
+        out.update(probs_metrics(tta_probs, labels_np, class_names, prefix + "tta_"))
+        out[prefix + "tta_loss"] = tta_sum / max(seen, 1)
     if return_probs:
         out["probs"], out["labels"] = probs, labels_np
+        if tta_flip:
+            out["probs_tta"] = tta_probs
     return out
+
+
+def probs_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str], prefix: str) -> dict:
+    """Accuracy, balanced accuracy, macro-F1, per-class figures and confusion matrix of argmax(probs).
+
+    Args:
+        probs: N×C class probabilities (one model, TTA, or an ensemble's average).
+        labels: N true labels.
+        class_names: names in label order.
+        prefix: prepended to every key.
+    """
+    cm = confusion_matrix(labels, probs.argmax(1), len(class_names))
+    return summarize(cm, class_names, prefix=prefix)
 
 
 def class_weights(counts: np.ndarray, mode: str) -> torch.Tensor | None:

@@ -39,8 +39,11 @@ def load_model(path, runtime: Runtime | None = None):
     state = load_checkpoint(path)
     cfg = state["config"]
     model = build_model(cfg["model"], num_classes=len(state["class_names"]), drop_rate=cfg.get("drop_rate", 0.0))
+    # A run with weight averaging was evaluated (and chose best.pt) with the EMA weights, so those are
+    # what a checkpoint deploys; the raw weights stay in "model" for resuming.
+    weights = state["ema"]["module"] if state.get("ema") else state["model"]
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit model {cfg['model']} ({str(e).splitlines()[0]}); the checkpoint is damaged") from None
     model.to(runtime.device).eval()
@@ -50,7 +53,8 @@ def load_model(path, runtime: Runtime | None = None):
 
 
 def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 256, runtime: Runtime | None = None,
-                        cache_dir: str | None = None, return_probs: bool = False) -> dict:
+                        cache_dir: str | None = None, return_probs: bool = False,
+                        tta_flip: bool = False) -> dict:
     """Evaluate a checkpoint on ``data/split``, with the checkpoint's own preprocessing.
 
     Args:
@@ -60,7 +64,8 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 2
         batch_size: evaluation batch size.
         runtime: device settings (default: auto).
         cache_dir: decoded-image cache folder (None: default).
-        return_probs: include "probs"/"labels" arrays.
+        return_probs: include "probs"/"labels" arrays (and "probs_tta").
+        tta_flip: add horizontal-flip TTA metrics under ``split_tta_``.
 
     Returns:
         Metrics with keys prefixed by ``split_`` plus "checkpoint", "split", "epoch".
@@ -69,7 +74,7 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 2
     model, pre, classes, state = load_model(path, runtime)
     split_data = load_split(data, split, pre.img_size, pre.grayscale, cache_dir=cache_dir, classes=classes)
     out = engine.evaluate(model, iter_batches(split_data, np.arange(len(split_data)), batch_size), pre, runtime,
-                          classes, prefix=f"{split}_", return_probs=return_probs)
+                          classes, prefix=f"{split}_", return_probs=return_probs, tta_flip=tta_flip)
     out.update({"checkpoint": str(path), "split": split, "epoch": int(state["epoch"])})
     return out
 
@@ -93,15 +98,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="metrics JSON path (default: <checkpoint folder>/<split>_metrics.json)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     args = p.parse_args(argv)
     try:
-        m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, resolve_runtime(args.device))
+        m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, resolve_runtime(args.device),
+                                tta_flip=args.tta)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"{args.split}_metrics.json"
     out.write_text(json.dumps(m, indent=1))
     print(format_metrics(m, args.split))
+    if args.tta:
+        print(format_metrics(m, f"{args.split}_tta"))
     print(f"saved {out}")
     return 0
 

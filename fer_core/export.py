@@ -62,6 +62,8 @@ def input_contract(pre: Preprocess, class_names: list[str]) -> str:
     norm = ("each image to zero mean and unit standard deviation over its pixels (std floored at 1 grey level)"
             if pre.per_image else f"(x/255 - mean)/std with mean {list(pre.mean)}, std {list(pre.std)}")
     gray = ", gray repeated to 3 channels" if pre.grayscale else ""
+    if pre.blur_sigma > 0:
+        norm = f"Gaussian blur with sigma {pre.blur_sigma:g} px (matching the training images' sharpness), then " + norm
     return (f"input '{INPUT_NAME}': uint8 {shape}, a face crop resized to {pre.img_size}x{pre.img_size} (bicubic), "
             f"{colour}; normalisation is inside the graph{gray}: {norm}. "
             f"output '{OUTPUT_NAME}': float32 N x {len(class_names)} softmax probabilities for {', '.join(class_names)}")

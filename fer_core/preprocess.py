@@ -12,26 +12,30 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .runtime import Runtime
+from .sharpness import gaussian_blur
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """Args: img_size: square input size; grayscale: 1-channel decode (repeated to 3 for the stem);
     mean, std: the weights' per-channel normalisation on the 0..1 scale (used when per_image is off);
-    per_image: standardise each image by its own mean and std instead."""
+    per_image: standardise each image by its own mean and std instead;
+    blur_sigma: Gaussian blur in pixels applied first (0 = none; see ``sharpness``)."""
 
     img_size: int
     grayscale: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     per_image: bool = False
+    blur_sigma: float = 0.0
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(int(d["img_size"]), bool(d["grayscale"]), tuple(d["mean"]), tuple(d["std"]), bool(d.get("per_image", False)))
+        return cls(int(d["img_size"]), bool(d["grayscale"]), tuple(d["mean"]), tuple(d["std"]), bool(d.get("per_image", False)),
+                   float(d.get("blur_sigma", 0.0)))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The arithmetic alone, on whatever device ``x`` is: uint8 B×H×W or B×H×W×3 -> float B×3×H×W.
@@ -40,8 +44,9 @@ class Preprocess:
         The gray channel is repeated, not averaged into a 1-channel stem, so ImageNet stems (and their
         weights) work unchanged; the stem conv's extra cost is under 1 % of the network.
         """
-        x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-        x = x.float()
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        # Blur before repeating the gray channel: a third of the work, the same result.
+        x = gaussian_blur(x.float(), self.blur_sigma).expand(-1, 3, -1, -1)
         if self.per_image:
             # Zero mean, unit std per image: exposure and contrast differ between cameras and datasets
             # (the FER2013 copy here: train spans 43..205 on average, val 7..237), and a model should not

@@ -32,6 +32,13 @@ class Runtime:
     channels_last: bool
     num_workers: int
     threads: int
+    compile: bool = False
+    eval_batch_size: int = 256
+
+    @property
+    def pin_memory(self) -> bool:
+        """Page-locked host batches: only meaningful (and only allowed) with a CUDA device to copy to."""
+        return self.is_cuda
 
     @property
     def is_cuda(self) -> bool:
@@ -46,11 +53,69 @@ class Runtime:
     def describe(self) -> str:
         prec = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         name = torch.cuda.get_device_name(self.device) if self.is_cuda else f"cpu ({self.threads} threads)"
-        return f"{self.device} [{name}], {prec}, channels_last={'on' if self.channels_last else 'off'}, workers={self.num_workers}"
+        return (f"{self.device} [{name}], {prec}, channels_last={'on' if self.channels_last else 'off'}, "
+                f"compile={'on' if self.compile else 'off'}, workers={self.num_workers}")
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    """The decisions of ``resolve_runtime`` before any are applied: a pure function of the machine, so
+    tests on a CPU-only machine can check what a GPU run would use."""
+
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    compile: bool
+    num_workers: int
+    threads: int
+    eval_batch_size: int
+
+
+def plan_runtime(device_type: str, cpus: int, bf16_supported: bool, precision: str = "auto",
+                 channels_last: str = "auto", compile: str = "auto", threads: int = 0, num_workers: int = -1,
+                 eval_batch_size: int = 0) -> RuntimePlan:
+    """Decide precision, memory format, compilation, threads, workers and eval batch for a device.
+
+    Each "auto" is the measured winner (``python -m fer_core.bench``; figures in the README):
+
+    - precision: bf16 autocast on CUDA (fp32's range, no loss scaling), fp16 on CUDA without bf16;
+      fp32 on CPU, where bf16 autocast measured slower (142 vs 173 img/s, efficientnet_b0 48 px, 2 cores).
+    - channels_last: on everywhere. On CPU it measured 1.7-2.1x faster than NCHW for efficientnet_b0
+      (oneDNN's depthwise convolutions prefer NHWC); on CUDA tensor cores want NHWC too.
+    - compile: off unless asked for. On CPU torch.compile measured slower (252 vs 278 img/s) after
+      ~100 s of compilation; it has not been measured on a GPU, so it is not on by default there either.
+    - workers: none on CPU (augmentation costs ~0.2 ms an image, ~6 % of a CPU step; a worker would
+      take a core from the model), CPUs-1 up to 8 on CUDA (one core augments ~4,800 img/s at 48 px).
+    - eval batch: 1024 on CUDA, 256 on CPU (no gradients; larger batches only add latency on a CPU).
+
+    Args:
+        device_type: "cpu" or "cuda".
+        cpus: CPUs this process may use.
+        bf16_supported: whether the CUDA device supports bf16.
+        precision, channels_last, compile: config strings ("auto" or an explicit choice).
+        threads: torch CPU threads (0 = cpus).
+        num_workers: DataLoader workers (-1 = auto).
+        eval_batch_size: evaluation batch (0 = auto).
+
+    Raises:
+        ConfigError: fp16 asked for on a CPU.
+    """
+    cuda = device_type == "cuda"
+    if precision == "auto":
+        amp = (torch.bfloat16 if bf16_supported else torch.float16) if cuda else None
+    else:
+        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        if amp is torch.float16 and not cuda:
+            raise ConfigError("key 'precision' = 'fp16' needs a CUDA device; use fp32 or bf16 on CPU")
+    cl = channels_last != "off"
+    comp = compile == "on"
+    if num_workers < 0:
+        num_workers = min(8, max(1, cpus - 1)) if cuda else 0
+    return RuntimePlan(amp, cl, comp, num_workers, threads or cpus, eval_batch_size or (1024 if cuda else 256))
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto",
-                    threads: int = 0, num_workers: int = -1) -> Runtime:
+                    threads: int = 0, num_workers: int = -1, compile: str = "auto",
+                    eval_batch_size: int = 0) -> Runtime:
     """Turn config strings into a Runtime and apply process-wide settings (threads, cudnn).
 
     Args:
@@ -59,6 +124,8 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         channels_last: "auto", "on" or "off".
         threads: torch CPU threads (0 = every CPU this process may use).
         num_workers: DataLoader workers (-1 = auto).
+        compile: "auto", "on" or "off" (torch.compile of the training forward).
+        eval_batch_size: evaluation batch size (0 = auto).
 
     Raises:
         ConfigError: CUDA asked for but absent, or an unknown device string.
@@ -73,23 +140,12 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"key 'device' = {device!r} but no CUDA GPU is visible; use device=auto or cpu")
     cuda = dev.type == "cuda"
-    if precision == "auto":
-        # bf16 keeps fp32's range (no loss scaling needed); fp16 only for GPUs without bf16 support.
-        amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
-    else:
-        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        if amp is torch.float16 and not cuda:
-            raise ConfigError("key 'precision' = 'fp16' needs a CUDA device; use fp32 or bf16 on CPU")
-    cl = cuda if channels_last == "auto" else channels_last == "on"
-    cpus = available_cpus()
-    n_threads = threads or cpus
-    torch.set_num_threads(n_threads)
-    if num_workers < 0:
-        # On CPU the model, not the data, is the bottleneck (~70 img/s on 2 cores): workers would only
-        # steal cores from it. On a GPU, augmentation must keep up, so use the CPUs we were given.
-        num_workers = min(8, max(1, cpus - 1)) if cuda else 0
+    plan = plan_runtime(dev.type, available_cpus(), cuda and torch.cuda.is_bf16_supported(), precision,
+                        channels_last, compile, threads, num_workers, eval_batch_size)
+    torch.set_num_threads(plan.threads)
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed input size, so autotuning pays off after step one
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(dev, amp, cl, num_workers, n_threads)
+    return Runtime(dev, plan.amp_dtype, plan.channels_last, plan.num_workers, plan.threads, plan.compile,
+                   plan.eval_batch_size)

@@ -22,16 +22,20 @@ from torch import nn
 from . import engine
 from .augment import build_train_transform
 from .checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig, config_help, config_to_dict, load_yaml, make_config, parse_overrides
+from .config import FIELDS, TrainConfig, config_help, config_to_dict, load_yaml, make_config, parse_overrides
 from .data import EpochSampler, FerDataset, SplitData, iter_batches, load_split, stratified_indices
 from .errors import CheckpointError, FerError
+from .ema import ModelEma
+from .mixing import BatchMixer
 from .model import build_model, normalization
 from .preprocess import Preprocess
 from .runtime import Runtime, resolve_runtime
+from .sharpness import match_blur_sigma
 
 ReportFn = Callable[[dict, Path], None]
 # Keys of an epoch row kept small: Ray stores every reported row, so the confusion matrix goes to a file.
-_ROW_VAL_KEYS = ("val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_per_class_recall")
+_ROW_VAL_KEYS = ("val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_per_class_recall",
+                 "val_tta_accuracy", "val_tta_balanced_accuracy", "val_tta_macro_f1")
 
 
 def seed_everything(seed: int) -> None:
@@ -67,8 +71,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def _check_resume_compatible(state: dict, cfg: TrainConfig, path) -> None:
     old = state["config"]
-    for key in ("model", "img_size", "grayscale", "normalize", "epochs", "batch_size", "steps_per_epoch", "max_train_samples", "seed"):
-        if old.get(key) != getattr(cfg, key):
+    for key in ("model", "img_size", "grayscale", "normalize", "blur_sigma", "epochs", "batch_size", "steps_per_epoch", "max_train_samples", "seed"):
+        if old.get(key, FIELDS[key].default) != getattr(cfg, key):  # keys added later: their default
             raise CheckpointError(f"{path}: cannot resume, '{key}' was {old.get(key)!r} and is now {getattr(cfg, key)!r}; "
                                   "resume with the same config or start a new run in another --out folder")
 
@@ -79,7 +83,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
         self.cfg = cfg
-        self.runtime = runtime or resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.threads, cfg.num_workers)
+        self.runtime = runtime or resolve_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.threads,
+                                                  cfg.num_workers, cfg.compile, cfg.eval_batch_size)
         seed_everything(cfg.seed)
         common = dict(img_size=cfg.img_size, grayscale=cfg.grayscale, strict=cfg.strict, cache_dir=cfg.cache_dir or None)
         self.train_data: SplitData = load_split(cfg.data, "train", **common)
@@ -90,10 +95,17 @@ class Trainer:
         self.model = build_model(cfg.model, len(self.class_names), cfg.pretrained, cfg.weights or None,
                                  cfg.drop_rate, cfg.drop_path_rate, cfg.bn_momentum)
         mean, std = normalization(self.model)
-        self.preprocess = Preprocess(cfg.img_size, cfg.grayscale, mean, std, per_image=cfg.normalize == "per_image")
+        self.blur_sigma = cfg.blur_sigma if cfg.blur_sigma >= 0 else self._matched_blur()
+        self.preprocess = Preprocess(cfg.img_size, cfg.grayscale, mean, std, per_image=cfg.normalize == "per_image",
+                                     blur_sigma=self.blur_sigma)
         self.model.to(self.runtime.device)
         if self.runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # The compiled wrapper shares the model's parameters: checkpoints and evaluation use the plain
+        # module (eval mode would trigger a second compilation for no gain in a pass this short).
+        self.train_model = torch.compile(self.model) if self.runtime.compile else self.model
+        self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.mixer = BatchMixer(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
         n = len(self.train_idx)
         if n < cfg.batch_size and not cfg.steps_per_epoch:
             raise FerError(f"key 'batch_size' = {cfg.batch_size} exceeds the {n} training images; lower batch_size or add data")
@@ -104,7 +116,7 @@ class Trainer:
         w = self.runtime.num_workers
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=w, drop_last=True,
-            pin_memory=self.runtime.is_cuda, persistent_workers=w > 0, prefetch_factor=4 if w > 0 else None)
+            pin_memory=self.runtime.pin_memory, persistent_workers=w > 0, prefetch_factor=4 if w > 0 else None)
         self.optimizer = build_optimizer(self.model, cfg)
         total = cfg.epochs * self.steps_per_epoch
         warm = min(total, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
@@ -117,6 +129,12 @@ class Trainer:
         self.epoch, self.best, self.history = 0, None, []
         self.best_val: dict | None = None  # full val metrics (confusion matrix included) of the best epoch
 
+    def _matched_blur(self) -> float:
+        """blur_sigma auto: matched on 512 images of each split (seeded, labels unused; see ``sharpness``)."""
+        rng = np.random.default_rng(self.cfg.seed)
+        pick = lambda data, idx: np.asarray(data.images[np.sort(rng.choice(idx, min(512, len(idx)), replace=False))])
+        return match_blur_sigma(pick(self.train_data, self.train_idx), pick(self.val_data, self.val_idx))
+
     # -- state ---------------------------------------------------------------------------------------------
     def state(self) -> dict:
         return {
@@ -125,6 +143,7 @@ class Trainer:
             "epoch": self.epoch, "best_metric": self.best, "best_metric_name": self.cfg.best_metric,
             "config": config_to_dict(self.cfg), "class_names": self.class_names,
             "preprocess": self.preprocess.to_dict(), "history": self.history,
+            "ema": self.ema.state_dict() if self.ema else None,
         }
 
     def restore(self, path) -> None:
@@ -137,13 +156,21 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
         self.epoch, self.best, self.history = int(state["epoch"]), state["best_metric"], list(state["history"])
 
     def evaluate(self, data: SplitData | None = None, indices=None, prefix: str = "val_", return_probs: bool = False) -> dict:
         data = data if data is not None else self.val_data
         indices = indices if indices is not None else (self.val_idx if data is self.val_data else np.arange(len(data)))
-        return engine.evaluate(self.model, iter_batches(data, indices, self.cfg.eval_batch_size), self.preprocess,
-                               self.runtime, self.class_names, prefix=prefix, return_probs=return_probs)
+        return engine.evaluate(self.eval_model, iter_batches(data, indices, self.runtime.eval_batch_size), self.preprocess,
+                               self.runtime, self.class_names, prefix=prefix, return_probs=return_probs,
+                               tta_flip=self.cfg.tta_flip)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and deployed: the EMA when it is on, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _is_better(self, value: float) -> bool:
         if self.best is None:
@@ -157,11 +184,12 @@ class Trainer:
         torch.manual_seed(self.cfg.seed * 1_000 + self.epoch)
         self.sampler.set_epoch(self.epoch)
         lr = self.optimizer.param_groups[0]["lr"]
-        tm = engine.train_one_epoch(self.model, self.loader, self.optimizer, self.scheduler, self.loss_fn,
+        tm = engine.train_one_epoch(self.train_model, self.loader, self.optimizer, self.scheduler, self.loss_fn,
                                     self.preprocess, self.runtime, self.scaler, self.cfg.grad_clip,
-                                    self.cfg.progress, desc=f"epoch {self.epoch}/{self.cfg.epochs}")
+                                    self.cfg.progress, desc=f"epoch {self.epoch}/{self.cfg.epochs}",
+                                    mixer=self.mixer if self.mixer.enabled else None, ema=self.ema)
         vm = self.evaluate()
-        row = {"epoch": self.epoch, "lr": lr, **tm, **{k: vm[k] for k in _ROW_VAL_KEYS}}
+        row = {"epoch": self.epoch, "lr": lr, **tm, **{k: vm[k] for k in _ROW_VAL_KEYS if k in vm}}
         row["is_best"] = self._is_better(row[self.cfg.best_metric])
         if row["is_best"]:
             self.best = row[self.cfg.best_metric]
@@ -173,7 +201,9 @@ class Trainer:
 def _summary_line(row: dict, epochs: int, best_name: str, best) -> str:
     return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
             f"val_loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} bal_acc {row['val_balanced_accuracy']:.4f} "
-            f"macro_f1 {row['val_macro_f1']:.4f}  {row['images_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s"
+            f"macro_f1 {row['val_macro_f1']:.4f}"
+            + (f" tta_acc {row['val_tta_accuracy']:.4f}" if "val_tta_accuracy" in row else "")
+            + f"  {row['images_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s"
             f"{'  *best' if row['is_best'] else ''}  ({best_name} best {best:.4f})")
 
 
@@ -214,7 +244,7 @@ def train(config: TrainConfig | Mapping[str, Any], report: ReportFn | None = Non
     log_path = out / "epochs.jsonl"
     log_path.write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
     print(f"[fer_core] {len(trainer.train_idx)} train / {len(trainer.val_idx)} val images, {cfg.model} at {cfg.img_size}px on "
-          f"{trainer.runtime.describe()}, {trainer.steps_per_epoch} steps/epoch"
+          f"{trainer.runtime.describe()}, {trainer.steps_per_epoch} steps/epoch, input blur sigma {trainer.blur_sigma:g}"
           + (f", resuming after epoch {trainer.epoch}" if trainer.epoch else ""), flush=True)
     while trainer.epoch < cfg.epochs:
         row = trainer.run_epoch()

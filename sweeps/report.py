@@ -15,6 +15,7 @@ import yaml
 from fer_core import viz
 from fer_core.config import config_to_dict, make_config
 from fer_core.data import load_split
+from fer_core.engine import probs_metrics
 from fer_core.evaluate import evaluate_checkpoint
 from fer_core.runtime import resolve_runtime
 
@@ -89,6 +90,49 @@ def ranked(trials: list[dict], settings: SweepSettings) -> list[dict]:
     return sorted(trials, key=lambda t: (t["status"] == "ERROR" or _nan(t["best"]), -sign * (0 if _nan(t["best"]) else t["best"])))
 
 
+def top_trials(trials: list[dict], settings: SweepSettings, k: int) -> list[dict]:
+    """The best ``k`` finished trials with distinct parameters, best first (the ensemble's members).
+
+    Args:
+        trials: from ``collect_trials``.
+        settings: metric and mode.
+        k: how many.
+    """
+    out, seen = [], set()
+    for t in ranked(trials, settings):
+        if t["status"] == "ERROR" or _nan(t["best"]):
+            continue
+        key = json.dumps(t["params"], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+        if len(out) == k:
+            break
+    return out
+
+
+def _split_scores(ckpt: Path, data: str, split: str, runtime) -> dict:
+    """A checkpoint's metrics on a split, plain and with flip TTA, with both probability arrays."""
+    return evaluate_checkpoint(ckpt, data, split, runtime=runtime, return_probs=True, tta_flip=True)
+
+
+def ensemble_metrics(scores: list[dict], split: str, classes: list[str]) -> dict:
+    """Metrics of the average of the members' probabilities, plain and with flip TTA.
+
+    Args:
+        scores: per member, the output of ``evaluate_checkpoint(..., return_probs=True, tta_flip=True)``.
+        split: split name (the key prefix).
+        classes: class names in label order.
+    """
+    labels = scores[0]["labels"]
+    out = {}
+    for key, prefix in (("probs", f"{split}_"), ("probs_tta", f"{split}_tta_")):
+        avg = np.mean([s[key] for s in scores], axis=0)
+        m = probs_metrics(avg, labels, classes, prefix)
+        out.update({k: m[k] for k in (prefix + "accuracy", prefix + "balanced_accuracy", prefix + "macro_f1")})
+    return out
+
+
 def _importances(trials: list[dict], settings: SweepSettings) -> dict:
     """fANOVA importance of each searched parameter over the finished trials (empty if too few)."""
     import optuna
@@ -126,17 +170,19 @@ def _sample_indices(labels: np.ndarray, probs: np.ndarray, n: int = 16, seed: in
     return np.asarray(picked[:n])
 
 
-def write_report(settings: SweepSettings, data: str, trials: list[dict], best: dict, final, wall_s: float) -> Path:
-    """Write report/ for the sweep and the retrained winner; returns the report folder.
+def write_report(settings: SweepSettings, data: str, trials: list[dict], members: list[dict], finals: list,
+                 wall_s: float) -> Path:
+    """Write report/ for the sweep, the retrained winner and (with several members) their ensemble.
 
     Args:
         settings: sweep settings.
         data: dataset root used.
         trials: from ``collect_trials``.
-        best: the winning trial.
-        final: Ray Result of the retrain.
+        members: the retrained trials, the winner first (``top_trials``).
+        finals: Ray Results of their retrains, in the same order.
         wall_s: seconds since the sweep started (the report states it).
     """
+    best, final = members[0], finals[0]
     storage = settings.storage
     root = Path(storage).expanduser().resolve() / settings.name if "://" not in storage else Path("runs") / settings.name
     out = root / "report"
@@ -159,14 +205,38 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], best: d
                "search_seed": settings.seed, "data": data,
                "trials": {"total": len(trials), "failed": sum(t["status"] == "ERROR" for t in trials),
                           "stopped_early": sum(t["stopped_early"] for t in trials)}}
-    val = evaluate_checkpoint(out / "best.pt", data, "val", runtime=runtime, return_probs=True)
-    probs, labels = val.pop("probs"), val.pop("labels")
-    metrics.update(val)
-    if (Path(data) / "test").is_dir():
-        test = evaluate_checkpoint(out / "best.pt", data, "test", runtime=runtime)
-        metrics.update({k: v for k, v in test.items() if k.startswith("test_")})
-    for key in ("checkpoint", "split"):  # per-split bookkeeping from evaluate_checkpoint, not metrics
-        metrics.pop(key, None)
+    splits = ["val"] + (["test"] if (Path(data) / "test").is_dir() else [])
+    scores = {sp: [_split_scores(out / "best.pt", data, sp, runtime)] for sp in splits}
+    val = scores["val"][0]
+    probs, labels = val["probs"], val["labels"]
+    for sp in splits:
+        metrics.update({k: v for k, v in scores[sp][0].items() if k.startswith(f"{sp}_")})
+
+    # The ensemble: the other members' final checkpoints beside the winner's, probabilities averaged.
+    ok = [(t, r) for t, r in zip(members, finals) if not r.error]
+    if len(members) > 1:
+        ens_dir = out / "ensemble"
+        ens_dir.mkdir(exist_ok=True)
+        shutil.copy2(out / "best.pt", ens_dir / "member0.pt")
+        for i, (t, r) in enumerate(ok[1:], start=1):
+            with tempfile.TemporaryDirectory() as tmp:
+                r.checkpoint.to_directory(tmp)
+                shutil.copy2(Path(tmp) / "last.pt", ens_dir / f"member{i}.pt")
+            for sp in splits:
+                scores[sp].append(_split_scores(ens_dir / f"member{i}.pt", data, sp, runtime))
+        classes_ = list(val["val_support"])
+        metrics["ensemble"] = {
+            "members": [{"trial_id": t["trial_id"], "params": t["params"], "checkpoint": f"ensemble/member{i}.pt",
+                         "seed": int(t["params"].get("seed", settings.retrain.get("seed", settings.train.seed))),
+                         "val_accuracy": scores["val"][i]["val_accuracy"]}
+                        for i, (t, r) in enumerate(ok)],
+            "failed_members": [{"trial_id": t["trial_id"], "error": str(r.error)[:300]} for t, r in zip(members, finals) if r.error],
+        }
+        for sp in splits:
+            metrics["ensemble"].update(ensemble_metrics(scores[sp], sp, classes_))
+    for sp in splits:
+        for key in ("probs", "probs_tta", "labels"):
+            scores[sp][0].pop(key, None)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
     classes = list(val["val_support"])
@@ -219,7 +289,23 @@ def _trial_table(trials: list[dict], settings: SweepSettings, limit: int | None 
 
 def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: dict, path: Path) -> None:
     failed = [t for t in trials if t["status"] == "ERROR"]
-    test = f"| test | {m['test_accuracy']:.4f} | {m['test_balanced_accuracy']:.4f} | {m['test_macro_f1']:.4f} |" if "test_accuracy" in m else None
+    results = []
+    ens = m.get("ensemble")
+    for sp in ("val", "test"):
+        if f"{sp}_accuracy" not in m:
+            continue
+        for tta in ("", "tta_"):
+            results.append(f"| winner | {sp} | {'flip' if tta else 'none'} | {m[f'{sp}_{tta}accuracy']:.4f} | "
+                           f"{m[f'{sp}_{tta}balanced_accuracy']:.4f} | {m[f'{sp}_{tta}macro_f1']:.4f} |")
+            if ens:
+                results.append(f"| ensemble of {len(ens['members'])} | {sp} | {'flip' if tta else 'none'} | {ens[f'{sp}_{tta}accuracy']:.4f} | "
+                               f"{ens[f'{sp}_{tta}balanced_accuracy']:.4f} | {ens[f'{sp}_{tta}macro_f1']:.4f} |")
+    ens_lines = []
+    if ens:
+        ens_lines = ["", f"Ensemble: the average of the probabilities of the top {len(ens['members'])} distinct trial configurations, "
+                     f"each retrained like the winner (checkpoints in `ensemble/`):", ""]
+        ens_lines += [f"- `{e['trial_id']}` (seed {e['seed']}): val accuracy {e['val_accuracy']:.4f}, {e['params']}" for e in ens["members"]]
+        ens_lines += [f"- `{e['trial_id']}`: retrain failed ({e['error']}); left out" for e in ens["failed_members"]]
     lines = [
         f"# Sweep report: {settings.name}",
         "",
@@ -235,10 +321,13 @@ def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: 
         f"Trial `{best['trial_id']}` ({settings.metric} {best['best']:.4f} during the sweep), retrained for "
         f"{settings.retrain_epochs} epochs with seed {m['seed']}: `best.pt`, config in `best_config.yaml`.",
         "",
-        "| split | accuracy | balanced accuracy | macro-F1 |",
-        "|---|---|---|---|",
-        f"| val | {m['val_accuracy']:.4f} | {m['val_balanced_accuracy']:.4f} | {m['val_macro_f1']:.4f} |",
-        *([test] if test else []),
+        f"Seeds: training {m['seed']}, search (TPE) {settings.seed}. Device: {m['device']}. "
+        f"Wall time of the whole run: {m['wall_seconds'] / 60:.1f} min. TTA \"flip\" averages each image's and its mirror image's probabilities.",
+        "",
+        "| model | split | TTA | accuracy | balanced accuracy | macro-F1 |",
+        "|---|---|---|---|---|---|",
+        *results,
+        *ens_lines,
         "",
         "![training curves](training_curves.png)",
         "![confusion matrix](confusion_matrix.png)",
@@ -272,5 +361,10 @@ def print_summary(trials: list[dict], settings: SweepSettings, report_dir: Path 
     if report_dir is not None:
         m = json.loads((report_dir / "metrics.json").read_text())
         test = f", test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""
-        print(f"\nRetrained winner: val accuracy {m['val_accuracy']:.4f}, macro-F1 {m['val_macro_f1']:.4f}{test}")
+        print(f"\nRetrained winner: val accuracy {m['val_accuracy']:.4f} (flip TTA {m['val_tta_accuracy']:.4f}), "
+              f"macro-F1 {m['val_macro_f1']:.4f}{test}")
+        if "ensemble" in m:
+            e = m["ensemble"]
+            print(f"Ensemble of {len(e['members'])}: val accuracy {e['val_accuracy']:.4f} (flip TTA {e['val_tta_accuracy']:.4f}), "
+                  f"macro-F1 {e['val_macro_f1']:.4f}")
         print(f"Report: {report_dir / 'report.md'}")

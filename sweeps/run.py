@@ -140,10 +140,12 @@ def base_train_config(settings: SweepSettings, data: str, resources: dict, epoch
     return base
 
 
-def make_trainable(base: dict, resources: dict):
+def make_trainable(base: dict, resources: dict, members: list[dict] | None = None):
     from ray import tune
     from sweeps.trainable import fer_trainable
-    return tune.with_resources(tune.with_parameters(fer_trainable, base=base), resources)
+    bound = tune.with_parameters(fer_trainable, base=base, members=members) if members else \
+        tune.with_parameters(fer_trainable, base=base)
+    return tune.with_resources(bound, resources)
 
 
 def run_sweep(settings: SweepSettings, data: str, resume: bool):
@@ -186,28 +188,40 @@ def run_sweep(settings: SweepSettings, data: str, resume: bool):
     return tuner.fit()
 
 
-def retrain(settings: SweepSettings, data: str, params: dict):
-    """Retrain the winning parameters from scratch for ``retrain_epochs`` as a one-trial Tune run.
+def retrain(settings: SweepSettings, data: str, members: list[dict]) -> list:
+    """Retrain the winning parameters (and, for an ensemble, the next best) from scratch for
+    ``retrain_epochs``, as one Tune run with a trial per member.
 
-    Running it through Tune (not in the driver) puts it on a GPU worker on clusters whose head has none,
-    persists its checkpoints to the same storage, and makes it resumable with the sweep.
+    Running it through Tune (not in the driver) puts it on GPU workers on clusters whose head has none,
+    runs ensemble members side by side where resources allow, persists their checkpoints to the same
+    storage, and makes the retrain resumable with the sweep.
+
+    Args:
+        settings: the sweep settings.
+        data: dataset root.
+        members: parameter dicts, the winner's first.
+
+    Returns:
+        Ray Results in the order of ``members``.
     """
     from ray import tune
     import ray
 
-    resources, _ = plan_resources(settings, ray.cluster_resources())
-    trainable = make_trainable(base_train_config(settings, data, resources, settings.retrain_epochs, retrain=True), resources)
+    resources, concurrent = plan_resources(settings, ray.cluster_resources())
+    trainable = make_trainable(base_train_config(settings, data, resources, settings.retrain_epochs, retrain=True),
+                               resources, members=[dict(m) for m in members])
     root = f"{storage_uri(settings.storage)}/{settings.name}"
     exp = f"{root}/retrain"
     if tune.Tuner.can_restore(exp):
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space=dict(params),
-                           tune_config=tune.TuneConfig(num_samples=1),
+        tuner = tune.Tuner(trainable, param_space={"member": tune.grid_search(list(range(len(members))))},
+                           tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=min(concurrent, len(members))),
                            run_config=tune.RunConfig(name="retrain", storage_path=root,
                                                      failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
-    return tuner.fit()[0]
+    results = list(tuner.fit())
+    return sorted(results, key=lambda r: int(r.config["member"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,13 +250,15 @@ def main(argv: list[str] | None = None) -> int:
             print("error: every trial failed; see the errors listed above and in the trial folders", file=sys.stderr)
             report.print_summary(trials, settings, None)
             return 1
+        members = report.top_trials(trials, settings, max(1, settings.ensemble_top_k))
         print(f"[sweeps] best trial {best['trial_id']}: {settings.metric} {best['best']:.4f} with {best['params']}; "
-              f"retraining it from scratch for {settings.retrain_epochs} epochs", flush=True)
-        final = retrain(settings, data, best["params"])
-        if final.error:
-            print(f"error: the retrain of the winner failed: {final.error}", file=sys.stderr)
+              f"retraining it from scratch for {settings.retrain_epochs} epochs"
+              + (f", with the next {len(members) - 1} configuration(s) for the ensemble" if len(members) > 1 else ""), flush=True)
+        finals = retrain(settings, data, [t["params"] for t in members])
+        if finals[0].error:
+            print(f"error: the retrain of the winner failed: {finals[0].error}", file=sys.stderr)
             return 1
-        out = report.write_report(settings, data, trials, best, final, time.perf_counter() - t0)
+        out = report.write_report(settings, data, trials, members, finals, time.perf_counter() - t0)
         report.print_summary(trials, settings, out)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)

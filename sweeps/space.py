@@ -20,7 +20,8 @@ from fer_core.errors import ConfigError
 
 TYPES = ("loguniform", "uniform", "quniform", "randint", "choice")
 # Keys a trial must not vary: they define where data and outputs live, not how well the model trains.
-NOT_SEARCHABLE = {"data", "out", "cache_dir", "progress", "device", "threads", "num_workers", "epochs"}
+NOT_SEARCHABLE = {"data", "out", "cache_dir", "progress", "device", "threads", "num_workers", "epochs", "compile",
+                  "channels_last", "eval_batch_size"}
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,16 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def fer_trainable(params: dict, base: dict) -> None:
+def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -> None:
     """Run one trial.
 
     Args:
-        params: the trial's sampled hyperparameters (TrainConfig keys).
+        params: the trial's sampled hyperparameters (TrainConfig keys), or ``{"member": i}`` in a retrain.
         base: the fixed TrainConfig keys (data, epochs, threads, ...), bound with ``tune.with_parameters``.
+        members: for the retrain of the top-k configurations: member i trains ``members[i]``.
     """
+    if members is not None:
+        params = members[int(params["member"])]
     # The working folder is the trial's own (Tune changes into it); outputs stay there, and what must
     # survive a lost node travels in the reported checkpoints.
     cfg = make_config({**base, **params, "out": os.getcwd(), "progress": False}, source="trial config")

@@ -47,3 +47,14 @@ def test_overrides():
     assert parse_overrides(["lr=0.01", "model=efficientnet_b0"]) == {"lr": 0.01, "model": "efficientnet_b0"}
     with pytest.raises(ConfigError, match="'lr' is not key=value"):
         parse_overrides(["lr"])
+
+
+def test_bare_on_off_reaches_on_off_keys_as_strings(tmp_path):
+    # YAML 1.1 reads a bare `off` as False; for keys whose choices are on/off that must still mean "off".
+    p = tmp_path / "c.yaml"
+    p.write_text("channels_last: off\ncompile: on\n")
+    cfg = make_config(load_yaml(p), source=str(p))
+    assert cfg.channels_last == "off" and cfg.compile == "on"
+    assert make_config(parse_overrides(["channels_last=off"])).channels_last == "off"
+    with pytest.raises(ConfigError, match="key 'normalize' must be a string"):
+        make_config({"normalize": False})

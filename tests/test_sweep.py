@@ -27,6 +27,7 @@ def sweep_with_a_failure(tmp_path_factory):
     storage = tmp_path_factory.mktemp("sweeps")
     cfg = yaml.safe_load((REPO / "sweeps" / "configs" / "default.yaml").read_text())
     cfg["num_samples"] = 4
+    cfg["ensemble_top_k"] = 2  # the winner and the runner-up are retrained and averaged
     cfg["search_space"]["batch_size"] = {"type": "choice", "values": [8, 16, 4096]}
     cfg["initial_points"] = [{"batch_size": 4096, "lr": 1e-3, "aug_strength": 0.2},
                              {"batch_size": 8, "lr": 2e-3, "aug_strength": 0.0},
@@ -56,6 +57,32 @@ def test_small_sweep_runs_and_reports(sweep_with_a_failure):
     rows = trial_rows(exp)
     assert len(rows) >= 3 and all(r_[0]["epoch"] == 1 for r_ in rows.values())
     print(f"small sweep wall time {seconds:.0f}s")
+
+
+def test_report_gives_tta_and_an_ensemble_that_is_the_members_average(sweep_with_a_failure):
+    import numpy as np
+
+    from fer_core.engine import probs_metrics
+    from fer_core.evaluate import evaluate_checkpoint
+
+    _, exp, _ = sweep_with_a_failure
+    report = exp / "report"
+    m = json.loads((report / "metrics.json").read_text())
+    ens = m["ensemble"]
+    assert len(ens["members"]) == 2 and ens["members"][0]["trial_id"] == m["best_trial"]
+    assert ens["members"][0]["params"] != ens["members"][1]["params"]
+    for key in ("val_tta_accuracy", "val_tta_macro_f1", "test_tta_accuracy", "device", "wall_seconds", "seed"):
+        assert key in m, key
+    # Recompute the ensemble from its two saved checkpoints: the reported figures are that average.
+    scores = [evaluate_checkpoint(report / "ensemble" / f"member{i}.pt", str(json.loads(json.dumps(m["data"]))), "val",
+                                  return_probs=True, tta_flip=True) for i in range(2)]
+    classes = list(scores[0]["val_support"])
+    avg = probs_metrics(np.mean([s["probs"] for s in scores], axis=0), scores[0]["labels"], classes, "val_")
+    avg_tta = probs_metrics(np.mean([s["probs_tta"] for s in scores], axis=0), scores[0]["labels"], classes, "val_tta_")
+    assert ens["val_accuracy"] == avg["val_accuracy"] and ens["val_tta_macro_f1"] == avg_tta["val_tta_macro_f1"]
+    assert scores[0]["val_accuracy"] == m["val_accuracy"]  # member 0 is the winner's best.pt
+    md = (report / "report.md").read_text()
+    assert "| ensemble of 2 | val | flip |" in md and "| winner | test | none |" in md and "Seeds: training" in md
 
 
 def test_failed_trial_is_retried_reported_and_the_sweep_goes_on(sweep_with_a_failure):

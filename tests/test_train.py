@@ -40,9 +40,12 @@ def test_train_writes_everything_and_reports(demo_root, tmp_path):
     assert len(best["val_confusion_matrix"]) == 7
 
 
-def test_resume_continues_exactly(demo_root, tmp_path):
-    """Stop after epoch 1 of 3 (an exception from the report callback), resume, compare with an uninterrupted run."""
-    cfg = tiny_config(demo_root, tmp_path / "a", epochs=3, aug_strength=0.5, drop_path_rate=0.1)
+@pytest.mark.parametrize("extra", [{}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_prob": 0.8, "ema_decay": 0.9}],
+                         ids=["plain", "mix+ema"])
+def test_resume_continues_exactly(demo_root, tmp_path, extra):
+    """Stop after epoch 1 of 3 (an exception from the report callback), resume, compare with an uninterrupted run.
+    With mixup/CutMix and EMA on, their randomness and the average must resume exactly too."""
+    cfg = tiny_config(demo_root, tmp_path / "a", epochs=3, aug_strength=0.5, drop_path_rate=0.1, **extra)
     full = train(cfg)
 
     def stop_after_first(row, ckpt_dir):
@@ -59,6 +62,12 @@ def test_resume_continues_exactly(demo_root, tmp_path):
     wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    if extra:
+        ea = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["ema"]
+        eb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["ema"]
+        assert ea["updates"] == eb["updates"] == 9
+        for k in ea["module"]:
+            assert torch.equal(ea["module"][k], eb["module"][k]), k
     assert [r["val_loss"] for r in full["history"]] == [r["val_loss"] for r in resumed["history"]]
 
 

@@ -1,0 +1,66 @@
+"""The runtime decisions (for CPU and, without needing one, for CUDA), the fast path's optional pieces on
+CPU, and the benchmark CLI end to end on the small demo set."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fer_core.checkpoint import load_checkpoint
+from fer_core.errors import ConfigError
+from fer_core.runtime import plan_runtime
+from fer_core.train import train
+
+from .conftest import REPO, tiny_config
+
+
+def test_cuda_plan_uses_bf16_channels_last_workers_and_big_eval_batches():
+    p = plan_runtime("cuda", cpus=16, bf16_supported=True)
+    assert (p.amp_dtype, p.channels_last, p.compile, p.num_workers, p.eval_batch_size) == (torch.bfloat16, True, False, 8, 1024)
+    assert plan_runtime("cuda", cpus=4, bf16_supported=False).amp_dtype is torch.float16  # pre-Ampere GPUs
+    assert plan_runtime("cuda", cpus=1, bf16_supported=True).num_workers == 1
+    assert plan_runtime("cuda", cpus=16, bf16_supported=True, compile="on").compile
+
+
+def test_cpu_plan_is_fp32_channels_last_and_no_workers():
+    p = plan_runtime("cpu", cpus=2, bf16_supported=False)
+    assert (p.amp_dtype, p.channels_last, p.compile, p.num_workers, p.threads, p.eval_batch_size) == (None, True, False, 0, 2, 256)
+    assert not plan_runtime("cpu", cpus=2, bf16_supported=False, channels_last="off").channels_last
+    assert plan_runtime("cpu", cpus=2, bf16_supported=False, eval_batch_size=64).eval_batch_size == 64
+    with pytest.raises(ConfigError, match="'fp16' needs a CUDA device"):
+        plan_runtime("cpu", cpus=2, bf16_supported=False, precision="fp16")
+
+
+def test_compiled_bf16_training_runs_and_saves_plain_weights(demo_root, tmp_path):
+    """torch.compile and bf16 autocast, the pieces a GPU run may use, exercised on CPU with a small timm model."""
+    res = train(tiny_config(demo_root, tmp_path / "c", model="test_efficientnet", compile="on", precision="bf16",
+                            epochs=1, steps_per_epoch=2))
+    state = load_checkpoint(res["last_checkpoint"])
+    assert not any(k.startswith("_orig_mod.") for k in state["model"])  # loadable without compile
+    assert all(v.dtype != torch.bfloat16 for v in state["model"].values())  # autocast leaves weights fp32
+    assert res["history"][0]["train_loss"] > 0
+
+
+def test_bench_cli_prints_all_three_paths_and_ratios(demo_root):
+    r = subprocess.run([sys.executable, "-m", "fer_core.bench", "--data", str(demo_root), "--device", "cpu", "--img-size", "32",
+                        "--batch-size", "8", "--steps", "2", "--warmup", "1", "--rounds", "1", "--json"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    ips = res["images_per_s"]
+    assert all(ips[k] > 0 for k in ("seed", "fer_core", "compute"))
+    assert res["ratio_b_over_a"] == pytest.approx(ips["fer_core"] / ips["seed"])
+    assert res["ratio_b_over_c"] == pytest.approx(ips["fer_core"] / ips["compute"])
+    assert all(res["peak_memory_mib"][k] > 50 for k in ips)  # at least the model and torch are resident
+    s = res["settings"]
+    assert (s["img_size"], s["batch_size"], s["device"]) == (32, 8, "cpu") and "channels_last=on" in s["fer_core_runtime"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(demo_root):
+    r = subprocess.run([sys.executable, "-m", "fer_core.bench", "--data", str(demo_root), "--device", "cuda"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: key 'device' = 'cuda' but no CUDA GPU is visible; use device=auto or cpu"]
