@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import engine
 from .config import make_config
 from .errors import FerError
 from .runtime import available_cpus, resolve_runtime
@@ -173,16 +172,12 @@ def bench_fer_core(data: Path, device: str, img_size: int, batch_size: int, warm
         torch.manual_seed(cfg.seed)
         rt = trainer.runtime
         with PeakMemory(rt.device) as mem:
-            args = (trainer.train_model, trainer.loader, trainer.optimizer, trainer.scheduler, trainer.loss_fn,
-                    trainer.preprocess, rt, trainer.scaler, cfg.grad_clip, False)
             t1 = time.perf_counter()
             if warmup:
-                engine.train_one_epoch(*args, max_steps=warmup, mixer=trainer.mixer if trainer.mixer.enabled else None,
-                                       ema=trainer.ema)
+                trainer.train_pass(max_steps=warmup)
             warm_s = time.perf_counter() - t1
             trainer.sampler.set_epoch(2)
-            m = engine.train_one_epoch(*args, max_steps=steps, mixer=trainer.mixer if trainer.mixer.enabled else None,
-                                       ema=trainer.ema)
+            m = trainer.train_pass(max_steps=steps)
         return {"images_per_s": m["images_per_s"], "warmup_s": warm_s, "setup_s": setup_s,
                 "peak_memory_bytes": mem.peak, "runtime": rt.describe(), "train_images": len(trainer.train_idx)}
 

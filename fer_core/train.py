@@ -130,8 +130,10 @@ class Trainer:
         self.best_val: dict | None = None  # full val metrics (confusion matrix included) of the best epoch
 
     def _matched_blur(self) -> float:
-        """blur_sigma auto: matched on 512 images of each split (seeded, labels unused; see ``sharpness``)."""
-        rng = np.random.default_rng(self.cfg.seed)
+        """blur_sigma auto: matched on 512 images of each split (labels unused; see ``sharpness``). The sample
+        has its own fixed seed: the blur is a property of the data, not of a run, so every seed of a sweep
+        gets the same one."""
+        rng = np.random.default_rng(0)
         pick = lambda data, idx: np.asarray(data.images[np.sort(rng.choice(idx, min(512, len(idx)), replace=False))])
         return match_blur_sigma(pick(self.train_data, self.train_idx), pick(self.val_data, self.val_idx))
 
@@ -177,6 +179,12 @@ class Trainer:
             return True
         return value < self.best if self.cfg.best_metric == "val_loss" else value > self.best
 
+    def train_pass(self, max_steps: int = 0, progress: bool = False, desc: str = "train") -> dict:
+        """One pass of the training loader (at most ``max_steps`` steps); the benchmark times this too."""
+        return engine.train_one_epoch(self.train_model, self.loader, self.optimizer, self.scheduler, self.loss_fn,
+                                      self.preprocess, self.runtime, self.scaler, self.cfg.grad_clip, progress, desc,
+                                      mixer=self.mixer if self.mixer.enabled else None, ema=self.ema, max_steps=max_steps)
+
     def run_epoch(self) -> dict:
         """Train and validate the next epoch; returns its metrics row."""
         self.epoch += 1
@@ -184,10 +192,7 @@ class Trainer:
         torch.manual_seed(self.cfg.seed * 1_000 + self.epoch)
         self.sampler.set_epoch(self.epoch)
         lr = self.optimizer.param_groups[0]["lr"]
-        tm = engine.train_one_epoch(self.train_model, self.loader, self.optimizer, self.scheduler, self.loss_fn,
-                                    self.preprocess, self.runtime, self.scaler, self.cfg.grad_clip,
-                                    self.cfg.progress, desc=f"epoch {self.epoch}/{self.cfg.epochs}",
-                                    mixer=self.mixer if self.mixer.enabled else None, ema=self.ema)
+        tm = self.train_pass(progress=self.cfg.progress, desc=f"epoch {self.epoch}/{self.cfg.epochs}")
         vm = self.evaluate()
         row = {"epoch": self.epoch, "lr": lr, **tm, **{k: vm[k] for k in _ROW_VAL_KEYS if k in vm}}
         row["is_best"] = self._is_better(row[self.cfg.best_metric])

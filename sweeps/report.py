@@ -321,8 +321,8 @@ def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: 
         f"Trial `{best['trial_id']}` ({settings.metric} {best['best']:.4f} during the sweep), retrained for "
         f"{settings.retrain_epochs} epochs with seed {m['seed']}: `best.pt`, config in `best_config.yaml`.",
         "",
-        f"Seeds: training {m['seed']}, search (TPE) {settings.seed}. Device: {m['device']}. "
-        f"Wall time of the whole run: {m['wall_seconds'] / 60:.1f} min. TTA \"flip\" averages each image's and its mirror image's probabilities.",
+        f"Seeds: training {m['seed']}, search (TPE) {settings.seed}. "
+        f"TTA \"flip\" averages each image's and its mirror image's probabilities.",
         "",
         "| model | split | TTA | accuracy | balanced accuracy | macro-F1 |",
         "|---|---|---|---|---|---|",
