@@ -214,7 +214,9 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], members
 
     # The ensemble: the other members' final checkpoints beside the winner's, probabilities averaged.
     ok = [(t, r) for t, r in zip(members, finals) if not r.error]
-    if len(members) > 1:
+    if len(members) > 1 and len(ok) < 2:
+        metrics["ensemble_skipped"] = f"{len(members) - len(ok)} of {len(members)} member retrains failed; an ensemble needs two"
+    if len(ok) > 1:
         ens_dir = out / "ensemble"
         ens_dir.mkdir(exist_ok=True)
         shutil.copy2(out / "best.pt", ens_dir / "member0.pt")
@@ -306,6 +308,8 @@ def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: 
                      f"each retrained like the winner (checkpoints in `ensemble/`):", ""]
         ens_lines += [f"- `{e['trial_id']}` (seed {e['seed']}): val accuracy {e['val_accuracy']:.4f}, {e['params']}" for e in ens["members"]]
         ens_lines += [f"- `{e['trial_id']}`: retrain failed ({e['error']}); left out" for e in ens["failed_members"]]
+    elif "ensemble_skipped" in m:
+        ens_lines = ["", f"No ensemble: {m['ensemble_skipped']}."]
     lines = [
         f"# Sweep report: {settings.name}",
         "",
