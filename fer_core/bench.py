@@ -330,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         from .config import parse_overrides
+        for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--rounds", args.rounds, 1),
+                                 ("--img-size", args.img_size, 16), ("--batch-size", args.batch_size, 1),
+                                 ("--parity-epochs", args.parity_epochs, 1), ("--parity-steps", args.parity_steps, 1)):
+            if value < low:
+                raise FerError(f"{flag} = {value}; it must be at least {low}")
         overrides = parse_overrides(args.overrides)
         make_config(overrides, source="command line")  # one-line error for a bad key before any work
         data = Path(args.data) if args.data else default_data()

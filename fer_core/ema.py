@@ -22,6 +22,7 @@ class ModelEma:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self._params, self._buffers = list(self.module.parameters()), list(self.module.buffers())
         self.updates = 0
 
     @torch.no_grad()
@@ -31,11 +32,8 @@ class ModelEma:
         # Warm-up: early on the average would be dominated by the random init, so the effective decay
         # starts near 0 and approaches ``decay`` as updates accumulate (the timm / TF convention).
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_p = [p for p in self.module.parameters()]
-        cur_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, cur_p, 1.0 - d)
-        for e, b in zip(self.module.buffers(), model.buffers()):
-            e.copy_(b)
+        torch._foreach_lerp_(self._params, [p.detach() for p in model.parameters()], 1.0 - d)
+        torch._foreach_copy_(self._buffers, list(model.buffers()))
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

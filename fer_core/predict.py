@@ -5,7 +5,7 @@ Two layers:
 - ``Predictor.from_checkpoint(path).predict(images)``: face crops (paths, PIL images or uint8 arrays) in,
   an N×7 probability array out, batched. Each image goes through the checkpoint's stored preprocessing
   contract (size, grayscale, normalisation): a path is decoded by ``fer_core.data.decode_image``, the very
-  function that built the training and validation caches, and an in-memory image by ``to_model_input``,
+  function that built the training and validation caches, and an in-memory image by ``data.to_model_array``,
   which repeats its conversions.
 - ``Predictor.predict_files(paths)``: photos in, one ``ImageResult`` per file: the file is loaded robustly
   (any mode, EXIF orientation, very large images reduced), faces are found (``fer_core.faces``), each is
@@ -50,20 +50,6 @@ THUMB_SIDE = 256
 # ---------------------------------------------------------------------------------------------------------
 # images -> model input
 # ---------------------------------------------------------------------------------------------------------
-
-
-def to_model_input(image: Image.Image, img_size: int, grayscale: bool) -> np.ndarray:
-    """An in-memory image (a face crop) -> the uint8 array the model takes: training's own conversion.
-
-    Args:
-        image: any PIL image (any mode, any size).
-        img_size: the checkpoint's square input size.
-        grayscale: the checkpoint's colour mode ('L' when True, else RGB).
-
-    Returns:
-        uint8 img_size×img_size (gray) or img_size×img_size×3.
-    """
-    return to_model_array(image, img_size, grayscale)
 
 
 def array_to_image(a: np.ndarray) -> Image.Image:
@@ -278,8 +264,8 @@ class Predictor:
                 load_image(image)  # raises the one-line reason for the usual failures
                 raise DataError(f"{image}: cannot decode the image ({e}); re-export or replace the file") from None
         if isinstance(image, Image.Image):
-            return to_model_input(image, s, gray)
-        return to_model_input(array_to_image(image), s, gray)
+            return to_model_array(image, s, gray)
+        return to_model_array(array_to_image(image), s, gray)
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Prepared uint8 inputs (N×S×S or N×S×S×3) -> N×C float32 probabilities, ``batch_size`` at a time."""
@@ -328,13 +314,13 @@ class Predictor:
         boxes = self.detector(rgb) if detect else []
         s, gray = self.preprocess.img_size, self.preprocess.grayscale
         if boxes:
-            inputs = [to_model_input(Image.fromarray(crop_face(rgb, b, margin)), s, gray) for b in boxes]
+            inputs = [to_model_array(Image.fromarray(crop_face(rgb, b, margin)), s, gray) for b in boxes]
             result.faces = [FacePrediction(tuple(int(round(v * scale)) for v in b), None) for b in boxes]
         else:
             # No crop: the file itself is the input, so take training's decoder on it (unless EXIF turned it,
             # which that decoder ignores).
             try:
-                inputs = [to_model_input(im, s, gray) if rotated else self.prepare(path)]
+                inputs = [to_model_array(im, s, gray) if rotated else self.prepare(path)]
             except DataError as e:
                 result.error = str(e)
                 return result, []

@@ -14,6 +14,7 @@ equally sharp gets sigma 0, which is no blur at all.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -29,15 +30,21 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return x
-    radius = min(int(math.ceil(3 * sigma)), min(x.shape[-2:]) - 1)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
     b, c, h, w = x.shape
+    radius = min(int(math.ceil(3 * sigma)), min(h, w) - 1)
+    k = _kernel(float(sigma), radius).to(x)
     y = x.reshape(b * c, 1, h, w)
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
     return y.reshape(b, c, h, w)
+
+
+@lru_cache(maxsize=16)
+def _kernel(sigma: float, radius: int) -> torch.Tensor:
+    """The normalised 1-D Gaussian, built once per (sigma, radius) rather than once per batch."""
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
 
 
 def sharpness(x: torch.Tensor) -> float:

@@ -183,7 +183,7 @@ class Trainer:
         """One pass of the training loader (at most ``max_steps`` steps); the benchmark times this too."""
         return engine.train_one_epoch(self.train_model, self.loader, self.optimizer, self.scheduler, self.loss_fn,
                                       self.preprocess, self.runtime, self.scaler, self.cfg.grad_clip, progress, desc,
-                                      mixer=self.mixer if self.mixer.enabled else None, ema=self.ema, max_steps=max_steps)
+                                      mixer=self.mixer, ema=self.ema, max_steps=max_steps)
 
     def run_epoch(self) -> dict:
         """Train and validate the next epoch; returns its metrics row."""

@@ -76,15 +76,6 @@ def _first_line(error) -> str:
     return lines[-1][:300] if lines else type(cause).__name__
 
 
-def pick_best(trials: list[dict], settings: SweepSettings) -> dict | None:
-    """The trial with the best metric at any epoch (ASHA-stopped trials included), or None if all failed."""
-    ok = [t for t in trials if t["status"] != "ERROR" and not _nan(t["best"])]
-    if not ok:
-        return None
-    sign = 1 if settings.mode == "max" else -1
-    return max(ok, key=lambda t: sign * t["best"])
-
-
 def ranked(trials: list[dict], settings: SweepSettings) -> list[dict]:
     sign = 1 if settings.mode == "max" else -1
     return sorted(trials, key=lambda t: (t["status"] == "ERROR" or _nan(t["best"]), -sign * (0 if _nan(t["best"]) else t["best"])))

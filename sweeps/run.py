@@ -143,9 +143,7 @@ def base_train_config(settings: SweepSettings, data: str, resources: dict, epoch
 def make_trainable(base: dict, resources: dict, members: list[dict] | None = None):
     from ray import tune
     from sweeps.trainable import fer_trainable
-    bound = tune.with_parameters(fer_trainable, base=base, members=members) if members else \
-        tune.with_parameters(fer_trainable, base=base)
-    return tune.with_resources(bound, resources)
+    return tune.with_resources(tune.with_parameters(fer_trainable, base=base, members=members), resources)
 
 
 def run_sweep(settings: SweepSettings, data: str, resume: bool):
@@ -245,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_sweep(settings, data, args.resume)
         trials = report.collect_trials(results, settings)
-        best = report.pick_best(trials, settings)
-        if best is None:
+        members = report.top_trials(trials, settings, max(1, settings.ensemble_top_k))
+        if not members:
             print("error: every trial failed; see the errors listed above and in the trial folders", file=sys.stderr)
             report.print_summary(trials, settings, None)
             return 1
-        members = report.top_trials(trials, settings, max(1, settings.ensemble_top_k))
+        best = members[0]
         print(f"[sweeps] best trial {best['trial_id']}: {settings.metric} {best['best']:.4f} with {best['params']}; "
               f"retraining it from scratch for {settings.retrain_epochs} epochs"
               + (f", with the next {len(members) - 1} configuration(s) for the ensemble" if len(members) > 1 else ""), flush=True)

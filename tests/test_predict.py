@@ -27,7 +27,8 @@ from fer_core.checkpoint import load_checkpoint, save_checkpoint
 from fer_core.data import CLASS_NAMES, decode_image
 from fer_core.errors import CheckpointError, DataError
 from fer_core.faces import FaceDetector, margin_box
-from fer_core.predict import Predictor, load_image, to_model_input
+from fer_core.data import to_model_array
+from fer_core.predict import Predictor, load_image
 from fer_core.train import train
 
 from .conftest import FER2013, REPO, tiny_config
@@ -210,7 +211,7 @@ def test_predict_api_matches_training_decoder(predictor, demo_root, tmp_path):
     for name, im in {"rgba": rgba, "gray16": Image.fromarray(np.asarray(face, dtype=np.uint16) * 300),
                      "palette": face.convert("P"), "rgb": face.convert("RGB"), "gray": face}.items():
         im.save(tmp_path / f"{name}.png")
-        assert np.array_equal(to_model_input(Image.open(tmp_path / f"{name}.png"), s, gray), decode_image(tmp_path / f"{name}.png", s, gray)), name
+        assert np.array_equal(to_model_array(Image.open(tmp_path / f"{name}.png"), s, gray), decode_image(tmp_path / f"{name}.png", s, gray)), name
 
 
 def test_bad_inputs_give_one_line_errors(checkpoint, tmp_path):
