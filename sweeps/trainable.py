@@ -29,13 +29,6 @@ def _flat(row: dict) -> dict:
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)  # a hard link costs nothing; Tune copies the folder to storage itself
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -> None:
     """Run one trial.
 
@@ -46,7 +39,7 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
     """
     if members is not None:
         params = members[int(params["member"])]
-    # The working folder is the trial's own (Tune changes into it); outputs stay there, and what must
+    # The working folder is the trial's own (Tune changes into it); its logs stay there, and what must
     # survive a lost node travels in the reported checkpoints.
     cfg = make_config({**base, **params, "out": os.getcwd(), "progress": False}, source="trial config")
     resume = None
@@ -62,8 +55,15 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(row: dict, ckpt_dir: Path) -> None:
+        # The reported checkpoint, copied to storage by tune.report, is the only copy anything reads again
+        # (resume, retrain, report). The working folder lies in Ray's session folder (/tmp/ray/session_*),
+        # which Ray never deletes, and a trial that Tune stops never returns from tune.report: so the
+        # local files leave the working folder before the call, the last one moved into the temporary
+        # folder that is deleted on the way out (kept, they cost ~1 GB of disk per FER2013 sweep).
+        (ckpt_dir / "best.pt").unlink(missing_ok=True)
+        (Path(cfg.out) / "restored_last.pt").unlink(missing_ok=True)
         with tempfile.TemporaryDirectory(dir=cfg.out, prefix=".report-") as tmp:
-            _link_or_copy(ckpt_dir / "last.pt", Path(tmp) / "last.pt")
+            os.replace(ckpt_dir / "last.pt", Path(tmp) / "last.pt")  # same folder tree: a rename
             tune.report({**_flat(row), "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, report=report, resume_from=resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,26 @@ def _isolated_caches(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_temp_root(request):
+    """Every Ray started by a test (the sweep subprocesses inherit the variable) keeps its session folders
+    under one folder, instead of adding them to /tmp/ray for good. Like pytest's own temporary folders
+    (``tmp_path_retention_policy = "failed"`` in pyproject.toml) it is deleted when every test passed and
+    kept, for its logs, when one failed. Short on purpose: Ray's unix socket paths must fit in 107 bytes."""
+    root = Path(tempfile.mkdtemp(prefix="fer-ray-", dir="/tmp"))
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(root)
+    yield root / "ray"  # Ray puts its session_* folders under RAY_TMPDIR/ray
+    if old is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = old
+    if request.session.testsfailed:
+        print(f"\nRay's session folders (logs) of this run are kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,18 @@ def test_small_sweep_runs_and_reports(sweep_with_a_failure):
     print(f"small sweep wall time {seconds:.0f}s")
 
 
+def test_trials_leave_no_checkpoint_copies_in_rays_session_folder(sweep_with_a_failure, ray_temp_root):
+    """Checkpoints live in storage; the trials' working folders in Ray's session folder (which Ray never
+    deletes) must not keep a second copy of each, or every sweep leaves ~1 GB behind in /tmp/ray."""
+    r, exp, _ = sweep_with_a_failure
+    assert r.returncode == 0
+    work = [d for d in ray_temp_root.glob("session_2*/artifacts/*/*/working_dirs/*") if d.is_dir()]  # not session_latest
+    # The 3 trials that ran (one fails at once) and the 2 ensemble retrains, each with its epoch log.
+    assert len(work) >= 5 and sum((d / "epochs.jsonl").is_file() for d in work) >= 5, work
+    assert [str(f) for d in work for f in d.rglob("*.pt")] == []
+    assert len(list(exp.glob("fer_trainable_*/checkpoint_*/last.pt"))) >= 3  # storage still has them
+
+
 def test_report_gives_tta_and_an_ensemble_that_is_the_members_average(sweep_with_a_failure):
     import numpy as np
 
