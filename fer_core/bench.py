@@ -11,7 +11,7 @@ so that a slow spell of a shared machine hits all three alike; each figure is th
     NCHW, a DataLoader with 2 workers (the notebooks' value).
 (b) fer_core: the path a sweep trial runs: ``Trainer`` built from a TrainConfig with the defaults
     (decoded uint8 cache, albumentations at strength 0.5, the runtime's precision / memory format /
-    workers / compile), timed through ``engine.train_one_epoch``.
+    workers / compile), timed through ``Trainer.train_pass``, the call every epoch makes.
 (c) compute: forward + backward of the plain eager fp32 NCHW model on a batch already on the device
     (no data, no optimizer step): what the hardware does with the unoptimised model.
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import make_config
+from .config import make_config, parse_overrides
 from .errors import FerError
 from .runtime import available_cpus, resolve_runtime
 
@@ -268,7 +268,7 @@ def run_benchmark(data: Path, device: str = "auto", img_size: int = 48, batch_si
 
 
 def run_parity(data: Path, device: str = "auto", epochs: int = 3, steps_per_epoch: int = 100,
-               max_train_samples: int = 7000, seeds=(0, 1), log=print) -> dict:
+               max_train_samples: int = 7000, seeds=(0, 1), img_size: int = 48, batch_size: int = 64, log=print) -> dict:
     """Train the plain path (fp32 NCHW, no workers, no compile) and the fast default path with the same
     seeds on a real-data subset; return each run's final val metrics, so the difference between paths
     can be read against the difference between seeds.
@@ -279,6 +279,7 @@ def run_parity(data: Path, device: str = "auto", epochs: int = 3, steps_per_epoc
         epochs, steps_per_epoch: training length (the same for both).
         max_train_samples: stratified train subset.
         seeds: seeds to run on each path.
+        img_size, batch_size: the shape both paths train at.
         log: progress printer.
     """
     from .train import train
@@ -291,6 +292,7 @@ def run_parity(data: Path, device: str = "auto", epochs: int = 3, steps_per_epoc
                 t0 = time.perf_counter()
                 res = train(make_config({"data": str(data), "out": tmp, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                                          "max_train_samples": max_train_samples, "seed": seed, "device": device,
+                                         "img_size": img_size, "batch_size": batch_size,
                                          "progress": False, "lr": 3e-3, "warmup_epochs": 0.3, **over}, source="bench"))
             last = res["history"][-1]
             out[f"{name}_seed{seed}"] = {"val_accuracy": last["val_accuracy"], "val_macro_f1": last["val_macro_f1"],
@@ -329,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="TrainConfig keys for the fer_core path, e.g. channels_last=off")
     args = p.parse_args(argv)
     try:
-        from .config import parse_overrides
         for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--rounds", args.rounds, 1),
                                  ("--img-size", args.img_size, 16), ("--batch-size", args.batch_size, 1),
                                  ("--parity-epochs", args.parity_epochs, 1), ("--parity-steps", args.parity_steps, 1)):
@@ -337,12 +338,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise FerError(f"{flag} = {value}; it must be at least {low}")
         overrides = parse_overrides(args.overrides)
         make_config(overrides, source="command line")  # one-line error for a bad key before any work
+        if args.parity and overrides:
+            raise FerError("--parity compares fixed plain and fast settings; drop the key=value overrides "
+                           f"({', '.join(overrides)}) or run the benchmark without --parity")
         data = Path(args.data) if args.data else default_data()
         if not (data / "train").is_dir():
             raise FerError(f"{data}: no train/ folder; pass --data pointing at a dataset root with train/ and val/")
         log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
         if args.parity:
-            res = run_parity(data, args.device, args.parity_epochs, args.parity_steps, log=log)
+            res = run_parity(data, args.device, args.parity_epochs, args.parity_steps, img_size=args.img_size,
+                             batch_size=args.batch_size, log=log)
         else:
             res = run_benchmark(data, args.device, args.img_size, args.batch_size, args.steps, args.warmup,
                                 args.rounds, overrides, log=log)

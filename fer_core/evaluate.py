@@ -52,7 +52,7 @@ def load_model(path, runtime: Runtime | None = None):
     return model, Preprocess.from_dict(state["preprocess"]), list(state["class_names"]), state
 
 
-def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 256, runtime: Runtime | None = None,
+def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 0, runtime: Runtime | None = None,
                         cache_dir: str | None = None, return_probs: bool = False,
                         tta_flip: bool = False) -> dict:
     """Evaluate a checkpoint on ``data/split``, with the checkpoint's own preprocessing.
@@ -61,7 +61,7 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 2
         path: checkpoint file.
         data: dataset root.
         split: split folder (val, test, train).
-        batch_size: evaluation batch size.
+        batch_size: evaluation batch size (0 = the runtime's: 1024 on CUDA, 256 on CPU).
         runtime: device settings (default: auto).
         cache_dir: decoded-image cache folder (None: default).
         return_probs: include "probs"/"labels" arrays (and "probs_tta").
@@ -73,8 +73,8 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 2
     runtime = runtime or resolve_runtime()
     model, pre, classes, state = load_model(path, runtime)
     split_data = load_split(data, split, pre.img_size, pre.grayscale, cache_dir=cache_dir, classes=classes)
-    out = engine.evaluate(model, iter_batches(split_data, np.arange(len(split_data)), batch_size), pre, runtime,
-                          classes, prefix=f"{split}_", return_probs=return_probs, tta_flip=tta_flip)
+    batches = iter_batches(split_data, np.arange(len(split_data)), batch_size or runtime.eval_batch_size)
+    out = engine.evaluate(model, batches, pre, runtime, classes, prefix=f"{split}_", return_probs=return_probs, tta_flip=tta_flip)
     out.update({"checkpoint": str(path), "split": split, "epoch": int(state["epoch"])})
     return out
 
@@ -96,11 +96,13 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="dataset root holding the split folder")
     p.add_argument("--split", default="val", help="split folder to evaluate (val, test, ...); default val")
     p.add_argument("--out", help="metrics JSON path (default: <checkpoint folder>/<split>_metrics.json)")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: 1024 on CUDA, 256 on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     args = p.parse_args(argv)
     try:
+        if args.batch_size < 0:
+            raise FerError(f"--batch-size = {args.batch_size}; give a positive size, or 0 for the device's default")
         m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, resolve_runtime(args.device),
                                 tta_flip=args.tta)
     except FerError as e:

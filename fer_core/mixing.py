@@ -52,6 +52,6 @@ class BatchMixer:
         y0, y1 = max(cy - bh // 2, 0), min(cy + bh // 2, h)
         x0, x1 = max(cx - bw // 2, 0), min(cx + bw // 2, w)
         out = x.clone()
-        out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        out[..., y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
         lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
         return out, y, y[perm], lam

@@ -153,6 +153,12 @@ class Trainer:
         _check_resume_compatible(state, self.cfg, path)
         if list(state["class_names"]) != self.class_names:
             raise CheckpointError(f"{path}: classes {state['class_names']} differ from the data's {self.class_names}; start a new run")
+        # Config keys alone do not pin the input: blur_sigma -1 is derived from the images, so a changed
+        # dataset would switch the preprocessing half-way through a run.
+        old_pre = Preprocess.from_dict(state["preprocess"])
+        if old_pre != self.preprocess:
+            raise CheckpointError(f"{path}: cannot resume, the input preprocessing was {old_pre.to_dict()} and is now "
+                                  f"{self.preprocess.to_dict()} (the data changed?); start a new run in another --out folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -102,6 +102,13 @@ def top_trials(trials: list[dict], settings: SweepSettings, k: int) -> list[dict
     return out
 
 
+def _copy_final_checkpoint(result, dst: Path) -> None:
+    """Copy a retrain's last reported checkpoint (``last.pt`` in Ray's checkpoint folder) to ``dst``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result.checkpoint.to_directory(tmp)
+        shutil.copy2(Path(tmp) / "last.pt", dst)
+
+
 def _split_scores(ckpt: Path, data: str, split: str, runtime) -> dict:
     """A checkpoint's metrics on a split, plain and with flip TTA, with both probability arrays."""
     return evaluate_checkpoint(ckpt, data, split, runtime=runtime, return_probs=True, tta_flip=True)
@@ -180,9 +187,7 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], members
     out.mkdir(parents=True, exist_ok=True)
 
     # The retrain's final epoch is the winner (no extra selection on val): cosine ends at its lowest lr.
-    with tempfile.TemporaryDirectory() as tmp:
-        final.checkpoint.to_directory(tmp)
-        shutil.copy2(Path(tmp) / "last.pt", out / "best.pt")
+    _copy_final_checkpoint(final, out / "best.pt")
     winner_cfg = make_config({**config_to_dict(settings.train), **settings.retrain, **best["params"], "data": data,
                               "epochs": settings.retrain_epochs})
     cfg_dict = config_to_dict(winner_cfg)
@@ -212,9 +217,7 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], members
         ens_dir.mkdir(exist_ok=True)
         shutil.copy2(out / "best.pt", ens_dir / "member0.pt")
         for i, (t, r) in enumerate(ok[1:], start=1):
-            with tempfile.TemporaryDirectory() as tmp:
-                r.checkpoint.to_directory(tmp)
-                shutil.copy2(Path(tmp) / "last.pt", ens_dir / f"member{i}.pt")
+            _copy_final_checkpoint(r, ens_dir / f"member{i}.pt")
             for sp in splits:
                 scores[sp].append(_split_scores(ens_dir / f"member{i}.pt", data, sp, runtime))
         classes_ = list(val["val_support"])

@@ -69,7 +69,8 @@ def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(demo_root):
 def test_bench_rejects_impossible_settings_in_one_line():
     for argv, msg in ((["--steps", "0"], "error: --steps = 0; it must be at least 1"),
                       (["--batch-size", "-2"], "error: --batch-size = -2; it must be at least 1"),
-                      (["no_such_key=1"], "error: command line: unknown key 'no_such_key'")):
+                      (["no_such_key=1"], "error: command line: unknown key 'no_such_key'"),
+                      (["--parity", "channels_last=off"], "error: --parity compares fixed plain and fast settings")):
         r = subprocess.run([sys.executable, "-m", "fer_core.bench", *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(msg), r.stderr

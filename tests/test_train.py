@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fer_core.checkpoint import load_checkpoint
+from fer_core.checkpoint import load_checkpoint, save_checkpoint
 from fer_core.errors import CheckpointError
 from fer_core.evaluate import evaluate_checkpoint
 from fer_core.train import train
@@ -77,6 +77,17 @@ def test_resume_refuses_a_changed_config(demo_root, tmp_path):
         train(tiny_config(demo_root, tmp_path / "r", epochs=1, batch_size=4), resume_from=tmp_path / "r" / "checkpoints" / "last.pt")
 
 
+def test_resume_refuses_a_changed_preprocessing(demo_root, tmp_path):
+    # blur_sigma -1 is derived from the images: the same config on changed data can mean another input blur.
+    train(tiny_config(demo_root, tmp_path / "p", epochs=1))
+    last = tmp_path / "p" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["preprocess"]["blur_sigma"] = 2.5
+    save_checkpoint(state, last)
+    with pytest.raises(CheckpointError, match="cannot resume, the input preprocessing was .*'blur_sigma': 2.5"):
+        train(tiny_config(demo_root, tmp_path / "p", epochs=1), resume_from=last)
+
+
 def test_not_a_checkpoint(tmp_path):
     junk = tmp_path / "x.pt"
     junk.write_text("hello")
@@ -104,6 +115,9 @@ def test_cli_train_then_evaluate(demo_root, tmp_path):
     assert saved["test_samples"] == 28 and "disgust" in r.stdout and len(saved["test_confusion_matrix"]) == 7
     m = evaluate_checkpoint(out / "checkpoints" / "best.pt", str(demo_root), "test")
     assert m["test_accuracy"] == saved["test_accuracy"]
+    r = _cli("-m", "fer_core.evaluate", str(out / "checkpoints" / "best.pt"), "--data", str(demo_root), "--batch-size", "-1")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --batch-size = -1; give a positive size, or 0 for the device's default"]
 
 
 def test_cli_help_lists_every_key():
