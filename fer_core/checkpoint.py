@@ -21,9 +21,14 @@ FORMAT = "fer_core.checkpoint/1"
 REQUIRED = ("format", "model", "config", "class_names", "preprocess", "epoch")
 
 
+# Temporary files are ".<target name>.<random>.tmp" beside the target: a process killed mid-write leaves
+# one behind (up to a whole checkpoint), which ``remove_stale_temporaries`` deletes on the next start.
+TMP_SUFFIX = ".tmp"
+
+
 def _atomic(target: Path, write) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -33,6 +38,63 @@ def _atomic(target: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names=("last.pt", "best.pt")) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (call before writing there again).
+
+    Only one process writes a run's checkpoints, so at its start any temporary file of theirs is stale.
+
+    Args:
+        folder: a checkpoints folder.
+        names: the checkpoint file names whose temporaries are removed.
+
+    Returns:
+        The files removed.
+    """
+    d = Path(folder)
+    if not d.is_dir():
+        return []
+    # Files from before the .tmp suffix have the same prefix and a random tail only.
+    stale = [f for n in names for f in d.glob(f".{n}.*") if f.is_file()]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
+def nonfinite_weights(weights: dict) -> tuple[int, str | None]:
+    """Count the NaN/inf values in a state dict's floating-point tensors.
+
+    Args:
+        weights: a model state dict.
+
+    Returns:
+        (count, the first key holding one, or None).
+    """
+    count, first = 0, None
+    for key, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad and first is None:
+                first = key
+            count += bad
+    return count, first
+
+
+def check_finite_weights(weights: dict, source) -> None:
+    """Refuse weights with NaN or inf: such a model predicts one class for everything, silently.
+
+    Args:
+        weights: a model state dict.
+        source: the checkpoint path, named in the message.
+
+    Raises:
+        CheckpointError: a non-finite value was found.
+    """
+    count, first = nonfinite_weights(weights)
+    if count:
+        raise CheckpointError(f"{source}: {count} weight value(s) are NaN or infinite (first in '{first}'): the training "
+                              "that wrote it diverged; use an earlier checkpoint or retrain with a lower lr or grad_clip")
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ cannot hit an unreadable file mid-epoch.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -59,6 +60,7 @@ class SplitData:
     labels: np.ndarray
     paths: list[str]
     skipped: list[str]
+    sizes: list | None = None  # (width, height) of each original file, when known (caches before it lack them)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -97,6 +99,8 @@ def scan_split(root: str | os.PathLike, split: str, classes: Sequence[str] = CLA
     paths, labels = [], []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
+        if not os.access(class_dir, os.R_OK | os.X_OK):  # rglob would see an empty folder
+            raise DataError(f"{class_dir}: permission denied (the folder cannot be listed); make it readable, e.g. chmod -R a+rX")
         files = sorted(
             p for p in class_dir.rglob("*")
             if p.is_file() and _visible(p) and all(_visible(q) for q in p.relative_to(class_dir).parents if str(q) != ".")
@@ -149,15 +153,57 @@ def decode_image(path: str | os.PathLike, img_size: int, grayscale: bool) -> np.
     Raises:
         OSError, ValueError, SyntaxError, Image.DecompressionBombError: unreadable image (callers decide).
     """
+    return decode_with_size(path, img_size, grayscale)[0]
+
+
+def decode_with_size(path: str | os.PathLike, img_size: int, grayscale: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """``decode_image`` that also returns the file's own (width, height), read from its header for free."""
     with Image.open(path) as im:
+        size = im.size
         # draft() lets the JPEG decoder downscale by powers of two while decoding: far faster for big photos.
         im.draft("L" if grayscale else "RGB", (img_size, img_size))
-        return to_model_array(im, img_size, grayscale)
+        return to_model_array(im, img_size, grayscale), size
+
+
+# An image is "odd" when resizing it to the training square loses or invents most of it: a side under a
+# quarter of img_size (a 1x1 file, a thumbnail: upscaled into blur), an aspect ratio over 3:1 (a strip
+# squashed into a square), or a side over 40x img_size (a whole photo, not a face crop: the face ends up a
+# few pixels wide). Kept, since a user's data may be like that, but named at load time and by the audit.
+ODD_UPSCALE, ODD_ASPECT, ODD_DOWNSCALE = 4.0, 3.0, 40.0
+
+
+def odd_sizes(paths: Sequence[str], sizes: Sequence, img_size: int) -> list[tuple[str, tuple[int, int]]]:
+    """The (path, (width, height)) of images far from the training size or shape (see ODD_UPSCALE above).
+
+    Args:
+        paths: image paths (as they should be named).
+        sizes: their original (width, height).
+        img_size: the square training size.
+    """
+    out = []
+    for p, (w, h) in zip(paths, sizes):
+        small, large = min(w, h), max(w, h)
+        if small * ODD_UPSCALE < img_size or large > ODD_ASPECT * max(small, 1) or large > ODD_DOWNSCALE * img_size:
+            out.append((str(p), (int(w), int(h))))
+    return out
+
+
+def _warn_odd_sizes(where: Path, paths: Sequence[str], sizes: Sequence | None, img_size: int) -> None:
+    odd = odd_sizes(paths, sizes or [], img_size)
+    if odd:
+        shown = "; ".join(f"{p} ({w}x{h})" for p, (w, h) in odd[:20]) + (" ..." if len(odd) > 20 else "")
+        warnings.warn(f"{where}: {len(odd)} image(s) far from the {img_size}x{img_size} training size or shape, kept and "
+                      f"resized to it (check they are face crops): {shown}", stacklevel=3)
 
 
 def _default_cache_dir() -> Path:
     env = os.environ.get("FER_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "fer_core"
+
+
+def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder ``load_split`` caches decoded images in. Args: cache_dir: the config's (None: the default)."""
+    return Path(cache_dir) if cache_dir else _default_cache_dir()
 
 
 def _cache_key(files: SplitFiles, img_size: int, grayscale: bool) -> str:
@@ -172,16 +218,21 @@ def _cache_key(files: SplitFiles, img_size: int, grayscale: bool) -> str:
 def _decode_all(files: SplitFiles, img_size: int, grayscale: bool, strict: bool) -> SplitData:
     shape = (img_size, img_size) if grayscale else (img_size, img_size, 3)
     images = np.empty((len(files.paths),) + shape, dtype=np.uint8)
-    keep, skipped = [], []
+    keep, skipped, sizes = [], [], []
     for i, p in enumerate(files.paths):
         try:
-            images[len(keep)] = decode_image(p, img_size, grayscale)
+            images[len(keep)], size = decode_with_size(p, img_size, grayscale)
+        except PermissionError:
+            # Not corrupt, and not skipped: the cache is keyed by size and mtime, which chmod leaves alone, so a
+            # skip would outlive the fix.
+            raise DataError(f"{p}: permission denied; make the file readable (chmod a+r) or move it out of the class folder") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, UnidentifiedImageError) as e:
             if strict:
                 raise DataError(f"{p}: corrupt or truncated image ({e}); replace or delete it (or set strict: false to skip such files)") from None
             skipped.append(str(p))
             continue
         keep.append(i)
+        sizes.append(size)
     if skipped:
         shown = "; ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else "")
         warnings.warn(f"{files.root / files.split}: skipped {len(skipped)} corrupt or truncated image(s): {shown}", stacklevel=3)
@@ -191,7 +242,7 @@ def _decode_all(files: SplitFiles, img_size: int, grayscale: bool, strict: bool)
         if n == 0:
             raise DataError(f"{files.root / files.split / files.classes[c]}: no readable image left after skipping corrupt files; add valid images")
     return SplitData(files.split, files.classes, images[: len(keep)], labels,
-                     [str(files.paths[i].relative_to(files.root)) for i in keep], skipped)
+                     [str(files.paths[i].relative_to(files.root)) for i in keep], skipped, sizes)
 
 
 def load_split(
@@ -223,34 +274,67 @@ def load_split(
         DataError: see ``scan_split``; corrupt files when ``strict``.
     """
     files = scan_split(root, split, classes)
-    cache = Path(cache_dir) if cache_dir else _default_cache_dir()
+    cache = cache_folder(cache_dir)
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"{cache}: cannot create the image cache folder ({e.strerror}); set cache_dir or $FER_CACHE_DIR to a writable folder") from None
     key = _cache_key(files, img_size, grayscale)
     npy, meta_path = cache / f"{split}-{key}.npy", cache / f"{split}-{key}.json"
-    with open(cache / f"{split}-{key}.lock", "w") as lock:
+    lock = _open_lock(cache / f"{split}-{key}.lock")
+    if lock is None:
+        # A read-only cache (shared, or on a read-only mount) is fine when it is complete: its files are
+        # only ever renamed into place whole, so reading without the lock is safe.
+        if meta_path.exists() and npy.exists():
+            return _read_cache(npy, meta_path, Path(root) / split, img_size, strict)
+        raise DataError(f"{cache}: the image cache folder is not writable and holds no finished cache of {Path(root) / split} "
+                        f"at {img_size} px; set cache_dir or $FER_CACHE_DIR to a writable folder")
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held until the with-block ends; released by the OS on crash
         if meta_path.exists() and npy.exists():
-            meta = json.loads(meta_path.read_text())
-            if meta["skipped"]:
-                if strict:
-                    raise DataError(f"{meta['skipped'][0]}: corrupt or truncated image; replace or delete it (or set strict: false to skip such files)")
-                warnings.warn(f"{Path(root) / split}: skipped {len(meta['skipped'])} corrupt or truncated image(s): {'; '.join(meta['skipped'][:20])}", stacklevel=2)
-            # mmap: trials on one node share the page cache instead of each holding a copy.
-            images = np.load(npy, mmap_mode="r")
-            return SplitData(split, tuple(meta["classes"]), images, np.asarray(meta["labels"], dtype=np.int64), meta["paths"], meta["skipped"])
+            return _read_cache(npy, meta_path, Path(root) / split, img_size, strict)
+        # Under the lock no other writer of this key is running: its temporaries are a killed writer's.
+        for stale in cache.glob(f".{split}-{key}.*"):
+            stale.unlink(missing_ok=True)
         log.info("decoding %d images of %s/%s at %d px into %s", len(files.paths), root, split, img_size, npy)
         data = _decode_all(files, img_size, grayscale, strict)
-        for target, write in ((npy, lambda f: np.save(f, data.images)),
-                              (meta_path, lambda f: f.write(json.dumps({"classes": list(data.classes), "labels": data.labels.tolist(), "paths": data.paths, "skipped": data.skipped}).encode()))):
+        _warn_odd_sizes(Path(root) / split, data.paths, data.sizes, img_size)
+        meta = {"classes": list(data.classes), "labels": data.labels.tolist(), "paths": data.paths,
+                "skipped": data.skipped, "sizes": [list(s) for s in data.sizes]}
+        for target, write in ((npy, lambda f: np.save(f, data.images)), (meta_path, lambda f: f.write(json.dumps(meta).encode()))):
             fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{target.name}.")
             with os.fdopen(fd, "wb") as f:
                 write(f)
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' jobs on a shared node read it too
             os.replace(tmp, target)  # the .json goes last: its presence marks a complete cache
         return data
+
+
+def _open_lock(path: Path):
+    """The lock file opened for writing, or None when the cache folder is read-only to this process."""
+    try:
+        return open(path, "w")
+    except PermissionError:
+        return None
+    except OSError as e:
+        if e.errno == errno.EROFS:
+            return None
+        raise
+
+
+def _read_cache(npy: Path, meta_path: Path, where: Path, img_size: int, strict: bool) -> SplitData:
+    """A finished cache, with the warnings its decode gave (skipped files, odd sizes) repeated."""
+    meta = json.loads(meta_path.read_text())
+    if meta["skipped"]:
+        if strict:
+            raise DataError(f"{meta['skipped'][0]}: corrupt or truncated image; replace or delete it (or set strict: false to skip such files)")
+        warnings.warn(f"{where}: skipped {len(meta['skipped'])} corrupt or truncated image(s): {'; '.join(meta['skipped'][:20])}", stacklevel=3)
+    sizes = meta.get("sizes")  # absent in caches written before sizes were recorded
+    _warn_odd_sizes(where, meta["paths"], sizes, img_size)
+    # mmap: trials on one node share the page cache instead of each holding a copy.
+    images = np.load(npy, mmap_mode="r")
+    return SplitData(where.name, tuple(meta["classes"]), images, np.asarray(meta["labels"], dtype=np.int64), meta["paths"],
+                     meta["skipped"], [tuple(s) for s in sizes] if sizes else None)
 
 
 def stratified_indices(labels: np.ndarray, max_samples: int, seed: int = 0) -> np.ndarray:

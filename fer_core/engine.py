@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import DivergedError
 from .metrics import confusion_matrix, summarize
 from .preprocess import Preprocess
 from .runtime import Runtime
@@ -48,7 +49,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         loss and accuracy over samples.
 
     Raises:
-        FloatingPointError: the loss became NaN or infinite (diverged: lower the learning rate).
+        DivergedError (a FloatingPointError): the loss became NaN or infinite (diverged: lower the learning rate).
     """
     model.train()
     loss_sum = torch.zeros((), device=runtime.device)
@@ -91,13 +92,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         # A divergence check every step would sync the GPU every batch; NaN/inf persists in the running
         # sum, so checking it every 25 steps catches the same runs a few steps later.
         if steps % 25 == 0 and not torch.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip")
+            raise DivergedError(f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip")
         if progress and steps % 10 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         if steps == max_steps:
             break
     if not torch.isfinite(loss_sum):
-        raise FloatingPointError(f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip")
+        raise DivergedError(f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip")
     if runtime.is_cuda:
         torch.cuda.synchronize(runtime.device)  # the clock must include queued GPU work
     seconds = time.perf_counter() - t0

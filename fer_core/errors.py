@@ -21,3 +21,9 @@ class ConfigError(FerError):
 
 class CheckpointError(FerError):
     """A checkpoint or weights file cannot be used with the requested model."""
+
+
+class DivergedError(FerError, FloatingPointError):
+    """Training produced a non-finite loss, weight or metric (lower the learning rate or clip gradients).
+
+    Also a FloatingPointError, which is what a divergence raised before it was a user-facing error."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import engine
-from .checkpoint import load_checkpoint
+from .checkpoint import check_finite_weights, load_checkpoint
 from .data import iter_batches, load_split
 from .errors import CheckpointError, FerError
 from .model import build_model
@@ -33,7 +33,7 @@ def load_model(path, runtime: Runtime | None = None):
         (model in eval mode on the device, Preprocess, class names, checkpoint dict).
 
     Raises:
-        CheckpointError: not a fer_core checkpoint, or its weights do not fit its own config.
+        CheckpointError: not a fer_core checkpoint, weights with NaN/inf, or weights that do not fit its own config.
     """
     runtime = runtime or resolve_runtime()
     state = load_checkpoint(path)
@@ -42,6 +42,7 @@ def load_model(path, runtime: Runtime | None = None):
     # A run with weight averaging was evaluated (and chose best.pt) with the EMA weights, so those are
     # what a checkpoint deploys; the raw weights stay in "model" for resuming.
     weights = state["ema"]["module"] if state.get("ema") else state["model"]
+    check_finite_weights(weights, path)  # evaluate, predict and export all load through here
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -49,7 +50,18 @@ def load_model(path, runtime: Runtime | None = None):
     model.to(runtime.device).eval()
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    return model, Preprocess.from_dict(state["preprocess"]), list(state["class_names"]), state
+    return model, Preprocess.from_dict(state["preprocess"], source=str(path)), list(state["class_names"]), state
+
+
+def _check_same_classes(path, classes: list[str], split_dir: Path) -> None:
+    """A checkpoint of another class set is the mismatch to report, not the data's folders: the layout check
+    alone would tell the user to rename or remove their (correct) class folders."""
+    if not split_dir.is_dir():
+        return  # load_split names the missing folder
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if found != sorted(classes):
+        raise CheckpointError(f"{path}: trained on classes {', '.join(classes)} but {split_dir} holds {', '.join(found) or 'no class folders'}; "
+                              "evaluate it on data with its classes, or pass a checkpoint trained on these")
 
 
 def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 0, runtime: Runtime | None = None,
@@ -72,6 +84,7 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 0
     """
     runtime = runtime or resolve_runtime()
     model, pre, classes, state = load_model(path, runtime)
+    _check_same_classes(path, classes, Path(data) / split)
     split_data = load_split(data, split, pre.img_size, pre.grayscale, cache_dir=cache_dir, classes=classes)
     batches = iter_batches(split_data, np.arange(len(split_data)), batch_size or runtime.eval_batch_size)
     out = engine.evaluate(model, batches, pre, runtime, classes, prefix=f"{split}_", return_probs=return_probs, tta_flip=tta_flip)
@@ -103,13 +116,20 @@ def main(argv=None) -> int:
     try:
         if args.batch_size < 0:
             raise FerError(f"--batch-size = {args.batch_size}; give a positive size, or 0 for the device's default")
+        if args.out and Path(args.out).is_dir():  # found now, not after the whole evaluation
+            raise FerError(f"--out {args.out}: is a folder; give the metrics file to write, e.g. {Path(args.out) / 'metrics.json'}")
         m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, resolve_runtime(args.device),
                                 tta_flip=args.tta)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"{args.split}_metrics.json"
-    out.write_text(json.dumps(m, indent=1))
+    try:
+        out.write_text(json.dumps(m, indent=1))
+    except OSError as e:
+        print(format_metrics(m, args.split))  # the figures are not lost with the file
+        print(f"error: {out}: cannot write the metrics ({e.strerror or e}); pass --out with a writable path", file=sys.stderr)
+        return 2
     print(format_metrics(m, args.split))
     if args.tta:
         print(format_metrics(m, f"{args.split}_tta"))

@@ -62,8 +62,6 @@ def input_contract(pre: Preprocess, class_names: list[str]) -> str:
     norm = ("each image to zero mean and unit standard deviation over its pixels (std floored at 1 grey level)"
             if pre.per_image else f"(x/255 - mean)/std with mean {list(pre.mean)}, std {list(pre.std)}")
     gray = ", gray repeated to 3 channels" if pre.grayscale else ""
-    if pre.blur_sigma > 0:
-        norm = f"Gaussian blur with sigma {pre.blur_sigma:g} px (matching the training images' sharpness), then " + norm
     return (f"input '{INPUT_NAME}': uint8 {shape}, a face crop resized to {pre.img_size}x{pre.img_size} (bicubic), "
             f"{colour}; normalisation is inside the graph{gray}: {norm}. "
             f"output '{OUTPUT_NAME}': float32 N x {len(class_names)} softmax probabilities for {', '.join(class_names)}")
@@ -142,6 +140,15 @@ def _test_images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np
     return (x + contrast * rng.normal(0, 80, (n,) + shape)).clip(0, 255).astype(np.uint8)
 
 
+def _check_finite_outputs(onnx_path, *outputs: np.ndarray) -> None:
+    """A NaN difference compares false with any tolerance, so a check that only compared would pass a model
+    whose every output is NaN: every probability must be finite first."""
+    bad = [name for name, o in zip(("onnxruntime", "PyTorch", "PyTorch eager"), outputs) if not np.isfinite(o).all()]
+    if bad:
+        raise FerError(f"{onnx_path}: {' and '.join(bad)} gave NaN or infinite probabilities, so the difference is not "
+                       "finite; the model is unusable: export it again from a checkpoint that evaluates correctly")
+
+
 def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 8, bench_batch: int = 64,
                bench_seconds: float = 2.0, seed: int = 0, images: np.ndarray | None = None) -> dict:
     """Run the ONNX file (onnxruntime, CPU) and the checkpoint (PyTorch, CPU) on the same uint8 batch.
@@ -160,6 +167,10 @@ def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 
         "prob_range" (largest spread of one class's probability across the images: near 0 means the
         comparison proves little), "batch", "threads", "onnx_images_per_s", "torch_images_per_s",
         "bench_batch", "class_names"}.
+
+    Raises:
+        FerError: a runtime gave non-finite probabilities (the difference would not be finite), or the
+            ONNX file's class names differ from the checkpoint's.
     """
     ort = _need("onnxruntime")
     runtime = resolve_runtime("cpu", channels_last="off")
@@ -186,6 +197,7 @@ def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 
     # The eager Preprocess path (as in training/evaluation) must give the same numbers as the wrapper.
     with torch.inference_mode():
         p_eager = model(pre(torch.from_numpy(batch))).softmax(1).numpy()
+    _check_finite_outputs(onnx_path, p_ort, p_torch, p_eager)
     out = {"max_abs_diff": float(np.abs(p_ort - p_torch).max()), "max_abs_diff_eager": float(np.abs(p_ort - p_eager).max()),
            "prob_range": float(np.ptp(p_torch, axis=0).max()),
            "batch": batch_size, "threads": runtime.threads, "class_names": classes,
@@ -197,6 +209,16 @@ def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 
     return out
 
 
+def _check_arguments(args, out: Path) -> None:
+    """One-line errors for arguments that would otherwise fail deep inside torch or onnxruntime."""
+    if args.opset < 17:
+        raise FerError(f"--opset = {args.opset}; it must be 17 or newer")
+    if args.batch_size < 1:
+        raise FerError(f"--batch-size = {args.batch_size}; the --check timing batch must be at least 1")
+    if out.is_dir() or (args.onnx or "").endswith(("/", "\\")):
+        raise FerError(f"--onnx {args.onnx or out}: is a folder; give the file to write, e.g. --onnx {out / 'model.onnx'}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fer_core.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[2:]))
@@ -206,10 +228,9 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on a batch and time both on CPU")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the --check timing (default 64)")
     args = p.parse_args(argv)
-    if args.opset < 17:
-        p.error("--opset must be 17 or newer")
     out = Path(args.onnx) if args.onnx else Path(args.checkpoint).with_suffix(".onnx")
     try:
+        _check_arguments(args, out)
         export_onnx(args.checkpoint, out, args.opset)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         if args.check:
@@ -219,6 +240,9 @@ def main(argv=None) -> int:
                   f"PyTorch {r['torch_images_per_s']:.0f} images/s")
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the ONNX file cannot be written there (permissions, a full disk, ...)
+        print(f"error: {out}: cannot write the ONNX file ({e.strerror or e}); pass --onnx with a writable path", file=sys.stderr)
         return 2
     return 0
 

@@ -373,7 +373,8 @@ def collect_inputs(inputs: Sequence[str], exclude: Sequence[str | os.PathLike] =
 
     Args:
         inputs: paths or patterns as typed.
-        exclude: folders never to read from (the output folder, so a re-run does not predict its own PNGs).
+        exclude: folders never to read from (the output folder, so a re-run does not predict its own PNGs);
+            an input given inside one is reported in the problems, not skipped in silence.
 
     Returns:
         ([(file, name relative to the input it came from)], [(input, reason) for inputs that gave nothing]).
@@ -383,9 +384,13 @@ def collect_inputs(inputs: Sequence[str], exclude: Sequence[str | os.PathLike] =
     problems: list[tuple[str, str]] = []
     seen: set[Path] = set()
 
+    def inside_out(p: Path) -> Path | None:
+        r = p.resolve()
+        return next((s for s in skip if r.is_relative_to(s)), None)
+
     def add(p: Path, name: str) -> None:
         r = p.resolve()
-        if r not in seen and not any(r.is_relative_to(s) for s in skip):
+        if r not in seen and not inside_out(p):
             seen.add(r)
             files.append((p, name))
 
@@ -399,7 +404,9 @@ def collect_inputs(inputs: Sequence[str], exclude: Sequence[str | os.PathLike] =
 
     for raw in inputs:
         p = Path(raw).expanduser()
-        if p.is_dir():
+        if p.exists() and inside_out(p):  # said, not skipped in silence: it would be read and overwritten
+            problems.append((raw, f"is inside the output folder {inside_out(p)}; move it out or pass another --out"))
+        elif p.is_dir():
             if not add_folder(p, ""):
                 problems.append((raw, "folder holds no files to predict"))
         elif p.is_file():
@@ -413,7 +420,9 @@ def collect_inputs(inputs: Sequence[str], exclude: Sequence[str | os.PathLike] =
                 elif m.is_file():
                     add(m, m.name)
             if len(files) == n:
-                problems.append((raw, "no file matches this pattern"))
+                inside = [m for m in matches if inside_out(Path(m))]
+                problems.append((raw, f"matches only files inside the output folder {inside_out(Path(inside[0]))}; pass another --out"
+                                 if inside else "no file matches this pattern"))
         else:
             problems.append((raw, "no such file or folder; check the path"))
     return files, problems

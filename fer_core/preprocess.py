@@ -7,35 +7,44 @@ user to type sizes or means again.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .runtime import Runtime
-from .sharpness import gaussian_blur
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """Args: img_size: square input size; grayscale: 1-channel decode (repeated to 3 for the stem);
     mean, std: the weights' per-channel normalisation on the 0..1 scale (used when per_image is off);
-    per_image: standardise each image by its own mean and std instead;
-    blur_sigma: Gaussian blur in pixels applied first (0 = none; see ``sharpness``)."""
+    per_image: standardise each image by its own mean and std instead.
+
+    Nothing else touches the pixels: a difference between a dataset's splits (blur, contrast) is reported by
+    ``fer_core.audit`` for the user to act on, never hidden in here, where it would alter every photo a
+    deployed model sees."""
 
     img_size: int
     grayscale: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     per_image: bool = False
-    blur_sigma: float = 0.0
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(int(d["img_size"]), bool(d["grayscale"]), tuple(d["mean"]), tuple(d["std"]), bool(d.get("per_image", False)),
-                   float(d.get("blur_sigma", 0.0)))
+    def from_dict(cls, d: dict, source: str = "checkpoint") -> "Preprocess":
+        """The contract stored in a checkpoint. Checkpoints of fer_core versions with an input blur
+        (``blur_sigma``) still load: the blur is no longer applied, and a warning says so, because the
+        model was trained on blurred inputs and may score differently on sharp ones."""
+        sigma = float(d.get("blur_sigma", 0.0))
+        if sigma > 0:
+            warnings.warn(f"{source}: trained with an input blur of {sigma:g} px, which fer_core no longer applies; "
+                          "its accuracy on sharp images may differ from its recorded metrics: retrain it to be sure",
+                          stacklevel=2)
+        return cls(int(d["img_size"]), bool(d["grayscale"]), tuple(d["mean"]), tuple(d["std"]), bool(d.get("per_image", False)))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The arithmetic alone, on whatever device ``x`` is: uint8 B×H×W or B×H×W×3 -> float B×3×H×W.
@@ -45,12 +54,11 @@ class Preprocess:
         weights) work unchanged; the stem conv's extra cost is under 1 % of the network.
         """
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-        # Blur before repeating the gray channel: a third of the work, the same result.
-        x = gaussian_blur(x.float(), self.blur_sigma).expand(-1, 3, -1, -1)
+        x = x.float().expand(-1, 3, -1, -1)
         if self.per_image:
-            # Zero mean, unit std per image: exposure and contrast differ between cameras and datasets
-            # (the FER2013 copy here: train spans 43..205 on average, val 7..237), and a model should not
-            # have to learn that. The floor of 1 grey level keeps a flat image flat instead of amplifying noise.
+            # Zero mean, unit std per image: exposure and contrast differ between cameras and photos, and a
+            # model need not learn that. The floor of 1 grey level keeps a flat image flat instead of
+            # amplifying noise.
             m = x.mean(dim=(1, 2, 3), keepdim=True)
             sd = ((x - m) ** 2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
             return (x - m) / sd.clamp_min(1.0)

@@ -92,8 +92,8 @@ def plan_runtime(device_type: str, cpus: int, bf16_supported: bool, precision: s
         cpus: CPUs this process may use.
         bf16_supported: whether the CUDA device supports bf16.
         precision, channels_last, compile: config strings ("auto" or an explicit choice).
-        threads: torch CPU threads (0 = cpus).
-        num_workers: DataLoader workers (-1 = auto).
+        threads: torch CPU threads and this process's CPU share, which caps auto workers (0 = cpus).
+        num_workers: DataLoader workers (-1 = auto: from the share).
         eval_batch_size: evaluation batch (0 = auto).
 
     Raises:
@@ -108,9 +108,37 @@ def plan_runtime(device_type: str, cpus: int, bf16_supported: bool, precision: s
             raise ConfigError("key 'precision' = 'fp16' needs a CUDA device; use fp32 or bf16 on CPU")
     cl = channels_last != "off"
     comp = compile == "on"
+    # A set ``threads`` is this process's share of the machine (a sweep trial's CPU allocation): workers come
+    # out of that share, not out of every CPU the node has, or four trials on a 16-core node start 8 each.
+    share = min(cpus, threads) if threads else cpus
     if num_workers < 0:
-        num_workers = min(8, max(1, cpus - 1)) if cuda else 0
+        num_workers = min(8, max(1, share - 1)) if cuda else 0
     return RuntimePlan(amp, cl, comp, num_workers, threads or cpus, eval_batch_size or (1024 if cuda else 256))
+
+
+def limit_threads(n: int) -> None:
+    """Size every CPU thread pool of this process to ``n``: torch's intra-op and inter-op pools and OpenCV's
+    (albumentations' backend), which otherwise take one thread per CPU of the whole machine.
+
+    Args:
+        n: threads per pool (the process's CPU share).
+    """
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # allowed once per process, before any inter-op work: a later call keeps the first size
+        pass
+    try:
+        import cv2
+    except ImportError:
+        return
+    cv2.setNumThreads(n)
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker start: one OpenCV thread (torch already gives each worker one), so the workers
+    of a process together use what they were planned for."""
+    limit_threads(1)
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto",
@@ -122,7 +150,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         device: "auto", "cpu", "cuda" or "cuda:N".
         precision: "auto", "fp32", "bf16" or "fp16".
         channels_last: "auto", "on" or "off".
-        threads: torch CPU threads (0 = every CPU this process may use).
+        threads: CPU threads per pool and the process's CPU share (0 = every CPU this process may use).
         num_workers: DataLoader workers (-1 = auto).
         compile: "auto", "on" or "off" (torch.compile of the training forward).
         eval_batch_size: evaluation batch size (0 = auto).
@@ -142,7 +170,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
     cuda = dev.type == "cuda"
     plan = plan_runtime(dev.type, available_cpus(), cuda and torch.cuda.is_bf16_supported(), precision,
                         channels_last, compile, threads, num_workers, eval_batch_size)
-    torch.set_num_threads(plan.threads)
+    limit_threads(plan.threads)
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed input size, so autotuning pays off after step one
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -21,21 +21,23 @@ from torch import nn
 
 from . import engine
 from .augment import build_train_transform
-from .checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
-from .config import FIELDS, TrainConfig, config_help, config_to_dict, load_yaml, make_config, parse_overrides
+from .checkpoint import copy_checkpoint, load_checkpoint, nonfinite_weights, remove_stale_temporaries, save_checkpoint
+from .config import (FIELDS, TrainConfig, config_help, config_to_dict, load_yaml, make_config, parse_overrides,
+                     resolve_normalize)
 from .data import EpochSampler, FerDataset, SplitData, iter_batches, load_split, stratified_indices
-from .errors import CheckpointError, FerError
+from .errors import CheckpointError, DivergedError, FerError
 from .ema import ModelEma
 from .mixing import BatchMixer
 from .model import build_model, normalization
 from .preprocess import Preprocess
-from .runtime import Runtime, resolve_runtime
-from .sharpness import match_blur_sigma
+from .runtime import Runtime, resolve_runtime, worker_init
 
 ReportFn = Callable[[dict, Path], None]
 # Keys of an epoch row kept small: Ray stores every reported row, so the confusion matrix goes to a file.
 _ROW_VAL_KEYS = ("val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_per_class_recall",
                  "val_tta_accuracy", "val_tta_balanced_accuracy", "val_tta_macro_f1")
+# What a finished or interrupted run leaves in its --out folder (refused by the CLI without --resume/--overwrite).
+_RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "epochs.jsonl", "best_val_metrics.json")
 
 
 def seed_everything(seed: int) -> None:
@@ -71,7 +73,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def _check_resume_compatible(state: dict, cfg: TrainConfig, path) -> None:
     old = state["config"]
-    for key in ("model", "img_size", "grayscale", "normalize", "blur_sigma", "epochs", "batch_size", "steps_per_epoch", "max_train_samples", "seed"):
+    for key in ("model", "img_size", "grayscale", "normalize", "dedupe", "epochs", "batch_size", "steps_per_epoch", "max_train_samples", "seed"):
         if old.get(key, FIELDS[key].default) != getattr(cfg, key):  # keys added later: their default
             raise CheckpointError(f"{path}: cannot resume, '{key}' was {old.get(key)!r} and is now {getattr(cfg, key)!r}; "
                                   "resume with the same config or start a new run in another --out folder")
@@ -90,14 +92,14 @@ class Trainer:
         self.train_data: SplitData = load_split(cfg.data, "train", **common)
         self.val_data: SplitData = load_split(cfg.data, "val", **common)
         self.class_names = list(self.train_data.classes)
-        self.train_idx = stratified_indices(self.train_data.labels, cfg.max_train_samples)
+        self.dropped_duplicates = self._cross_split_duplicates(common) if cfg.dedupe == "cross_split" else np.empty(0, np.int64)
+        pool = np.setdiff1d(np.arange(len(self.train_data)), self.dropped_duplicates)
+        self.train_idx = pool[stratified_indices(self.train_data.labels[pool], cfg.max_train_samples)]
         self.val_idx = stratified_indices(self.val_data.labels, cfg.max_val_samples)
         self.model = build_model(cfg.model, len(self.class_names), cfg.pretrained, cfg.weights or None,
                                  cfg.drop_rate, cfg.drop_path_rate, cfg.bn_momentum)
         mean, std = normalization(self.model)
-        self.blur_sigma = cfg.blur_sigma if cfg.blur_sigma >= 0 else self._matched_blur()
-        self.preprocess = Preprocess(cfg.img_size, cfg.grayscale, mean, std, per_image=cfg.normalize == "per_image",
-                                     blur_sigma=self.blur_sigma)
+        self.preprocess = Preprocess(cfg.img_size, cfg.grayscale, mean, std, per_image=resolve_normalize(cfg) == "per_image")
         self.model.to(self.runtime.device)
         if self.runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -116,7 +118,8 @@ class Trainer:
         w = self.runtime.num_workers
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=w, drop_last=True,
-            pin_memory=self.runtime.pin_memory, persistent_workers=w > 0, prefetch_factor=4 if w > 0 else None)
+            pin_memory=self.runtime.pin_memory, persistent_workers=w > 0, prefetch_factor=4 if w > 0 else None,
+            worker_init_fn=worker_init if w > 0 else None)
         self.optimizer = build_optimizer(self.model, cfg)
         total = cfg.epochs * self.steps_per_epoch
         warm = min(total, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
@@ -129,13 +132,15 @@ class Trainer:
         self.epoch, self.best, self.history = 0, None, []
         self.best_val: dict | None = None  # full val metrics (confusion matrix included) of the best epoch
 
-    def _matched_blur(self) -> float:
-        """blur_sigma auto: matched on 512 images of each split (labels unused; see ``sharpness``). The sample
-        has its own fixed seed: the blur is a property of the data, not of a run, so every seed of a sweep
-        gets the same one."""
-        rng = np.random.default_rng(0)
-        pick = lambda data, idx: np.asarray(data.images[np.sort(rng.choice(idx, min(512, len(idx)), replace=False))])
-        return match_blur_sigma(pick(self.train_data, self.train_idx), pick(self.val_data, self.val_idx))
+    def _cross_split_duplicates(self, common: dict) -> np.ndarray:
+        """dedupe: cross_split: train rows that duplicate a val (or test) image, which would otherwise leak
+        the answer to the evaluation. The audit finds them; the data files are left as they are."""
+        from .audit import cross_split_duplicates
+
+        others = [self.val_data]
+        if (Path(self.cfg.data) / "test").is_dir():
+            others.append(load_split(self.cfg.data, "test", **common))
+        return np.asarray(cross_split_duplicates(self.train_data, others), dtype=np.int64)
 
     # -- state ---------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -150,12 +155,13 @@ class Trainer:
 
     def restore(self, path) -> None:
         state = load_checkpoint(path, map_location=self.runtime.device)
+        if float(state["preprocess"].get("blur_sigma", 0.0)) > 0:
+            raise CheckpointError(f"{path}: cannot resume, this run was trained with an input blur that fer_core no longer "
+                                  "applies; start a new run in another --out folder")
         _check_resume_compatible(state, self.cfg, path)
         if list(state["class_names"]) != self.class_names:
             raise CheckpointError(f"{path}: classes {state['class_names']} differ from the data's {self.class_names}; start a new run")
-        # Config keys alone do not pin the input: blur_sigma -1 is derived from the images, so a changed
-        # dataset would switch the preprocessing half-way through a run.
-        old_pre = Preprocess.from_dict(state["preprocess"])
+        old_pre = Preprocess.from_dict(state["preprocess"], source=str(path))
         if old_pre != self.preprocess:
             raise CheckpointError(f"{path}: cannot resume, the input preprocessing was {old_pre.to_dict()} and is now "
                                   f"{self.preprocess.to_dict()} (the data changed?); start a new run in another --out folder")
@@ -191,6 +197,18 @@ class Trainer:
                                       self.preprocess, self.runtime, self.scaler, self.cfg.grad_clip, progress, desc,
                                       mixer=self.mixer, ema=self.ema, max_steps=max_steps)
 
+    def _check_finite(self, row: dict) -> None:
+        """Stop before a diverged epoch is saved. NaN weights still give a finite accuracy (argmax of NaN
+        picks class 0), so without this a broken model could be written as best.pt; raising here leaves
+        the previous epoch's checkpoints as the last ones written."""
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        for name, module in (("weights", self.model), ("averaged weights", self.ema.module if self.ema else None)):
+            if module is not None and nonfinite_weights(module.state_dict())[0]:
+                bad.insert(0, name)
+        if bad:
+            raise DivergedError(f"{self.cfg.out}: epoch {self.epoch} diverged (non-finite {', '.join(bad)}); it was not saved, "
+                                "the checkpoints of the epochs before it are kept; lower lr or set grad_clip")
+
     def run_epoch(self) -> dict:
         """Train and validate the next epoch; returns its metrics row."""
         self.epoch += 1
@@ -200,7 +218,9 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         tm = self.train_pass(progress=self.cfg.progress, desc=f"epoch {self.epoch}/{self.cfg.epochs}")
         vm = self.evaluate()
-        row = {"epoch": self.epoch, "lr": lr, **tm, **{k: vm[k] for k in _ROW_VAL_KEYS if k in vm}}
+        row = {"epoch": self.epoch, "lr": lr, **tm, **{k: vm[k] for k in _ROW_VAL_KEYS if k in vm},
+               "device": str(self.runtime.device)}  # where it trained: a sweep's report names it per trial
+        self._check_finite(row)
         row["is_best"] = self._is_better(row[self.cfg.best_metric])
         if row["is_best"]:
             self.best = row[self.cfg.best_metric]
@@ -218,11 +238,23 @@ def _summary_line(row: dict, epochs: int, best_name: str, best) -> str:
             f"{'  *best' if row['is_best'] else ''}  ({best_name} best {best:.4f})")
 
 
+def run_audit(cfg: TrainConfig, prefix: str = "[fer_core]") -> dict:
+    """Audit ``cfg.data`` at the size and colour mode training decodes it (sharing its image cache) and print
+    the summary, warnings included; returns the findings for an ``audit.json``."""
+    from .audit import audit_dataset, summarize
+
+    findings = audit_dataset(cfg.data, img_size=cfg.img_size, grayscale=cfg.grayscale,
+                             cache_dir=cfg.cache_dir or None, strict=cfg.strict)
+    for line in summarize(findings):
+        print(f"{prefix} audit: {line}", flush=True)
+    return findings
+
+
 def train(config: TrainConfig | Mapping[str, Any], report: ReportFn | None = None,
-          resume_from: str | Path | None = None) -> dict:
+          resume_from: str | Path | None = None, replace_run: bool = False) -> dict:
     """Train a FER classifier; the same function serves standalone runs and sweep trials.
 
-    After every epoch: the epoch row is appended to ``OUT/epochs.jsonl``, ``OUT/checkpoints/last.pt`` (and
+    Before the first epoch the dataset is audited (``cfg.audit``; ``OUT/audit.json``). After every epoch: the epoch row is appended to ``OUT/epochs.jsonl``, ``OUT/checkpoints/last.pt`` (and
     ``best.pt`` when the epoch is the best so far) are written atomically, and then
     ``report(row, OUT/checkpoints)`` is called. An exception raised by ``report`` stops training with
     everything up to that epoch saved.
@@ -231,6 +263,8 @@ def train(config: TrainConfig | Mapping[str, Any], report: ReportFn | None = Non
         config: a TrainConfig or a mapping of its keys.
         report: optional callback(metrics_row, checkpoint_dir).
         resume_from: a last.pt to continue from (same config); training continues at the next epoch.
+        replace_run: delete a previous run's checkpoints and log in OUT once the data and model have loaded,
+            so the new run never mixes with the old one's files (the CLI's --overwrite).
 
     Returns:
         {"best_metric", "best_metric_name", "best_epoch", "epochs", "history", "out", "best_checkpoint",
@@ -238,7 +272,8 @@ def train(config: TrainConfig | Mapping[str, Any], report: ReportFn | None = Non
 
     Raises:
         FerError: bad data, config or checkpoint (one-line message).
-        FloatingPointError: the loss diverged.
+        DivergedError (a FerError and FloatingPointError): the loss, weights or metrics became non-finite;
+            that epoch is not saved.
     """
     cfg = config if isinstance(config, TrainConfig) else make_config(config)
     if not cfg.data:
@@ -246,16 +281,23 @@ def train(config: TrainConfig | Mapping[str, Any], report: ReportFn | None = Non
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     trainer = Trainer(cfg)
+    remove_stale_temporaries(ckpt_dir)  # half-written files of a killed run
+    if replace_run and not resume_from:
+        for name in _RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     if resume_from:
         trainer.restore(resume_from)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.audit:
+        (out / "audit.json").write_text(json.dumps(run_audit(cfg), indent=1))
     (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     # Rewrite the log from the checkpoint's history: rows written after the last checkpoint (a crash
     # between the two writes) are dropped, so a resumed log has no gap and no repeat.
     log_path = out / "epochs.jsonl"
     log_path.write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
     print(f"[fer_core] {len(trainer.train_idx)} train / {len(trainer.val_idx)} val images, {cfg.model} at {cfg.img_size}px on "
-          f"{trainer.runtime.describe()}, {trainer.steps_per_epoch} steps/epoch, input blur sigma {trainer.blur_sigma:g}"
+          f"{trainer.runtime.describe()}, {trainer.steps_per_epoch} steps/epoch"
+          + (f", dedupe cross_split left out {len(trainer.dropped_duplicates)} train images" if cfg.dedupe == "cross_split" else "")
           + (f", resuming after epoch {trainer.epoch}" if trainer.epoch else ""), flush=True)
     while trainer.epoch < cfg.epochs:
         row = trainer.run_epoch()
@@ -291,8 +333,32 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (same as out=DIR)")
     p.add_argument("--config", help="YAML file of config keys")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt if it exists")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out folder that holds one (its checkpoints and log are replaced)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. lr=3e-4 aug_strength=0.3")
     return p
+
+
+def check_out_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start over a run the user did not ask to replace (the sweep refuses the same way).
+
+    Args:
+        out: the --out folder.
+        resume: --resume was given (continue the run there).
+        overwrite: --overwrite was given (``train(..., replace_run=True)`` then deletes the old run's files).
+
+    Raises:
+        FerError: --out is a file, both flags were given, or it holds a run and neither was given.
+    """
+    if resume and overwrite:
+        raise FerError("--resume and --overwrite contradict each other; pass one of them")
+    if out.exists() and not out.is_dir():
+        raise FerError(f"{out}: --out is a file; give a folder for the checkpoints and logs")
+    found = [name for name in _RUN_FILES if (out / name).is_file()]
+    if not found or resume:
+        return
+    if not overwrite:
+        raise FerError(f"{out}: holds a run already ({', '.join(found)}); pass --resume to continue it, "
+                       "--overwrite to replace it, or another --out")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,8 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                 cli[key] = getattr(args, key)
         cfg = make_config(cli, source="command line", base=cfg)
         last = Path(cfg.out) / "checkpoints" / "last.pt"
+        check_out_folder(Path(cfg.out), args.resume, args.overwrite)
         resume = last if args.resume and last.exists() else None
-        result = train(cfg, resume_from=resume)
+        result = train(cfg, resume_from=resume, replace_run=args.overwrite)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -46,9 +46,21 @@ def resolve_checkpoint(target: str) -> Path:
     raise FerError(f"{p}: no such checkpoint or run folder; pass a sweep run folder (STORAGE/NAME) or a best.pt")
 
 
+# The files every run writes at the top of OUT: no per-image PNG may take (or sit under) these names.
+SUMMARY_FILES = ("predictions.csv", "contact_sheet.png")
+
+
 def _png_name(rel: str, used: set[str]) -> str:
-    """OUT-relative PNG path for an input: its relative path with .png, made unique (a.jpg and a.png)."""
+    """OUT-relative PNG path for an input: its relative path with .png, made unique (a.jpg and a.png, or an
+    input named contact_sheet.jpg, whose PNG would otherwise be overwritten by the contact sheet).
+
+    Args:
+        rel: the input's name relative to the input it came from.
+        used: names already taken; start with ``SUMMARY_FILES``. The returned name is added.
+    """
     r = Path(rel)
+    if len(r.parts) > 1 and r.parts[0] in SUMMARY_FILES:  # a folder named like a summary file
+        r = Path(r.parts[0] + "_", *r.parts[1:])
     name = str(r.with_suffix(".png"))
     if name in used:
         name = str(r.with_name(f"{r.stem}_{r.suffix.lstrip('.') or 'file'}.png"))
@@ -84,6 +96,10 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     try:
+        if args.batch_size < 1:
+            raise FerError(f"--batch-size = {args.batch_size}; give the number of faces per forward pass, at least 1")
+        if out.exists() and not out.is_dir():
+            raise FerError(f"{out}: --out is a file; give a folder for the PNGs, predictions.csv and the contact sheet")
         checkpoint = resolve_checkpoint(args.run)
         predictor = Predictor.from_checkpoint(checkpoint, device=args.device, batch_size=args.batch_size)
     except FerError as e:
@@ -96,12 +112,16 @@ def main(argv=None) -> int:
         return 2
 
     classes = predictor.class_names
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: {out}: cannot create the output folder ({e.strerror or e}); pass another --out", file=sys.stderr)
+        return 2
     if not args.json:
         print(f"{checkpoint}: {predictor.preprocess.img_size}px {'gray' if predictor.preprocess.grayscale else 'RGB'}, "
               f"{len(files)} file(s), face detection {'off' if args.no_face_detect else 'on'}")
         print(f"{'image':<36} {'face':>4} {'box x,y,w,h':<19} {'expression':<10} {'prob':>5}  " + " ".join(f"{c[:8]:>8}" for c in classes))
-    results, records, used = [], [], set()
+    results, records, used = [], [], set(SUMMARY_FILES)
     rows = []
     for (path, rel), r in zip(files, predictor.predict_files([f for f, _ in files], detect=not args.no_face_detect)):
         png = None

@@ -23,7 +23,7 @@ from .settings import SweepSettings
 
 # Columns of Ray's per-epoch rows that the plots and tables use.
 _ROW_KEYS = ("training_iteration", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-             "val_balanced_accuracy", "val_macro_f1", "epoch_seconds", "images_per_s")
+             "val_balanced_accuracy", "val_macro_f1", "epoch_seconds", "images_per_s", "device", "ray_gpus")
 
 
 def _rows(result) -> list[dict]:
@@ -50,7 +50,7 @@ def collect_trials(results, settings: SweepSettings) -> list[dict]:
         error = res.error
         trials.append({
             "trial_id": (res.metrics or {}).get("trial_id") or Path(res.path).name,
-            "params": {k: res.config.get(k) for k in searched},
+            "params": {k: (res.config or {}).get(k) for k in searched},  # no config: it failed before starting
             "status": "ERROR" if error else "TERMINATED",
             "error": f"{type(error).__name__}: {_first_line(error)}" if error else "",
             "history": hist,
@@ -59,8 +59,23 @@ def collect_trials(results, settings: SweepSettings) -> list[dict]:
             "last": values[-1] if values else math.nan,
             "stopped_early": not error and len(hist) < settings.scheduler.max_epochs,
             "path": res.path,
+            "device": hist[-1].get("device", "") if hist else "",
+            "ray_gpus": hist[-1].get("ray_gpus", 0) if hist else 0,
         })
     return trials
+
+
+def device_lines(trials: list[dict]) -> list[str]:
+    """Where the trials trained, and a WARNING for each one that Ray gave a GPU but that trained on a CPU."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        if t["device"]:
+            counts[t["device"]] = counts.get(t["device"], 0) + 1
+    lines = ["Trials trained on: " + ", ".join(f"{d} ({n})" for d, n in sorted(counts.items()))] if counts else []
+    lines += [f"WARNING: trial {t['trial_id']} was given {t['ray_gpus']} GPU(s) by Ray but trained on {t['device']}: "
+              "that node's GPU is not visible to PyTorch (driver, CUDA build of torch, CUDA_VISIBLE_DEVICES)"
+              for t in trials if t["ray_gpus"] and t["device"] and not t["device"].startswith("cuda")]
+    return lines
 
 
 def _nan(v) -> bool:
@@ -169,7 +184,7 @@ def _sample_indices(labels: np.ndarray, probs: np.ndarray, n: int = 16, seed: in
 
 
 def write_report(settings: SweepSettings, data: str, trials: list[dict], members: list[dict], finals: list,
-                 wall_s: float) -> Path:
+                 wall_s: float, audit: dict | None = None) -> Path:
     """Write report/ for the sweep, the retrained winner and (with several members) their ensemble.
 
     Args:
@@ -179,6 +194,8 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], members
         members: the retrained trials, the winner first (``top_trials``).
         finals: Ray Results of their retrains, in the same order.
         wall_s: seconds since the sweep started (the report states it).
+        audit: the dataset audit's findings (``fer_core.audit.audit_dataset``): written to ``audit.json``,
+            summarised in ``report.md``.
     """
     best, final = members[0], finals[0]
     storage = settings.storage
@@ -198,7 +215,7 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], members
     metrics = {"best_trial": best["trial_id"], "best_trial_" + settings.metric: best["best"], "params": best["params"],
                "metric": settings.metric, "mode": settings.mode, "retrain_epochs": settings.retrain_epochs,
                "device": runtime.describe(), "wall_seconds": round(wall_s, 1), "seed": winner_cfg.seed,
-               "search_seed": settings.seed, "data": data,
+               "search_seed": settings.seed, "data": data, "dedupe": winner_cfg.dedupe,
                "trials": {"total": len(trials), "failed": sum(t["status"] == "ERROR" for t in trials),
                           "stopped_early": sum(t["stopped_early"] for t in trials)}}
     splits = ["val"] + (["test"] if (Path(data) / "test").is_dir() else [])
@@ -253,7 +270,9 @@ def write_report(settings: SweepSettings, data: str, trials: list[dict], members
     viz.plot_sample_predictions(np.asarray(split.images)[pick], labels[pick], probs[pick], classes, out / "sample_predictions.png")
 
     _write_trials_csv(trials, settings, out / "trials.csv")
-    _write_markdown(settings, trials, best, metrics, out / "report.md")
+    if audit is not None:
+        (out / "audit.json").write_text(json.dumps(audit, indent=1))
+    _write_markdown(settings, trials, best, metrics, out / "report.md", audit)
     return out
 
 
@@ -261,10 +280,10 @@ def _write_trials_csv(trials: list[dict], settings: SweepSettings, path: Path) -
     names = [p.name for p in settings.search_space]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial_id", "status", "epochs", "stopped_early", f"best_{settings.metric}", f"last_{settings.metric}", *names, "error"])
+        w.writerow(["trial_id", "status", "epochs", "stopped_early", f"best_{settings.metric}", f"last_{settings.metric}", *names, "device", "ray_gpus", "error"])
         for t in ranked(trials, settings):
             w.writerow([t["trial_id"], t["status"], t["epochs"], t["stopped_early"], t["best"], t["last"],
-                        *[t["params"].get(n) for n in names], t["error"]])
+                        *[t["params"].get(n) for n in names], t["device"], t["ray_gpus"], t["error"]])
 
 
 def _fmt(v) -> str:
@@ -283,7 +302,22 @@ def _trial_table(trials: list[dict], settings: SweepSettings, limit: int | None 
     return lines
 
 
-def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: dict, path: Path) -> None:
+def _audit_lines(audit: dict | None, dedupe: str) -> list[str]:
+    """report.md's data section: the audit summary, and whether training left out cross-split duplicates."""
+    from fer_core.audit import summarize
+
+    used = ("`dedupe: cross_split`: train images that duplicate a val or test image were left out of training"
+            if dedupe == "cross_split" else
+            "`dedupe: none`: every train image was used, duplicates of val/test images included (comparable with "
+            "published figures on the official splits; `dedupe: cross_split` gives leak-free ones)")
+    lines = ["", "## Data", "", f"- {used}."]
+    if audit is not None:
+        lines += [f"- {line}" for line in summarize(audit)] + ["", "Full findings: `audit.json`."]
+    return lines
+
+
+def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: dict, path: Path,
+                    audit: dict | None = None) -> None:
     failed = [t for t in trials if t["status"] == "ERROR"]
     results = []
     ens = m.get("ensemble")
@@ -313,6 +347,7 @@ def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: 
         "",
         f"{m['trials']['total']} trials: {m['trials']['total'] - m['trials']['failed'] - m['trials']['stopped_early']} ran to the end, "
         f"{m['trials']['stopped_early']} stopped early by ASHA, {m['trials']['failed']} failed.",
+        *[f"\n{line}" for line in device_lines(trials)],
         "",
         "## Winner, retrained from scratch",
         "",
@@ -326,6 +361,9 @@ def _write_markdown(settings: SweepSettings, trials: list[dict], best: dict, m: 
         "|---|---|---|---|---|---|",
         *results,
         *ens_lines,
+        *_audit_lines(audit, m["dedupe"]),
+        "",
+        "## Training",
         "",
         "![training curves](training_curves.png)",
         "![confusion matrix](confusion_matrix.png)",
@@ -356,6 +394,8 @@ def print_summary(trials: list[dict], settings: SweepSettings, report_dir: Path 
     for t in trials:
         if t["status"] == "ERROR":
             print(f"FAILED trial {t['trial_id']} {t['params']}: {t['error']}")
+    for line in device_lines(trials):
+        print(line)
     if report_dir is not None:
         m = json.loads((report_dir / "metrics.json").read_text())
         test = f", test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""

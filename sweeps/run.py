@@ -4,6 +4,7 @@
     python sweeps/run.py --config sweeps/configs/fer2013.yaml --data /path/to/fer2013
     python sweeps/run.py --resume --name NAME                # continue an interrupted sweep
     python sweeps/run.py --address auto ...                  # on a Ray cluster's head node
+    python sweeps/run.py --address HOST:PORT --cluster-config cluster.yaml ...   # plan for its autoscaled workers
 
 Any other ``key=value`` overrides the YAML: TrainConfig keys go to ``train``, dotted keys to their
 section (``scheduler.max_epochs=4``), the rest to the top level (``num_samples=12``).
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from fer_core.config import config_to_dict, parse_overrides  # noqa: E402
 from fer_core.errors import FerError  # noqa: E402
+from sweeps.paths import check_cache, check_name, check_writable  # noqa: E402
 from sweeps.settings import SweepSettings, load_settings  # noqa: E402
 
 
@@ -36,6 +37,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="results folder or shared URI (s3://..., an NFS path on a cluster); default from YAML ('runs')")
     p.add_argument("--name", help="experiment name; results go to STORAGE/NAME/")
     p.add_argument("--address", help="Ray cluster to join: 'auto' on a cluster node, or HOST:PORT; default: start Ray locally on 127.0.0.1")
+    p.add_argument("--cluster-config", metavar="YAML",
+                   help="the Ray launcher file of an autoscaling cluster: trials are planned for the worker types it can "
+                        "launch, not only the nodes up now (default with --address auto: ~/ray_bootstrap_config.yaml, "
+                        "which `ray up` leaves on the head, when it exists)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment STORAGE/NAME (searcher state and finished trials kept)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override YAML keys, e.g. num_samples=4 lr=1e-3 scheduler.max_epochs=3")
     return p
@@ -45,9 +50,29 @@ def resolve_settings(args) -> SweepSettings:
     """YAML + command line -> checked settings (no Ray needed; every error is a one-line FerError)."""
     settings = load_settings(args.config, parse_overrides(args.overrides))
     for key in ("data", "storage", "name"):
-        if getattr(args, key):
+        if getattr(args, key) is not None:  # an empty --name is refused below, not ignored
             setattr(settings, key, getattr(args, key))
+    check_name(settings.name, "--name" if args.name is not None else f"{settings.source}: 'name'")
+    resolve_weights(settings)
     return settings
+
+
+def resolve_weights(settings: SweepSettings) -> None:
+    """A ``weights`` file named relative to where the sweep was started, made absolute: trials run in
+    folders of their own, where a relative path would name nothing. A missing file is reported now, in
+    one line, not by every trial."""
+    for where, holder in (("train", settings.train), ("retrain", settings.retrain)):
+        value = holder.weights if where == "train" else holder.get("weights")
+        if not value:
+            continue
+        path = Path(value).expanduser().resolve()
+        if not path.is_file():
+            raise FerError(f"{where}.weights: {value}: weights file not found; point it at a local ImageNet weights file "
+                           "(.safetensors or torch state dict), or pass weights= model=efficientnet_b0 to train from scratch")
+        if where == "train":
+            holder.weights = str(path)
+        else:
+            holder["weights"] = str(path)
 
 
 def storage_uri(storage: str) -> str:
@@ -95,40 +120,77 @@ def keep_local_ray_on_loopback() -> None:
 
 
 def init_ray(address: str | None) -> None:
+    """Join the cluster at ``address``, or start a Ray of our own on 127.0.0.1.
+
+    ``address="local"`` always starts a new Ray: a bare ``ray.init()`` joins whatever cluster this machine
+    last started with ``ray start`` (Ray's ``ray_current_cluster`` record, or ``RAY_ADDRESS``), so a local
+    sweep would silently run on that cluster, or wait forever for its GCS when it was killed uncleanly.
+
+    Args:
+        address: ``--address`` (``auto`` or HOST:PORT), or None for a local run.
+    """
     import ray
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=False, configure_logging=False)
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
 
 
-def plan_resources(settings: SweepSettings, cluster: dict) -> tuple[dict, int]:
-    """Per-trial resources and how many trials run at once.
+# Where `ray up` leaves the cluster's launcher config on the head (what `ray exec`/`ray submit` run beside).
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 
-    auto: with GPUs, one trial per GPU (or 1/gpus_per_trial per GPU when fractional) and the CPUs split
-    between them; CPU-only, trials of up to 4 CPUs each (PyTorch's intra-op threads scale poorly past
-    that on small inputs, so more, narrower trials finish a sweep sooner).
+
+def cluster_config_path(address: str | None, cluster_config: str | None) -> str | None:
+    """The launcher file to read node types from: --cluster-config, else the head's bootstrap config when
+    the sweep runs on the head (``--address auto``), else none (plan from the nodes that are up)."""
+    if cluster_config:
+        return cluster_config
+    if address == "auto" and Path(BOOTSTRAP_CONFIG).expanduser().is_file():
+        return str(Path(BOOTSTRAP_CONFIG).expanduser())
+    return None
+
+
+def cluster_nodes(cluster_config: str | None) -> list:
+    """The nodes that are up (``ray.nodes()``) plus the worker types the autoscaler can launch."""
+    import ray
+
+    from sweeps.placement import load_node_types, nodes_from_ray
+
+    return nodes_from_ray(ray.nodes()) + (load_node_types(cluster_config) if cluster_config else [])
+
+
+def plan_resources(settings: SweepSettings, cluster) -> tuple[dict, int]:
+    """Per-trial resources and how many trials run at once (see ``sweeps.placement.plan_trials``).
 
     Args:
         settings: the sweep settings.
-        cluster: ``ray.cluster_resources()``.
+        cluster: a list of ``NodeShape`` (the nodes, and node types that can be launched), or one node's
+            resource dict (``{"CPU": 16, "GPU": 2}``).
     """
-    cpus = int(cluster.get("CPU", 1))
-    gpus = float(cluster.get("GPU", 0))
+    plan = make_plan(settings, cluster)
+    return plan.resources, plan.concurrent
+
+
+def make_plan(settings: SweepSettings, cluster):
+    """``plan_trials`` for these settings; ``cluster`` as in ``plan_resources``."""
+    from sweeps.placement import NodeShape, plan_trials
+
+    if isinstance(cluster, dict):
+        cluster = [NodeShape("local", float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0)))]
     r = settings.resources
-    gpt = (1.0 if gpus else 0.0) if r.gpus_per_trial == "auto" else float(r.gpus_per_trial)
-    if gpt > 0 and not gpus:
-        raise FerError(f"resources.gpus_per_trial = {gpt} but the Ray cluster has no GPU; set gpus_per_trial: 0 or auto")
-    if settings.max_concurrent_trials:
-        concurrent = settings.max_concurrent_trials
-    elif gpt > 0:
-        concurrent = max(1, int(math.floor(gpus / gpt + 1e-9)))
-    else:
-        concurrent = max(1, cpus // (4 if r.cpus_per_trial == "auto" else int(r.cpus_per_trial)))
-    cpt = max(1, cpus // concurrent) if r.cpus_per_trial == "auto" else int(r.cpus_per_trial)
-    if cpt > cpus:
-        raise FerError(f"resources.cpus_per_trial = {cpt} but the Ray cluster has {cpus} CPUs; lower it")
-    return {"cpu": cpt, "gpu": gpt}, min(concurrent, settings.num_samples)
+    return plan_trials(cluster, r.cpus_per_trial, r.gpus_per_trial, settings.max_concurrent_trials, settings.num_samples)
+
+
+def announce_plan(plan, address: str | None, cluster_config: str | None) -> None:
+    """Log the per-node plan before the sweep starts; warn loudly where trials would train on CPU by accident."""
+    for line in plan.lines():
+        print(f"[sweeps] {line}", flush=True)
+    for w in plan.warnings:  # a cluster known to have (or launch) GPUs, and a CPU-only plan
+        print(f"[sweeps] WARNING: {w}", file=sys.stderr, flush=True)
+    if address and not plan.gpus and not cluster_config and not plan.warnings:
+        # Nothing says whether this cluster could launch GPU workers later: say what the plan assumed.
+        print("[sweeps] note: no GPU on the cluster now and no launcher file read, so trials train on CPU; on an "
+              "autoscaling GPU cluster pass its launcher file (--cluster-config) to plan for its GPU workers", flush=True)
 
 
 def base_train_config(settings: SweepSettings, data: str, resources: dict, epochs: int, retrain: bool = False) -> dict:
@@ -136,8 +198,18 @@ def base_train_config(settings: SweepSettings, data: str, resources: dict, epoch
     base = config_to_dict(settings.train)
     if retrain:
         base.update(settings.retrain)
-    base.update(data=data, epochs=epochs, threads=int(resources["cpu"]))
+    # The driver audited the data once (run_audit); every trial repeating it would only cost time.
+    base.update(data=data, epochs=epochs, threads=int(resources["cpu"]), audit=False)
     return base
+
+
+def run_audit(settings: SweepSettings, data: str) -> dict:
+    """Audit the dataset once, before Ray starts: its summary goes to the log now and to the report later."""
+    import dataclasses
+
+    from fer_core.train import run_audit as audit
+
+    return audit(dataclasses.replace(settings.train, data=data), prefix="[sweeps]")
 
 
 def make_trainable(base: dict, resources: dict, members: list[dict] | None = None):
@@ -146,17 +218,24 @@ def make_trainable(base: dict, resources: dict, members: list[dict] | None = Non
     return tune.with_resources(tune.with_parameters(fer_trainable, base=base, members=members), resources)
 
 
-def run_sweep(settings: SweepSettings, data: str, resume: bool):
-    """Run (or resume) the search; returns Ray's ResultGrid."""
+def run_sweep(settings: SweepSettings, data: str, resume: bool, plan=None):
+    """Run (or resume) the search; returns Ray's ResultGrid.
+
+    Args:
+        settings: the sweep settings.
+        data: dataset root.
+        resume: continue the experiment in storage.
+        plan: the per-node plan (``make_plan``); None: planned from the nodes that are up.
+    """
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
-    import ray
 
     from sweeps.space import to_tune
 
-    resources, concurrent = plan_resources(settings, ray.cluster_resources())
+    plan = plan or make_plan(settings, cluster_nodes(None))
+    resources, concurrent = plan.resources, plan.concurrent
     base = base_train_config(settings, data, resources, settings.scheduler.max_epochs)
     trainable = make_trainable(base, resources)
     exp = f"{storage_uri(settings.storage)}/{settings.name}"
@@ -186,7 +265,7 @@ def run_sweep(settings: SweepSettings, data: str, resume: bool):
     return tuner.fit()
 
 
-def retrain(settings: SweepSettings, data: str, members: list[dict]) -> list:
+def retrain(settings: SweepSettings, data: str, members: list[dict], plan=None) -> list:
     """Retrain the winning parameters (and, for an ensemble, the next best) from scratch for
     ``retrain_epochs``, as one Tune run with a trial per member.
 
@@ -198,14 +277,15 @@ def retrain(settings: SweepSettings, data: str, members: list[dict]) -> list:
         settings: the sweep settings.
         data: dataset root.
         members: parameter dicts, the winner's first.
+        plan: the sweep's per-node plan (``make_plan``); None: planned from the nodes that are up.
 
     Returns:
         Ray Results in the order of ``members``.
     """
     from ray import tune
-    import ray
 
-    resources, concurrent = plan_resources(settings, ray.cluster_resources())
+    plan = plan or make_plan(settings, cluster_nodes(None))
+    resources, concurrent = plan.resources, plan.concurrent
     trainable = make_trainable(base_train_config(settings, data, resources, settings.retrain_epochs, retrain=True),
                                resources, members=[dict(m) for m in members])
     root = f"{storage_uri(settings.storage)}/{settings.name}"
@@ -230,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         settings = resolve_settings(args)
+        check_writable(settings.storage, "--storage")
         check_experiment(settings, args.resume)
         data = prepare_data(settings)
+        check_cache(settings, data)
+        findings = run_audit(settings, data)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -241,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
 
     init_ray(args.address)
     try:
-        results = run_sweep(settings, data, args.resume)
+        # Planned once, before anything is submitted: a request no node can ever hold fails here in one line.
+        cluster_config = cluster_config_path(args.address, args.cluster_config)
+        plan = make_plan(settings, cluster_nodes(cluster_config))
+        announce_plan(plan, args.address, cluster_config)
+        results = run_sweep(settings, data, args.resume, plan)
         trials = report.collect_trials(results, settings)
         members = report.top_trials(trials, settings, max(1, settings.ensemble_top_k))
         if not members:
@@ -252,11 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[sweeps] best trial {best['trial_id']}: {settings.metric} {best['best']:.4f} with {best['params']}; "
               f"retraining it from scratch for {settings.retrain_epochs} epochs"
               + (f", with the next {len(members) - 1} configuration(s) for the ensemble" if len(members) > 1 else ""), flush=True)
-        finals = retrain(settings, data, [t["params"] for t in members])
+        finals = retrain(settings, data, [t["params"] for t in members], plan)
         if finals[0].error:
             print(f"error: the retrain of the winner failed: {finals[0].error}", file=sys.stderr)
             return 1
-        out = report.write_report(settings, data, trials, members, finals, time.perf_counter() - t0)
+        out = report.write_report(settings, data, trials, members, finals, time.perf_counter() - t0, findings)
         report.print_summary(trials, settings, out)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)

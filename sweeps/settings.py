@@ -10,11 +10,13 @@ A sweep YAML has these top-level keys (all optional except search_space)::
 
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fer_core.config import TrainConfig, load_yaml, make_config, unknown_key_error
+from fer_core.config import FIELDS, TrainConfig, load_yaml, make_config, unknown_key_error
 from fer_core.errors import ConfigError
 
 from .space import Param, parse_space
@@ -31,8 +33,9 @@ class Scheduler:
 
 @dataclass
 class Resources:
-    cpus_per_trial: Any = "auto"  # auto: all CPUs split across the trials that run at once
-    gpus_per_trial: Any = "auto"  # auto: one whole GPU per trial when GPUs exist, else 0; 0.25 = 4 trials share a GPU
+    # Planned per node (sweeps/placement.py): a trial runs on one node, so it never asks for more than one has.
+    cpus_per_trial: Any = "auto"  # auto: each node's CPUs split across the trials it holds (CPU-only: <= 4 each)
+    gpus_per_trial: Any = "auto"  # auto: one whole GPU per trial when a node has (or can launch) GPUs, else 0; 0.25 = 4 trials share a GPU
 
 
 @dataclass
@@ -79,8 +82,13 @@ def _typed(value, typ, where):
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (typ is int and int(value) != value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where} must be {'an integer' if typ is int else 'a number'}, got {value!r}")
+    # YAML's .nan / .inf are floats: NaN slips through every later range check and int() of either crashes.
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    if typ is int and int(value) != value:
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
     return typ(value)
 
 
@@ -102,6 +110,30 @@ def _section(cls, values, where):
     return obj
 
 
+CLI = "command line"
+
+
+def _check_override(key: str, value) -> None:
+    """Check one command-line ``key=value`` on its own, so that a typo or a bad value names the command
+    line (not the YAML file it is merged into) and suggests the nearest sweep or train key."""
+    section, _, sub = key.partition(".")
+    if sub:
+        if section == "train":
+            make_config({sub: value}, source=f"{CLI}: train")
+        elif section in _SECTIONS:
+            _section(_SECTIONS[section], {sub: value}, f"{CLI}: '{section}'")
+        else:
+            close = difflib.get_close_matches(section, [*_SECTIONS, "train"], n=1)
+            hint = f" (did you mean '{close[0]}.{sub}'?)" if close else ""
+            raise ConfigError(f"{CLI}: '{key}': only resources., scheduler., demo. and train. keys take a dot{hint}")
+    elif key in _SCALARS:
+        _typed(value if value is not None or _SCALARS[key] is not str else "", _SCALARS[key], f"{CLI}: '{key}'")
+    elif key not in TOP_KEYS:
+        if key not in FIELDS:
+            raise unknown_key_error(key, CLI, TOP_KEYS | set(FIELDS))
+        make_config({key: value}, source=CLI)
+
+
 def load_settings(path: str | Path | None, overrides: dict | None = None) -> SweepSettings:
     """Read, merge and check a sweep YAML.
 
@@ -117,10 +149,9 @@ def load_settings(path: str | Path | None, overrides: dict | None = None) -> Swe
     raw = load_yaml(path)
     src = str(path)
     for key, value in (overrides or {}).items():
+        _check_override(key, value)
         section, _, sub = key.partition(".")
         if sub:
-            if section not in _SECTIONS and section != "train":
-                raise ConfigError(f"command line: '{key}': only resources., scheduler., demo. and train. keys take a dot")
             raw.setdefault(section, {})
             if not isinstance(raw[section], dict):
                 raise ConfigError(f"{src}: '{section}' must be a mapping")

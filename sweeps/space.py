@@ -12,6 +12,7 @@ YAML form (each key is a fer_core TrainConfig key)::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,10 @@ def parse_space(spec: Any, source: str) -> list[Param]:
             raise ConfigError(f"{where} needs '{e.args[0]}'") from None
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: low/high{'/q' if kind == 'quniform' else ''} must be numbers") from None
+        # NaN compares false with everything and inf is no range to sample from: say so before the range checks.
+        bad = [f"{k} = {v:g}" for k, v in (("low", low), ("high", high), ("q", q)) if v is not None and not math.isfinite(v)]
+        if bad:
+            raise ConfigError(f"{where}: {', '.join(bad)} is not a finite number; give plain numbers for low and high")
         if not low < high:
             raise ConfigError(f"{where}: low ({low:g}) must be below high ({high:g})")
         if kind == "loguniform" and low <= 0:

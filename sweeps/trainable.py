@@ -41,7 +41,14 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
         params = members[int(params["member"])]
     # The working folder is the trial's own (Tune changes into it); its logs stay there, and what must
     # survive a lost node travels in the reported checkpoints.
-    cfg = make_config({**base, **params, "out": os.getcwd(), "progress": False}, source="trial config")
+    # The trial's own CPU allocation sets its threads and, through them, its data-loader workers: the node's
+    # CPU count would give every trial on a shared GPU node a full node's worth.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    share = {"threads": max(1, int(cpus))} if cpus else {}
+    cfg = make_config({**base, **params, **share, "out": os.getcwd(), "progress": False}, source="trial config")
+    # A killed attempt of this trial may have left its report folder (a whole last.pt) in the working folder.
+    for stale in Path(cfg.out).glob(".report-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     resume = None
     restored = tune.get_checkpoint()
     if restored is not None:
@@ -53,6 +60,9 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
 
     # Ray's own results name the node by IP, which is not unique when several nodes share a host.
     node_id = ray.get_runtime_context().get_node_id()
+    # GPUs Ray gave this trial, beside the device fer_core trained on (each row's "device"): the report warns
+    # when the two disagree, i.e. a GPU was reserved and the trial trained on a CPU all the same.
+    ray_gpus = len(ray.get_gpu_ids())
 
     def report(row: dict, ckpt_dir: Path) -> None:
         # The reported checkpoint, copied to storage by tune.report, is the only copy anything reads again
@@ -64,6 +74,6 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
         (Path(cfg.out) / "restored_last.pt").unlink(missing_ok=True)
         with tempfile.TemporaryDirectory(dir=cfg.out, prefix=".report-") as tmp:
             os.replace(ckpt_dir / "last.pt", Path(tmp) / "last.pt")  # same folder tree: a rename
-            tune.report({**_flat(row), "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({**_flat(row), "node_id": node_id, "ray_gpus": ray_gpus}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, report=report, resume_from=resume)

@@ -5,16 +5,13 @@ Both nodes run on this machine: a head (`ray start --head`) and a worker (`ray s
 its own custom resource, each offered one CPU, with token authentication on. All of Ray uses the loopback
 interface: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the setting Ray uses on single-machine platforms) for
 head, worker and driver, the worker started through tests/ray_loopback_start.py (see there why). The
-cluster is stopped at the end, also when the test fails.
+cluster's own processes are killed at the end, also when the test fails (tests/loopback_cluster.py; never
+`ray stop`, which would stop every Ray on the machine).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,83 +21,40 @@ import pytest
 import yaml
 
 from .conftest import REPO
+from .loopback_cluster import LoopbackCluster
 from .sweep_utils import LOOPBACK, TINY, trial_rows, trial_states
 
-RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_RESOURCE = "fer_test_worker"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _raylet_of_worker():
+def _raylet_of_worker(cluster: LoopbackCluster):
     """The worker node's raylet (its command line carries the custom resource)."""
-    import psutil
-    for p in psutil.process_iter(["name", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "raylet" in (p.info["name"] or "") and WORKER_RESOURCE in cmd:
+    for p in cluster.processes():
+        if p.name() == "raylet" and WORKER_RESOURCE in " ".join(p.cmdline()):
             return p
     return None
 
 
-def _listening(pids) -> set[str]:
-    import psutil
-    out = set()
-    for pid in pids:
-        try:
-            out |= {c.laddr.ip for c in psutil.Process(pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 @pytest.fixture
-def two_node_cluster(tmp_path):
-    """Start head + worker on 127.0.0.1 with token auth; yield (address, env); always stop both."""
-    port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback addresses for head, worker and driver
-           # Ray notices a lost node within a few seconds instead of the default half minute.
-           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
-    temp = Path(f"/tmp/ray-fer-{port}")  # short: Ray's unix socket paths must fit in 107 bytes
-    head = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
-                           "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-                          env=env, capture_output=True, text=True, timeout=120)
+def two_node_cluster():
+    """Start head + worker on 127.0.0.1 with token auth; yield the cluster; always kill exactly its processes."""
+    # Ray notices a lost node within a few seconds instead of the default half minute.
+    cluster = LoopbackCluster(RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
     try:
-        assert head.returncode == 0, head.stdout + head.stderr
-        address = f"127.0.0.1:{port}"
-        worker = subprocess.run([sys.executable, str(Path(__file__).with_name("ray_loopback_start.py")), "start",
-                                 f"--address={address}", "--num-cpus=1", "--num-gpus=0",
-                                 f"--resources={json.dumps({WORKER_RESOURCE: 1})}", "--disable-usage-stats"],
-                                env=env, capture_output=True, text=True, timeout=120)
-        assert worker.returncode == 0, worker.stdout + worker.stderr
-        yield address, env
+        cluster.start_head(cpus=1)
+        cluster.add_worker(cpus=1, resources={WORKER_RESOURCE: 1})
+        yield cluster
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _nodes(address, env) -> dict[str, dict]:
-    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
-            "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))" % address)
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        cluster.stop()
 
 
 def test_sweep_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_path):
-    import psutil
-
-    address, env = two_node_cluster
-    nodes = _nodes(address, env)
+    address, env = two_node_cluster.address, two_node_cluster.env
+    nodes = two_node_cluster.nodes()
     assert len(nodes) == 2
     worker_id = next(n for n, res in nodes.items() if WORKER_RESOURCE in res)
-    # Every Ray server of both nodes listens on loopback only.
-    ray_pids = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("gcs_server", "raylet")]
-    assert _listening(ray_pids) <= LOOPBACK, _listening(ray_pids)
+    # Every Ray process of both nodes listens on loopback only.
+    assert two_node_cluster.listening() <= LOOPBACK, two_node_cluster.listening()
 
     storage, name = tmp_path / "results", "cluster"
     exp = storage / name
@@ -121,7 +75,7 @@ def test_sweep_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_pat
                     victim = trial
             time.sleep(0.2)
         assert victim, "no trial ran on the worker node"
-        raylet = _raylet_of_worker()
+        raylet = _raylet_of_worker(two_node_cluster)
         for p in [*raylet.children(recursive=True), raylet]:  # the node's raylet and its trial workers
             p.kill()
         rc = driver.wait(timeout=900)

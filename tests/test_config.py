@@ -58,3 +58,15 @@ def test_bare_on_off_reaches_on_off_keys_as_strings(tmp_path):
     assert make_config(parse_overrides(["channels_last=off"])).channels_last == "off"
     with pytest.raises(ConfigError, match="key 'normalize' must be a string"):
         make_config({"normalize": False})
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", float("nan"), float("inf")])
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "warmup_epochs", "grad_clip", "epochs", "batch_size"])
+def test_non_finite_numbers_are_refused_in_one_line(key, value):
+    """NaN passes every range check (all comparisons are false) and inf passes open ranges: before this check
+    weight_decay=nan trained a model of NaN weights, and int keys crashed with OverflowError on inf."""
+    with pytest.raises(ConfigError) as e:
+        make_config({key: value}, source="command line")
+    msg = str(e.value)
+    assert msg.startswith(f"command line: key '{key}' must be") and "\n" not in msg
+    assert ("finite" in msg) if key not in ("epochs", "batch_size") else ("integer" in msg)

@@ -1,8 +1,12 @@
 """Dataset layout checks (one test per error), corrupt-file handling, decoding and the decode-once cache."""
 
 import multiprocessing as mp
+import os
 import shutil
+import tempfile
 import warnings
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +130,7 @@ def test_cache_is_reused_and_invalidated(demo_copy, tmp_path, monkeypatch):
     def no_decoding(*a, **k):
         raise AssertionError("decoded again although the cache is valid")
     monkeypatch.setattr(fdata, "decode_image", no_decoding)
+    monkeypatch.setattr(fdata, "decode_with_size", no_decoding)
     again = load_split(demo_copy, "val", 32, cache_dir=cache)
     assert np.array_equal(np.asarray(again.images), first.images)
 
@@ -161,3 +166,101 @@ def test_stratified_subset_keeps_class_shares():
     assert np.all(np.abs(counts - expected) <= 1) and counts.min() >= 1
     assert np.array_equal(idx, stratified_indices(labels, 1000))  # deterministic
     assert len(stratified_indices(labels, 0)) == len(labels)
+
+
+# -- permissions: root reads everything, so these checks run in a child that drops to an unprivileged user --
+
+
+def _as_nobody(fn, *args, **kw):
+    """Run ``fn(*args, **kw)`` in a forked child as user nobody when the tests run as root (else as we are);
+    its return value or exception comes back here."""
+    if os.geteuid() != 0:
+        return fn(*args, **kw)
+    with mp.get_context("fork").Pool(1, initializer=_drop_privileges) as pool:
+        return pool.apply(fn, args, kw)
+
+
+def _drop_privileges():
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+@pytest.fixture
+def open_tmp(demo_root):
+    """A world-readable copy of the demo set (pytest's own tmp folders are private to the user)."""
+    base = Path(tempfile.mkdtemp(prefix="fer-perm-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    shutil.copytree(demo_root, base / "data")
+    yield base
+    for d, dirs, _ in os.walk(base):  # give back what a test took away, so everything can be deleted
+        for name in dirs:
+            os.chmod(os.path.join(d, name), 0o755)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _load(*args, **kw):
+    d = load_split(*args, **kw)
+    return len(d)
+
+
+def test_a_complete_read_only_cache_is_usable(open_tmp):
+    """Before: load_split opened its lock file for writing in the cache folder, so a shared or read-only
+    cache failed with PermissionError even when it held everything."""
+    root, cache = open_tmp / "data", open_tmp / "cache"
+    assert load_split(root, "val", 32, cache_dir=cache) is not None
+    os.chmod(cache, 0o555)
+    for f in cache.iterdir():
+        os.chmod(f, 0o444)
+    assert _as_nobody(_load, root, "val", 32, cache_dir=cache) == 28
+    with pytest.raises(DataError) as e:  # not cached at this size, and nowhere to write it
+        _as_nobody(_load, root, "val", 24, cache_dir=cache)
+    assert "the image cache folder is not writable and holds no finished cache" in _one_line(e)
+
+
+def test_an_unreadable_image_or_folder_is_permission_denied_not_corrupt(open_tmp):
+    root, cache = open_tmp / "data", open_tmp / "cache"
+    cache.mkdir(mode=0o777)
+    os.chmod(cache, 0o777)
+    img = sorted((root / "train" / "fear").iterdir())[0]
+    os.chmod(img, 0o000)
+    with pytest.raises(DataError) as e:  # before: skipped with a warning that called it corrupt
+        _as_nobody(_load, root, "train", 32, cache_dir=cache)
+    assert f"{img}: permission denied" in _one_line(e) and "corrupt" not in str(e.value)
+    os.chmod(root / "val" / "sad", 0o000)
+    with pytest.raises(DataError) as e:  # before: "class folder is empty"
+        _as_nobody(_load, root, "val", 32, cache_dir=cache)
+    assert f"{root / 'val' / 'sad'}: permission denied" in _one_line(e)
+
+
+def test_a_killed_decoders_temporary_files_are_removed(demo_root, tmp_path):
+    cache = tmp_path / "c"
+    cache.mkdir()
+    key = fdata._cache_key(scan_split(demo_root, "val"), 32, True)
+    stale = [cache / f".val-{key}.npy.k1ll3d", cache / f".val-{key}.json.k1ll3d"]
+    for f in stale:
+        f.write_bytes(b"x" * 1000)
+    load_split(demo_root, "val", 32, cache_dir=cache)
+    assert not any(f.exists() for f in stale) and len(list(cache.glob("val-*.npy"))) == 1
+
+
+# -- odd image sizes are named at load time ---------------------------------------------------------------
+
+
+def test_images_far_from_the_training_size_are_named_with_their_sizes(demo_copy, tmp_path):
+    """A 1x1 file and a 10000x10 strip are kept (a user's data may be like that) but listed, with their
+    sizes, when the split is loaded: from the decode, and again from the cache's json."""
+    dot, strip = demo_copy / "train" / "angry" / "dot.png", demo_copy / "train" / "happy" / "strip.png"
+    Image.new("L", (1, 1), 128).save(dot)
+    Image.new("L", (10000, 10), 128).save(strip)
+    for attempt in ("decoded", "cached"):
+        with pytest.warns(UserWarning) as rec:
+            split = load_split(demo_copy, "train", 32, cache_dir=tmp_path / "c")
+        msgs = [str(r.message) for r in rec if "training size" in str(r.message)]
+        assert len(msgs) == 1, (attempt, [str(r.message) for r in rec])
+        assert "2 image(s) far from the 32x32 training size or shape" in msgs[0], msgs[0]
+        assert "train/angry/dot.png (1x1)" in msgs[0] and "train/happy/strip.png (10000x10)" in msgs[0]
+        assert len(split) == 72  # kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the demo's own 32 px faces are not odd
+        load_split(demo_copy, "val", 32, cache_dir=tmp_path / "c")

@@ -2,6 +2,7 @@
 CPU, and the benchmark CLI end to end on the small demo set."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,26 @@ def test_bench_rejects_impossible_settings_in_one_line():
         r = subprocess.run([sys.executable, "-m", "fer_core.bench", *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(msg), r.stderr
+
+
+def test_cuda_workers_come_out_of_the_process_share():
+    """Four trials on one GPU of a 16-core node get 4 CPUs each: 3 workers each, not 8 (the node's 16 - 1)."""
+    assert plan_runtime("cuda", cpus=16, bf16_supported=True, threads=4).num_workers == 3
+    assert plan_runtime("cuda", cpus=16, bf16_supported=True, threads=1).num_workers == 1
+    assert plan_runtime("cuda", cpus=2, bf16_supported=True, threads=8).num_workers == 1  # never more than there is
+
+
+def test_a_sweep_trial_sizes_its_threads_and_workers_by_its_allocation(demo_root, tmp_path):
+    """A real Ray trial (the sweep's trainable, 1 CPU of a Ray node of 16) training on the demo set: its
+    thread pools are sized by its allocation, not by the machine, and it starts no extra processes. Before,
+    torch's inter-op pool and OpenCV's took one thread per machine CPU."""
+    out = tmp_path / "probe.json"
+    env = dict(os.environ, FER_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "tests/trial_share_probe.py", str(demo_root), str(out), "16", "1"], cwd=REPO,
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["assigned_cpus"] == 1.0
+    assert (got["torch_threads"], got["torch_interop_threads"], got["cv2_threads"]) == (1, 1, 1), got
+    assert got["peak_children"] == 0, got  # CPU training: no data-loader workers
+    assert got["peak_threads"] - got["baseline_threads"] <= 2, got  # Ray's own threads aside: one compute thread

@@ -16,7 +16,7 @@ from .sweep_utils import LOOPBACK, descendants, kill_all, listening_addresses, r
 
 REPORT_FILES = ["best_config.yaml", "best.pt", "metrics.json", "training_curves.png", "confusion_matrix.png",
                 "per_class_accuracy.png", "sweep_history.png", "param_vs_metric.png", "param_importance.png",
-                "sample_predictions.png", "report.md", "trials.csv"]
+                "sample_predictions.png", "report.md", "trials.csv", "audit.json"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,15 @@ def test_small_sweep_runs_and_reports(sweep_with_a_failure):
     for key in ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "best_trial", "params"):
         assert key in m, key
     assert m["trials"]["total"] == 4
+    # The driver audited the data once, before Ray: in the log, in report.md and in audit.json.
+    assert "[sweeps] audit:" in r.stdout
+    audit = json.loads((report / "audit.json").read_text())
+    assert set(audit["splits"]) == {"train", "val", "test"}
+    md = (report / "report.md").read_text()
+    assert "## Data" in md and "`dedupe: none`" in md and m["dedupe"] == "none"
+    # Where each trial trained (the failed one never started): in report.md and trials.csv.
+    assert "Trials trained on: cpu (3)" in md and "WARNING" not in md
+    assert (report / "trials.csv").read_text().splitlines()[0].endswith("device,ray_gpus,error")
     best = yaml.safe_load((report / "best_config.yaml").read_text())
     assert best["epochs"] == 1 and best["batch_size"] == m["params"]["batch_size"]
     # Every trial ran through the real trainable and reported per epoch via Tune.
@@ -159,3 +168,13 @@ def test_resume_needs_an_experiment_and_a_new_run_needs_a_free_name(tmp_path, sw
     _, exp, _ = sweep_with_a_failure
     r = run_sweep(exp.parent, exp.name, timeout=300)
     assert r.returncode == 2 and "an experiment already exists there; pass --resume" in r.stderr
+
+
+def test_report_warns_when_a_trial_given_a_gpu_trained_on_a_cpu():
+    from sweeps.report import device_lines
+
+    trials = [{"trial_id": "a", "device": "cuda:0", "ray_gpus": 1}, {"trial_id": "b", "device": "cpu", "ray_gpus": 1},
+              {"trial_id": "c", "device": "cpu", "ray_gpus": 0}, {"trial_id": "d", "device": "", "ray_gpus": 0}]
+    lines = device_lines(trials)
+    assert lines[0] == "Trials trained on: cpu (2), cuda:0 (1)"
+    assert len(lines) == 2 and lines[1].startswith("WARNING: trial b was given 1 GPU(s) by Ray but trained on cpu")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from fer_core.errors import ConfigError
+from fer_core.errors import ConfigError, FerError
 from sweeps.run import plan_resources
 from sweeps.settings import load_settings
 from sweeps.space import to_optuna, to_tune
@@ -77,3 +77,78 @@ def test_resource_plans():
     assert plan_resources(s, {"CPU": 16, "GPU": 2}) == ({"cpu": 8, "gpu": 1.0}, 2)
     s.resources.gpus_per_trial = 0.25  # four trials share each GPU
     assert plan_resources(s, {"CPU": 16, "GPU": 2}) == ({"cpu": 2, "gpu": 0.25}, 8)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("search_space:\n  lr: {type: loguniform, low: 1.0e-4, high: .inf}\n", "search_space.lr: high = inf is not a finite number"),
+    ("search_space:\n  warmup_epochs: {type: uniform, low: 0.0, high: .inf}\n", "high = inf is not a finite number"),
+    ("search_space:\n  lr: {type: uniform, low: .nan, high: 0.1}\n", "low = nan is not a finite number"),
+    ("search_space:\n  lr: {type: uniform, low: nan, high: 0.1}\n", "low = nan is not a finite number"),
+    ("search_space:\n  drop_rate: {type: quniform, low: 0.0, high: 0.5, q: .nan}\n", "q = nan is not a finite number"),
+    ("search_space:\n  weight_decay: {type: choice, values: [0.01, .nan]}\n", "key 'weight_decay' must be a finite number"),
+    ("initial_points:\n  - {lr: .nan}\n" + GOOD_SPACE, "initial_points[0]: key 'lr' must be a finite number"),
+    ("train:\n  weight_decay: .nan\n" + GOOD_SPACE, "train: key 'weight_decay' must be a finite number"),
+    ("scheduler:\n  reduction_factor: .nan\n" + GOOD_SPACE, "'scheduler'.reduction_factor must be a finite number"),
+    ("resources:\n  gpus_per_trial: .nan\n" + GOOD_SPACE, "'resources'.gpus_per_trial must be a finite number"),
+    ("num_samples: .inf\n" + GOOD_SPACE, "'num_samples' must be a finite number"),
+])
+def test_non_finite_settings_are_refused_in_one_line(tmp_path, text, fragment):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_settings(path)
+    assert fragment in str(e.value) and "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_sample": 3}, "command line: unknown key 'num_sample' (did you mean 'num_samples'?)"),
+    ({"retrain_epoch": 3}, "command line: unknown key 'retrain_epoch' (did you mean 'retrain_epochs'?)"),
+    ({"scheduler.max_epoch": 3}, "command line: 'scheduler': unknown key 'max_epoch' (did you mean 'max_epochs'?)"),
+    ({"schedular.max_epochs": 3}, "(did you mean 'scheduler.max_epochs'?)"),
+    ({"train.lrr": 0.1}, "command line: train: unknown key 'lrr' (did you mean 'lr'?)"),
+    ({"num_samples": "many"}, "command line: 'num_samples' must be an integer"),
+    ({"aug_strength": 2}, "command line: key 'aug_strength' = 2.0 is outside [0.0, 1.0]"),
+])
+def test_command_line_typos_name_the_command_line(overrides, message):
+    """Before: an unknown override went under train: and was reported as '<yaml file>: train: unknown key',
+    suggesting a train key (num_sample -> num_workers); a bad value named the YAML file."""
+    with pytest.raises(ConfigError) as e:
+        load_settings(CONFIGS / "default.yaml", overrides)
+    msg = str(e.value)
+    assert message in msg and "\n" not in msg and "default.yaml" not in msg
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/elsewhere", "", "..", ".", "a/b"])
+def test_name_cannot_leave_storage(name):
+    """Before: --name was applied after the YAML checks, so ../x or an absolute path put the experiment
+    outside --storage, and an empty --name was silently ignored."""
+    from sweeps.run import build_arg_parser, resolve_settings
+
+    args = build_arg_parser().parse_intermixed_args(["--storage", "/tmp/st", "--name", name])
+    with pytest.raises(FerError) as e:
+        resolve_settings(args)
+    assert str(e.value).startswith(f"--name = {name!r}: give a plain folder name") and "\n" not in str(e.value)
+
+
+def test_unwritable_storage_is_one_line_before_ray_starts(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = subprocess.run([sys.executable, "sweeps/run.py", "--storage", str(blocker / "runs")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(f"error: {blocker / 'runs'}: --storage is not a writable folder") and "Ray" not in r.stdout
+
+
+def test_unusable_cache_dir_is_one_line_before_ray(demo_root, tmp_path):
+    """The driver checks the image cache before Ray starts; a read-only cache that already holds the splits
+    passes (tests/test_data.py checks that load_split reads one)."""
+    from sweeps.paths import check_cache
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    s = load_settings(CONFIGS / "default.yaml", {"cache_dir": str(blocker / "cache")})
+    with pytest.raises(FerError) as e:
+        check_cache(s, str(demo_root))
+    assert str(e.value).startswith(f"{blocker / 'cache'}: cannot create the image cache folder") and "\n" not in str(e.value)
+    s = load_settings(CONFIGS / "default.yaml", {"cache_dir": str(tmp_path / "cache"), "img_size": 32})
+    check_cache(s, str(demo_root))  # writable: fine

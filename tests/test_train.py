@@ -78,14 +78,14 @@ def test_resume_refuses_a_changed_config(demo_root, tmp_path):
 
 
 def test_resume_refuses_a_changed_preprocessing(demo_root, tmp_path):
-    # blur_sigma -1 is derived from the images: the same config on changed data can mean another input blur.
-    train(tiny_config(demo_root, tmp_path / "p", epochs=1))
+    # Config keys alone do not pin the input: the normalisation comes from the model's weights too.
+    train(tiny_config(demo_root, tmp_path / "p", epochs=1, normalize="weights"))
     last = tmp_path / "p" / "checkpoints" / "last.pt"
     state = load_checkpoint(last)
-    state["preprocess"]["blur_sigma"] = 2.5
+    state["preprocess"]["mean"] = [0.25, 0.25, 0.25]
     save_checkpoint(state, last)
-    with pytest.raises(CheckpointError, match="cannot resume, the input preprocessing was .*'blur_sigma': 2.5"):
-        train(tiny_config(demo_root, tmp_path / "p", epochs=1), resume_from=last)
+    with pytest.raises(CheckpointError, match=r"cannot resume, the input preprocessing was .*'mean': \[0.25"):
+        train(tiny_config(demo_root, tmp_path / "p", epochs=1, normalize="weights"), resume_from=last)
 
 
 def test_not_a_checkpoint(tmp_path):
