@@ -254,7 +254,8 @@ def train(config: TrainConfig | Mapping[str, Any], report: ReportFn | None = Non
           resume_from: str | Path | None = None, replace_run: bool = False) -> dict:
     """Train a FER classifier; the same function serves standalone runs and sweep trials.
 
-    Before the first epoch the dataset is audited (``cfg.audit``; ``OUT/audit.json``). After every epoch: the epoch row is appended to ``OUT/epochs.jsonl``, ``OUT/checkpoints/last.pt`` (and
+    Before the first epoch the dataset is audited (``cfg.audit``; ``OUT/audit.json``). After every epoch: the
+    epoch row is appended to ``OUT/epochs.jsonl``, ``OUT/checkpoints/last.pt`` (and
     ``best.pt`` when the epoch is the best so far) are written atomically, and then
     ``report(row, OUT/checkpoints)`` is called. An exception raised by ``report`` stops training with
     everything up to that epoch saved.

@@ -128,6 +128,24 @@ def test_cross_split_duplicates_returns_exactly_the_planted_train_images(planted
     assert len(cross_split_duplicates(train, [clean])) == 0
 
 
+def test_dedupe_cross_split_trains_without_exactly_those_images(planted, tmp_path, capsys):
+    from fer_core.checkpoint import load_checkpoint
+    from fer_core.config import make_config
+    from fer_core.train import Trainer, train
+
+    base = dict(data=str(planted), out=str(tmp_path / "run"), batch_size=4, epochs=1, steps_per_epoch=1,
+                progress=False, cache_dir=str(tmp_path / "cache"))
+    kept = Trainer(make_config({**base, "dedupe": "cross_split"}))
+    everything = Trainer(make_config(base))
+    assert sorted(kept.train_data.paths[i] for i in kept.dropped_duplicates) == sorted(PLANTED_TRAIN)
+    assert sorted(kept.train_data.paths[i] for i in set(everything.train_idx) - set(kept.train_idx)) == sorted(PLANTED_TRAIN)
+    assert len(everything.dropped_duplicates) == 0 and len(everything.train_idx) == len(everything.train_data)
+    # A run says which it used: in the checkpoint's config, and with the count in its first log line.
+    res = train({**base, "dedupe": "cross_split", "audit": False})
+    assert load_checkpoint(res["last_checkpoint"])["config"]["dedupe"] == "cross_split"
+    assert f"dedupe cross_split left out {len(PLANTED_TRAIN)} train images" in capsys.readouterr().out
+
+
 def test_blank_odd_sized_and_unreadable_files_are_counted(tmp_path):
     root = _dataset(tmp_path / "data", seed=5)
     _save(np.full((48, 48), 128, np.uint8), root / "train/happy/blank.png")

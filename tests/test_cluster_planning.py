@@ -213,11 +213,10 @@ def test_local_sweep_starts_its_own_ray_beside_a_live_or_dead_cluster(tmp_path):
         other_nodes = set(other.nodes())
         env = dict(other.env)  # same token: joining the other cluster would succeed silently
         t0 = time.perf_counter()
-        # Its trials done on a Ray of its own is the point here; the retrain and report are the same as in
-        # the run below, which goes to the end.
-        run_until(sweep(tmp_path, "beside", "num_samples=1"), env, tmp_path / "beside.log", "[sweeps] best trial",
-                  timeout=400)
+        beside = run(sweep(tmp_path, "beside", "num_samples=1"), env, timeout=400)
         alive_s = time.perf_counter() - t0
+        assert beside.returncode == 0, beside.stdout[-4000:] + beside.stderr[-3000:]
+        assert (tmp_path / "beside" / "report" / "report.md").is_file()
         used = set().union(*nodes_used(tmp_path / "beside").values())
         assert used and not used & other_nodes, "the local sweep ran on the other cluster"
     finally:

@@ -152,3 +152,17 @@ def test_unusable_cache_dir_is_one_line_before_ray(demo_root, tmp_path):
     assert str(e.value).startswith(f"{blocker / 'cache'}: cannot create the image cache folder") and "\n" not in str(e.value)
     s = load_settings(CONFIGS / "default.yaml", {"cache_dir": str(tmp_path / "cache"), "img_size": 32})
     check_cache(s, str(demo_root))  # writable: fine
+
+
+def test_a_weights_file_is_made_absolute_or_refused_before_ray(tmp_path, monkeypatch):
+    from fer_core.errors import FerError
+    from sweeps.run import build_arg_parser, resolve_settings
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)  # trials run in folders of their own: a relative path must not reach them
+    args = build_arg_parser().parse_intermixed_args(["--config", str(CONFIGS / "fer2013-cpu.yaml"), "weights=w.safetensors"])
+    assert resolve_settings(args).train.weights == str(weights)
+    args = build_arg_parser().parse_intermixed_args(["--config", str(CONFIGS / "fer2013-cpu.yaml"), "weights=missing.pt"])
+    with pytest.raises(FerError, match=r"^train.weights: missing.pt: weights file not found; .*weights= model=efficientnet_b0"):
+        resolve_settings(args)
