@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .sweep_utils import kill_and_wait
+
 RAY = str(Path(sys.executable).with_name("ray"))
 WRAPPER = str(Path(__file__).with_name("ray_loopback_start.py"))
 
@@ -98,11 +100,4 @@ class LoopbackCluster:
 
     def stop(self) -> None:
         """SIGKILL every process of this cluster (an unclean stop: no ``ray stop``) and wait for them."""
-        import psutil
-        procs = self.processes()
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=30)
+        kill_and_wait(self.processes())

@@ -63,19 +63,24 @@ def descendants(pid: int) -> list:
         return []
 
 
+def kill_and_wait(procs: list) -> None:
+    """SIGKILL these psutil processes (those already gone are skipped) and wait until they are gone."""
+    import psutil
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def kill_all(proc: subprocess.Popen, children: list) -> None:
     """SIGKILL proc's process group and the recorded descendants, then wait until they are gone."""
-    import psutil
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    for c in children:
-        try:
-            c.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(children, timeout=30)
+    kill_and_wait(children)
     proc.wait(timeout=60)
 
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from fer_core.audit import (
+    BRIGHTNESS_DIFF_TOL,
     PHASH_MAX_DISTANCE,
     PHASH_MIN_COSINE,
     _near_pairs,
@@ -256,3 +257,18 @@ def test_near_duplicate_thresholds_on_real_faces(tmp_path):
     # Measured on the 3,588 non-blank val faces: 81 pairs (26 pixel-identical) of the 838 the hash alone takes.
     assert len(gated) < 0.035 * len(faces), len(gated)
     assert len(gated) < 0.2 * len(hash_only), (len(gated), len(hash_only))
+
+
+def test_small_splits_drawn_alike_are_not_flagged_but_a_real_shift_is(tmp_path):
+    # 12 / 4 images per class from one generator: val's median brightness lands 35 grey levels under train's by
+    # chance (3 standard errors), past the 20-level tolerance; only a difference confidently beyond it counts.
+    from fer_core.demo import make_demo_dataset
+
+    root = make_demo_dataset(tmp_path / "d", train_per_class=12, val_per_class=4, test_per_class=4, img_size=32, seed=0)
+    f = audit_dataset(root, img_size=32, cache_dir=tmp_path / "cache")
+    assert abs(f["mismatch"]["val"]["brightness"]["difference"]) > BRIGHTNESS_DIFF_TOL and f["warnings"] == []
+    for p in (root / "val").rglob("*.png"):  # a real levels change of the whole split
+        im = np.asarray(Image.open(p).convert("L"), dtype=np.float32)
+        Image.fromarray((im * 0.3).astype(np.uint8)).save(p)
+    f = audit_dataset(root, img_size=32, cache_dir=tmp_path / "cache")
+    assert any(w.startswith("val is") and "darker than train" in w for w in f["warnings"]), f["warnings"]

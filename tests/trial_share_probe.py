@@ -60,7 +60,8 @@ def main(data, out_json, ray_cpus=16, trial_cpus=1):
     settings.train.eval_batch_size, settings.train.aug_strength = 64, 0.5
     base = base_train_config(settings, data, {"cpu": trial_cpus, "gpu": 0}, epochs=1)
     base["threads"] = 0  # the share must come from the trial's Ray allocation itself, not from the driver's plan
-    ray.init(num_cpus=int(ray_cpus), include_dashboard=False, configure_logging=False)
+    # address="local": a Ray of its own, never a cluster another test (or user) recorded as current
+    ray.init(address="local", num_cpus=int(ray_cpus), include_dashboard=False, configure_logging=False)
     try:
         trainable = tune.with_resources(tune.with_parameters(probed_trainable, base=base, out_json=out_json),
                                         {"cpu": int(trial_cpus)})
