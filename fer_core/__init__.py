@@ -10,5 +10,13 @@ from .config import TrainConfig, make_config
 from .data import CLASS_NAMES
 from .errors import CheckpointError, ConfigError, DataError, FerError
 
-__all__ = ["CLASS_NAMES", "CheckpointError", "ConfigError", "DataError", "FerError", "TrainConfig", "make_config"]
+__all__ = [
+    "CLASS_NAMES",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "FerError",
+    "TrainConfig",
+    "make_config",
+]
 __version__ = "0.1.0"

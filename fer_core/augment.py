@@ -47,7 +47,9 @@ def build_train_transform(strength: float, img_size: int, seed: int = 0) -> A.Co
                 border_mode=cv2.BORDER_REFLECT_101,  # reflect, so no black corners the model could learn
                 p=min(1.0, 0.9 * s + 0.1),
             ),
-            A.RandomBrightnessContrast(brightness_limit=0.3 * s, contrast_limit=0.3 * s, p=min(1.0, 0.8 * s + 0.1)),
+            A.RandomBrightnessContrast(
+                brightness_limit=0.3 * s, contrast_limit=0.3 * s, p=min(1.0, 0.8 * s + 0.1)
+            ),
             A.CoarseDropout(
                 num_holes_range=(1, 2),
                 hole_height_range=(min_hole, max_hole),

@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .model import build_model
+from .preprocess import Preprocess
+from .runtime import Runtime, resolve_runtime
 
 FORMAT = "fer_core.checkpoint/1"
 REQUIRED = ("format", "model", "config", "class_names", "preprocess", "epoch")
@@ -93,8 +96,10 @@ def check_finite_weights(weights: dict, source) -> None:
     """
     count, first = nonfinite_weights(weights)
     if count:
-        raise CheckpointError(f"{source}: {count} weight value(s) are NaN or infinite (first in '{first}'): the training "
-                              "that wrote it diverged; use an earlier checkpoint or retrain with a lower lr or grad_clip")
+        raise CheckpointError(
+            f"{source}: {count} weight value(s) are NaN or infinite (first in '{first}'): the training "
+            "that wrote it diverged; use an earlier checkpoint or retrain with a lower lr or grad_clip"
+        )
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -133,10 +138,57 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises pickle, zip and runtime errors alike for junk
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}); pass a last.pt/best.pt written by fer_core") from None
+        raise CheckpointError(
+            f"{p}: not a readable checkpoint ({type(e).__name__}); pass a last.pt/best.pt written by fer_core"
+        ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
-        raise CheckpointError(f"{p}: not a fer_core checkpoint (no {', '.join(k for k in REQUIRED if not isinstance(state, dict) or k not in state)}); "
-                              "for a plain weights file use the 'weights' config key instead")
+        raise CheckpointError(
+            f"{p}: not a fer_core checkpoint (no {', '.join(k for k in REQUIRED if not isinstance(state, dict) or k not in state)}); "
+            "for a plain weights file use the 'weights' config key instead"
+        )
     if state["format"] != FORMAT:
-        raise CheckpointError(f"{p}: checkpoint format {state['format']!r} is not {FORMAT!r}; retrain or use the fer_core version that wrote it")
+        raise CheckpointError(
+            f"{p}: checkpoint format {state['format']!r} is not {FORMAT!r}; retrain or use the fer_core version that wrote it"
+        )
     return state
+
+
+def load_model(path, runtime: Runtime | None = None):
+    """Rebuild the model a checkpoint was trained with, ready to deploy: the one loader of evaluate,
+    predict and export.
+
+    Args:
+        path: a fer_core checkpoint.
+        runtime: device settings (default: auto).
+
+    Returns:
+        (model in eval mode on the device, Preprocess, class names, checkpoint dict).
+
+    Raises:
+        CheckpointError: not a fer_core checkpoint, weights with NaN/inf, or weights that do not fit its own config.
+    """
+    runtime = runtime or resolve_runtime()
+    state = load_checkpoint(path)
+    cfg = state["config"]
+    model = build_model(
+        cfg["model"], num_classes=len(state["class_names"]), drop_rate=cfg.get("drop_rate", 0.0)
+    )
+    # A run with weight averaging was evaluated (and chose best.pt) with the EMA weights, so those are
+    # what a checkpoint deploys; the raw weights stay in "model" for resuming.
+    weights = state["ema"]["module"] if state.get("ema") else state["model"]
+    check_finite_weights(weights, path)  # evaluate, predict and export all load through here
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{path}: weights do not fit model {cfg['model']} ({str(e).splitlines()[0]}); the checkpoint is damaged"
+        ) from None
+    model.to(runtime.device).eval()
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return (
+        model,
+        Preprocess.from_dict(state["preprocess"], source=str(path)),
+        list(state["class_names"]),
+        state,
+    )

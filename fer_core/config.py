@@ -12,13 +12,15 @@ import difflib
 import math
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from .errors import ConfigError
+from .metrics import SELECTABLE
 
 
 def _opt(default, help: str, choices: tuple | None = None, low=None, high=None):
@@ -31,54 +33,177 @@ class TrainConfig:
     """Everything one training run needs. See ``python -m fer_core.train --help`` for each key."""
 
     # --- data -------------------------------------------------------------------------------------------
-    data: str = _opt("", "Dataset root holding train/ and val/ (and optionally test/), each with the seven class folders.")
+    data: str = _opt(
+        "", "Dataset root holding train/ and val/ (and optionally test/), each with the seven class folders."
+    )
     out: str = _opt("runs/train", "Output folder: checkpoints/, epochs.jsonl, config.yaml, metrics JSON.")
-    img_size: int = _opt(48, "Square input size in pixels. FER2013 is 48 px; larger (upscaled) inputs cost compute but can add accuracy.", low=16, high=512)
-    grayscale: bool = _opt(True, "Decode images as grayscale and repeat the channel 3x for the ImageNet stem (FER data is gray; colour adds nothing but memory).")
-    normalize: str = _opt("auto", "Input normalisation: per_image (each image to zero mean, unit std), weights (the pretrained weights' mean/std), or auto = weights when the run starts from ImageNet weights (pretrained or a weights file), per_image from scratch: the winner of each case on FER2013 (README \"Accuracy\").", choices=("auto", "per_image", "weights"))
-    dedupe: str = _opt("none", "cross_split = leave out train images that are exact or near duplicates of a val or test image (found by fer_core.audit), for leak-free val/test figures. Off by default so results stay comparable with published ones on the official splits.", choices=("none", "cross_split"))
-    audit: bool = _opt(True, "Audit the dataset before training (counts, duplicates, split mismatch; fer_core.audit), print its summary and write OUT/audit.json. Sweeps audit once in the driver and turn it off for trials.")
-    max_train_samples: int = _opt(0, "Use a class-stratified subset of at most this many train images (0 = all). For quick CPU runs.", low=0)
+    img_size: int = _opt(
+        48,
+        "Square input size in pixels. FER2013 is 48 px; larger (upscaled) inputs cost compute but can add accuracy.",
+        low=16,
+        high=512,
+    )
+    grayscale: bool = _opt(
+        True,
+        "Decode images as grayscale and repeat the channel 3x for the ImageNet stem (FER data is gray; colour adds nothing but memory).",
+    )
+    normalize: str = _opt(
+        "auto",
+        'Input normalisation: per_image (each image to zero mean, unit std), weights (the pretrained weights\' mean/std), or auto = weights when the run starts from ImageNet weights (pretrained or a weights file), per_image from scratch: the winner of each case on FER2013 (README "Accuracy").',
+        choices=("auto", "per_image", "weights"),
+    )
+    dedupe: str = _opt(
+        "none",
+        "cross_split = leave out train images that are exact or near duplicates of a val or test image (found by fer_core.audit), for leak-free val/test figures. Off by default so results stay comparable with published ones on the official splits.",
+        choices=("none", "cross_split"),
+    )
+    audit: bool = _opt(
+        True,
+        "Audit the dataset before training (counts, duplicates, split mismatch; fer_core.audit), print its summary and write OUT/audit.json. Sweeps audit once in the driver and turn it off for trials.",
+    )
+    max_train_samples: int = _opt(
+        0,
+        "Use a class-stratified subset of at most this many train images (0 = all). For quick CPU runs.",
+        low=0,
+    )
     max_val_samples: int = _opt(0, "Class-stratified subset of the val split (0 = all).", low=0)
     strict: bool = _opt(False, "Fail on a corrupt image instead of warning and skipping it.")
-    cache_dir: str = _opt("", "Where decoded uint8 image caches go ('' = $FER_CACHE_DIR or ~/.cache/fer_core).")
+    cache_dir: str = _opt(
+        "", "Where decoded uint8 image caches go ('' = $FER_CACHE_DIR or ~/.cache/fer_core)."
+    )
     # --- model ------------------------------------------------------------------------------------------
     model: str = _opt("efficientnet_b0", "timm model name.")
-    pretrained: bool = _opt(False, "Load timm's ImageNet weights from the hub (needs internet; off so nothing downloads by default).")
-    weights: str = _opt("", "Local weights file (.safetensors or torch state dict) to start from; the classifier is dropped when its shape differs.")
-    drop_rate: float = _opt(0.2, "Dropout before the classifier (timm's default for efficientnet_b0).", low=0.0, high=0.95)
-    drop_path_rate: float = _opt(0.0, "Stochastic depth rate; helps long runs, slows short ones.", low=0.0, high=0.9)
-    bn_momentum: float = _opt(0.0, "Override BatchNorm momentum (0 = keep the model's). 0.1 makes tf_* models (TF-style BN, 0.01) adapt 10x faster in short fine-tunes.", low=0.0, high=1.0)
+    pretrained: bool = _opt(
+        False,
+        "Load timm's ImageNet weights from the hub (needs internet; off so nothing downloads by default).",
+    )
+    weights: str = _opt(
+        "",
+        "Local weights file (.safetensors or torch state dict) to start from; the classifier is dropped when its shape differs.",
+    )
+    drop_rate: float = _opt(
+        0.2, "Dropout before the classifier (timm's default for efficientnet_b0).", low=0.0, high=0.95
+    )
+    drop_path_rate: float = _opt(
+        0.0, "Stochastic depth rate; helps long runs, slows short ones.", low=0.0, high=0.9
+    )
+    bn_momentum: float = _opt(
+        0.0,
+        "Override BatchNorm momentum (0 = keep the model's). 0.1 makes tf_* models (TF-style BN, 0.01) adapt 10x faster in short fine-tunes.",
+        low=0.0,
+        high=1.0,
+    )
     # --- optimisation -----------------------------------------------------------------------------------
     epochs: int = _opt(10, "Number of epochs.", low=1)
-    steps_per_epoch: int = _opt(0, "Cap on optimizer steps per epoch (0 = a full pass). Makes epochs comparable across subset sizes.", low=0)
+    steps_per_epoch: int = _opt(
+        0,
+        "Cap on optimizer steps per epoch (0 = a full pass). Makes epochs comparable across subset sizes.",
+        low=0,
+    )
     batch_size: int = _opt(64, "Training batch size.", low=1)
-    eval_batch_size: int = _opt(0, "Evaluation batch size (0 = auto: 1024 on CUDA, 256 on CPU; no gradients, so larger is cheaper per image on a GPU).", low=0)
+    eval_batch_size: int = _opt(
+        0,
+        "Evaluation batch size (0 = auto: 1024 on CUDA, 256 on CPU; no gradients, so larger is cheaper per image on a GPU).",
+        low=0,
+    )
     optimizer: str = _opt("adamw", "Optimizer.", choices=("adamw", "adam", "sgd"))
     lr: float = _opt(2e-3, "Peak learning rate (after warm-up).", low=1e-7, high=10.0)
-    weight_decay: float = _opt(0.05, "Decoupled weight decay (AdamW) or L2 (Adam/SGD); not applied to norms and biases.", low=0.0, high=1.0)
+    weight_decay: float = _opt(
+        0.05,
+        "Decoupled weight decay (AdamW) or L2 (Adam/SGD); not applied to norms and biases.",
+        low=0.0,
+        high=1.0,
+    )
     momentum: float = _opt(0.9, "SGD momentum (ignored by Adam/AdamW).", low=0.0, high=1.0)
-    warmup_epochs: float = _opt(1.0, "Linear warm-up length in epochs (fractions allowed) before the cosine decay.", low=0.0)
-    min_lr_ratio: float = _opt(0.01, "Cosine decays to lr * min_lr_ratio, not zero, so the last epoch still learns.", low=0.0, high=1.0)
-    label_smoothing: float = _opt(0.1, "Label smoothing; FER labels are noisy (about 1 in 10 disputed), so a little helps.", low=0.0, high=0.5)
-    class_weighting: str = _opt("none", "Loss weights per class: none, balanced (1/frequency) or sqrt (1/sqrt(frequency), milder). FER2013's disgust is 1.5% of train.", choices=("none", "balanced", "sqrt"))
-    mixup_alpha: float = _opt(0.0, "Mixup: Beta(a, a) blend of image pairs and their labels (0 = off; 0.2-0.4 typical). Regularises long runs, slows short ones.", low=0.0, high=10.0)
-    cutmix_alpha: float = _opt(0.0, "CutMix: paste a box from another image, labels weighted by area (0 = off; 1.0 typical).", low=0.0, high=10.0)
-    mix_prob: float = _opt(0.5, "Share of batches mixed when mixup or CutMix is on (the rest train on clean images).", low=0.0, high=1.0)
-    ema_decay: float = _opt(0.0, "Evaluate and keep an exponential moving average of the weights with this per-step decay (0 = off; 0.999 averages ~1,000 steps).", low=0.0, high=0.99999)
-    tta_flip: bool = _opt(False, "Also evaluate with horizontal-flip test-time augmentation; reported separately as val_tta_* (the plain metrics still pick the best epoch).")
-    aug_strength: float = _opt(0.5, "One knob in [0, 1] scaling the whole augmentation policy (0 = none).", low=0.0, high=1.0)
+    warmup_epochs: float = _opt(
+        1.0, "Linear warm-up length in epochs (fractions allowed) before the cosine decay.", low=0.0
+    )
+    min_lr_ratio: float = _opt(
+        0.01,
+        "Cosine decays to lr * min_lr_ratio, not zero, so the last epoch still learns.",
+        low=0.0,
+        high=1.0,
+    )
+    label_smoothing: float = _opt(
+        0.1,
+        "Label smoothing; FER labels are noisy (about 1 in 10 disputed), so a little helps.",
+        low=0.0,
+        high=0.5,
+    )
+    class_weighting: str = _opt(
+        "none",
+        "Loss weights per class: none, balanced (1/frequency) or sqrt (1/sqrt(frequency), milder). FER2013's disgust is 1.5% of train.",
+        choices=("none", "balanced", "sqrt"),
+    )
+    mixup_alpha: float = _opt(
+        0.0,
+        "Mixup: Beta(a, a) blend of image pairs and their labels (0 = off; 0.2-0.4 typical). Regularises long runs, slows short ones.",
+        low=0.0,
+        high=10.0,
+    )
+    cutmix_alpha: float = _opt(
+        0.0,
+        "CutMix: paste a box from another image, labels weighted by area (0 = off; 1.0 typical).",
+        low=0.0,
+        high=10.0,
+    )
+    mix_prob: float = _opt(
+        0.5,
+        "Share of batches mixed when mixup or CutMix is on (the rest train on clean images).",
+        low=0.0,
+        high=1.0,
+    )
+    ema_decay: float = _opt(
+        0.0,
+        "Evaluate and keep an exponential moving average of the weights with this per-step decay (0 = off; 0.999 averages ~1,000 steps).",
+        low=0.0,
+        high=0.99999,
+    )
+    tta_flip: bool = _opt(
+        False,
+        "Also evaluate with horizontal-flip test-time augmentation; reported separately as val_tta_* (the plain metrics still pick the best epoch).",
+    )
+    aug_strength: float = _opt(
+        0.5, "One knob in [0, 1] scaling the whole augmentation policy (0 = none).", low=0.0, high=1.0
+    )
     grad_clip: float = _opt(0.0, "Clip the gradient norm to this value (0 = off).", low=0.0)
     # --- run --------------------------------------------------------------------------------------------
-    seed: int = _opt(0, "Seed for weights init, data order and augmentation (each epoch reseeds from it, so resume is exact).")
-    best_metric: str = _opt("val_accuracy", "Metric that decides best.pt.", choices=("val_accuracy", "val_macro_f1", "val_balanced_accuracy", "val_loss"))
+    seed: int = _opt(
+        0,
+        "Seed for weights init, data order and augmentation (each epoch reseeds from it, so resume is exact).",
+    )
+    best_metric: str = _opt("val_accuracy", "Metric that decides best.pt.", choices=SELECTABLE)
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N.")
-    precision: str = _opt("auto", "auto (bf16 autocast on CUDA that supports it, fp16 on older CUDA, fp32 on CPU), fp32, bf16 or fp16.", choices=("auto", "fp32", "bf16", "fp16"))
-    channels_last: str = _opt("auto", "Memory format: auto (= on: measured 1.7x faster on CPU, and what GPU tensor cores want), on or off.", choices=("auto", "on", "off"))
-    compile: str = _opt("auto", "torch.compile the model for training: auto (= off: measured slower on CPU after ~100 s compiling; not yet measured on GPUs), on or off.", choices=("auto", "on", "off"))
-    threads: int = _opt(0, "CPU threads for torch and OpenCV, and this process's CPU share that auto workers come out of (0 = all this process may use; a sweep trial gets its CPU allocation).", low=0)
-    num_workers: int = _opt(-1, "DataLoader workers (-1 = auto: none on CPU where compute is the bottleneck, the CPU share minus 1, up to 8, on CUDA; one worker augments ~4,800 img/s at 48 px).", low=-1)
+    precision: str = _opt(
+        "auto",
+        "auto (bf16 autocast on CUDA that supports it, fp16 on older CUDA, fp32 on CPU), fp32, bf16 or fp16.",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    channels_last: str = _opt(
+        "auto",
+        "Memory format: auto (= on: measured 1.7x faster on CPU, and what GPU tensor cores want), on or off.",
+        choices=("auto", "on", "off"),
+    )
+    compile: str = _opt(
+        "auto",
+        "torch.compile the model for training: auto (= off: measured slower on CPU after ~100 s compiling; not yet measured on GPUs), on or off.",
+        choices=("auto", "on", "off"),
+    )
+    threads: int = _opt(
+        0,
+        "CPU threads for torch and OpenCV, and this process's CPU share that auto workers come out of (0 = all this process may use; a sweep trial gets its CPU allocation).",
+        low=0,
+    )
+    num_workers: int = _opt(
+        -1,
+        "DataLoader workers (-1 = auto: none on CPU where compute is the bottleneck, the CPU share minus 1, up to 8, on CUDA; one worker augments ~4,800 img/s at 48 px).",
+        low=-1,
+    )
     progress: bool = _opt(True, "Show a progress bar per epoch.")
+    keep_checkpoints: bool = _opt(
+        True,
+        "Keep OUT/checkpoints/last.pt and best.pt. Off (sweep trials): each epoch's last.pt lives only until the report callback has taken it (Ray copies it to storage), and no best.pt is written.",
+    )
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -93,7 +218,16 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             out = value
-        elif isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        elif isinstance(value, str) and value.lower() in (
+            "true",
+            "yes",
+            "on",
+            "1",
+            "false",
+            "no",
+            "off",
+            "0",
+        ):
             out = value.lower() in ("true", "yes", "on", "1")
         else:
             raise ConfigError(f"{where} must be true or false, got {value!r}")
@@ -107,13 +241,19 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if typ is int and float(num) != out:
                 raise ValueError
         except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
-            raise ConfigError(f"{where} must be {'an integer' if typ is int else 'a number'}, got {value!r}") from None
+            raise ConfigError(
+                f"{where} must be {'an integer' if typ is int else 'a number'}, got {value!r}"
+            ) from None
         # NaN passes every range check (all comparisons are false) and inf passes open ones; either would
         # train a model of NaN weights or fail deep inside torch, so both stop here.
         if not math.isfinite(out):
-            raise ConfigError(f"{where} must be a finite number, got {value!r}; give a plain number such as {FIELDS[key].default!r}")
+            raise ConfigError(
+                f"{where} must be a finite number, got {value!r}; give a plain number such as {FIELDS[key].default!r}"
+            )
         if meta["low"] is not None and out < meta["low"] or meta["high"] is not None and out > meta["high"]:
-            raise ConfigError(f"{where} = {out} is outside [{meta['low']}, {meta['high'] if meta['high'] is not None else 'inf'}]")
+            raise ConfigError(
+                f"{where} = {out} is outside [{meta['low']}, {meta['high'] if meta['high'] is not None else 'inf'}]"
+            )
     else:
         if value is None:
             value = ""
@@ -130,7 +270,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 # Keys that existed once: a config that still sets one gets told what became of it, not "unknown key".
 REMOVED_KEYS = {
     "blur_sigma": "the input blur was removed from the preprocessing (it altered every image the model sees); "
-                  "delete the key, and run python -m fer_core.audit DATA to compare your splits' sharpness",
+    "delete the key, and run python -m fer_core.audit DATA to compare your splits' sharpness",
 }
 
 
@@ -152,7 +292,9 @@ def unknown_key_error(key: str, source: str, known) -> ConfigError:
     return ConfigError(f"{source}: unknown key '{key}'{hint}")
 
 
-def make_config(values: Mapping[str, Any] | None = None, source: str = "config", base: TrainConfig | None = None) -> TrainConfig:
+def make_config(
+    values: Mapping[str, Any] | None = None, source: str = "config", base: TrainConfig | None = None
+) -> TrainConfig:
     """Build a TrainConfig from a mapping, checking every key and type.
 
     Args:
@@ -181,7 +323,9 @@ def load_yaml(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+        raise ConfigError(
+            f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -20,13 +20,26 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
     from tqdm import tqdm
+
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler,
-                    loss_fn: nn.Module, preprocess: Preprocess, runtime: Runtime, scaler=None,
-                    grad_clip: float = 0.0, progress: bool = False, desc: str = "train", mixer=None,
-                    ema=None, max_steps: int = 0) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: nn.Module,
+    preprocess: Preprocess,
+    runtime: Runtime,
+    scaler=None,
+    grad_clip: float = 0.0,
+    progress: bool = False,
+    desc: str = "train",
+    mixer=None,
+    ema=None,
+    max_steps: int = 0,
+) -> dict:
     """Train for one pass over ``loader``.
 
     Args:
@@ -65,7 +78,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         with runtime.autocast():
             logits = model(x)
         logits = logits.float()
-        loss = loss_fn(logits, y_a) if lam == 1.0 else lam * loss_fn(logits, y_a) + (1.0 - lam) * loss_fn(logits, y_b)
+        loss = (
+            loss_fn(logits, y_a)
+            if lam == 1.0
+            else lam * loss_fn(logits, y_a) + (1.0 - lam) * loss_fn(logits, y_b)
+        )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -92,13 +109,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         # A divergence check every step would sync the GPU every batch; NaN/inf persists in the running
         # sum, so checking it every 25 steps catches the same runs a few steps later.
         if steps % 25 == 0 and not torch.isfinite(loss_sum):
-            raise DivergedError(f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip")
+            raise DivergedError(
+                f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip"
+            )
         if progress and steps % 10 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         if steps == max_steps:
             break
     if not torch.isfinite(loss_sum):
-        raise DivergedError(f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip")
+        raise DivergedError(
+            f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip"
+        )
     if runtime.is_cuda:
         torch.cuda.synchronize(runtime.device)  # the clock must include queued GPU work
     seconds = time.perf_counter() - t0
@@ -113,9 +134,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, preprocess: Preprocess, runtime: Runtime,
-             class_names: list[str], loss_fn: nn.Module | None = None, prefix: str = "val_",
-             return_probs: bool = False, tta_flip: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    preprocess: Preprocess,
+    runtime: Runtime,
+    class_names: list[str],
+    loss_fn: nn.Module | None = None,
+    prefix: str = "val_",
+    return_probs: bool = False,
+    tta_flip: bool = False,
+) -> dict:
     """Evaluate on labelled batches: loss, accuracy, balanced accuracy, macro-F1, per-class figures, confusion matrix.
 
     Args:

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on any split and save the metrics as JSON.
 
-    python -m fer_core.evaluate CHECKPOINT --data DIR --split test [--out metrics.json]
+python -m fer_core.evaluate CHECKPOINT --data DIR --split test [--out metrics.json]
 """
 
 from __future__ import annotations
@@ -11,46 +11,33 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import engine
-from .checkpoint import check_finite_weights, load_checkpoint
-from .data import iter_batches, load_split
+from .checkpoint import load_model
+from .dataset import iter_batches
+from .decode_cache import load_split
+from .engine import probs_metrics
 from .errors import CheckpointError, FerError
-from .model import build_model
-from .preprocess import Preprocess
 from .runtime import Runtime, resolve_runtime
 
 
-def load_model(path, runtime: Runtime | None = None):
-    """Rebuild the model a checkpoint was trained with.
+def ensemble_metrics(scores: list[dict], split: str, classes: list[str]) -> dict:
+    """Metrics of an ensemble: the average of its members' probabilities, plain and with flip TTA.
 
     Args:
-        path: a fer_core checkpoint.
-        runtime: device settings (default: auto).
-
-    Returns:
-        (model in eval mode on the device, Preprocess, class names, checkpoint dict).
-
-    Raises:
-        CheckpointError: not a fer_core checkpoint, weights with NaN/inf, or weights that do not fit its own config.
+        scores: per member, the output of ``evaluate_checkpoint(..., return_probs=True, tta_flip=True)``.
+        split: split name (the key prefix).
+        classes: class names in label order.
     """
-    runtime = runtime or resolve_runtime()
-    state = load_checkpoint(path)
-    cfg = state["config"]
-    model = build_model(cfg["model"], num_classes=len(state["class_names"]), drop_rate=cfg.get("drop_rate", 0.0))
-    # A run with weight averaging was evaluated (and chose best.pt) with the EMA weights, so those are
-    # what a checkpoint deploys; the raw weights stay in "model" for resuming.
-    weights = state["ema"]["module"] if state.get("ema") else state["model"]
-    check_finite_weights(weights, path)  # evaluate, predict and export all load through here
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit model {cfg['model']} ({str(e).splitlines()[0]}); the checkpoint is damaged") from None
-    model.to(runtime.device).eval()
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model, Preprocess.from_dict(state["preprocess"], source=str(path)), list(state["class_names"]), state
+    labels = scores[0]["labels"]
+    out = {}
+    for key, prefix in (("probs", f"{split}_"), ("probs_tta", f"{split}_tta_")):
+        avg = np.mean([s[key] for s in scores], axis=0)
+        m = probs_metrics(avg, labels, classes, prefix)
+        out.update(
+            {k: m[k] for k in (prefix + "accuracy", prefix + "balanced_accuracy", prefix + "macro_f1")}
+        )
+    return out
 
 
 def _check_same_classes(path, classes: list[str], split_dir: Path) -> None:
@@ -60,13 +47,22 @@ def _check_same_classes(path, classes: list[str], split_dir: Path) -> None:
         return  # load_split names the missing folder
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if found != sorted(classes):
-        raise CheckpointError(f"{path}: trained on classes {', '.join(classes)} but {split_dir} holds {', '.join(found) or 'no class folders'}; "
-                              "evaluate it on data with its classes, or pass a checkpoint trained on these")
+        raise CheckpointError(
+            f"{path}: trained on classes {', '.join(classes)} but {split_dir} holds {', '.join(found) or 'no class folders'}; "
+            "evaluate it on data with its classes, or pass a checkpoint trained on these"
+        )
 
 
-def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 0, runtime: Runtime | None = None,
-                        cache_dir: str | None = None, return_probs: bool = False,
-                        tta_flip: bool = False) -> dict:
+def evaluate_checkpoint(
+    path,
+    data: str,
+    split: str = "val",
+    batch_size: int = 0,
+    runtime: Runtime | None = None,
+    cache_dir: str | None = None,
+    return_probs: bool = False,
+    tta_flip: bool = False,
+) -> dict:
     """Evaluate a checkpoint on ``data/split``, with the checkpoint's own preprocessing.
 
     Args:
@@ -87,39 +83,67 @@ def evaluate_checkpoint(path, data: str, split: str = "val", batch_size: int = 0
     _check_same_classes(path, classes, Path(data) / split)
     split_data = load_split(data, split, pre.img_size, pre.grayscale, cache_dir=cache_dir, classes=classes)
     batches = iter_batches(split_data, np.arange(len(split_data)), batch_size or runtime.eval_batch_size)
-    out = engine.evaluate(model, batches, pre, runtime, classes, prefix=f"{split}_", return_probs=return_probs, tta_flip=tta_flip)
+    out = engine.evaluate(
+        model,
+        batches,
+        pre,
+        runtime,
+        classes,
+        prefix=f"{split}_",
+        return_probs=return_probs,
+        tta_flip=tta_flip,
+    )
     out.update({"checkpoint": str(path), "split": split, "epoch": int(state["epoch"])})
     return out
 
 
 def format_metrics(m: dict, split: str) -> str:
     """A readable table of a split's metrics."""
-    lines = [f"{split}: accuracy {m[f'{split}_accuracy']:.4f}  balanced {m[f'{split}_balanced_accuracy']:.4f}  "
-             f"macro-F1 {m[f'{split}_macro_f1']:.4f}  loss {m[f'{split}_loss']:.4f}  ({m[f'{split}_samples']} images)",
-             f"{'class':<10}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>7}"]
+    lines = [
+        f"{split}: accuracy {m[f'{split}_accuracy']:.4f}  balanced {m[f'{split}_balanced_accuracy']:.4f}  "
+        f"macro-F1 {m[f'{split}_macro_f1']:.4f}  loss {m[f'{split}_loss']:.4f}  ({m[f'{split}_samples']} images)",
+        f"{'class':<10}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>7}",
+    ]
     for c in m[f"{split}_support"]:
-        lines.append(f"{c:<10}{m[f'{split}_per_class_precision'][c]:>10.3f}{m[f'{split}_per_class_recall'][c]:>8.3f}"
-                     f"{m[f'{split}_per_class_f1'][c]:>8.3f}{m[f'{split}_support'][c]:>7d}")
+        lines.append(
+            f"{c:<10}{m[f'{split}_per_class_precision'][c]:>10.3f}{m[f'{split}_per_class_recall'][c]:>8.3f}"
+            f"{m[f'{split}_per_class_f1'][c]:>8.3f}{m[f'{split}_support'][c]:>7d}"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_core.evaluate", description="Evaluate a fer_core checkpoint on a split and save metrics JSON.")
+    p = argparse.ArgumentParser(
+        prog="python -m fer_core.evaluate",
+        description="Evaluate a fer_core checkpoint on a split and save metrics JSON.",
+    )
     p.add_argument("checkpoint", help="best.pt / last.pt written by fer_core")
     p.add_argument("--data", required=True, help="dataset root holding the split folder")
     p.add_argument("--split", default="val", help="split folder to evaluate (val, test, ...); default val")
     p.add_argument("--out", help="metrics JSON path (default: <checkpoint folder>/<split>_metrics.json)")
-    p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: 1024 on CUDA, 256 on CPU)")
+    p.add_argument(
+        "--batch-size", type=int, default=0, help="evaluation batch size (default: 1024 on CUDA, 256 on CPU)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     args = p.parse_args(argv)
     try:
         if args.batch_size < 0:
-            raise FerError(f"--batch-size = {args.batch_size}; give a positive size, or 0 for the device's default")
+            raise FerError(
+                f"--batch-size = {args.batch_size}; give a positive size, or 0 for the device's default"
+            )
         if args.out and Path(args.out).is_dir():  # found now, not after the whole evaluation
-            raise FerError(f"--out {args.out}: is a folder; give the metrics file to write, e.g. {Path(args.out) / 'metrics.json'}")
-        m = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, resolve_runtime(args.device),
-                                tta_flip=args.tta)
+            raise FerError(
+                f"--out {args.out}: is a folder; give the metrics file to write, e.g. {Path(args.out) / 'metrics.json'}"
+            )
+        m = evaluate_checkpoint(
+            args.checkpoint,
+            args.data,
+            args.split,
+            args.batch_size,
+            resolve_runtime(args.device),
+            tta_flip=args.tta,
+        )
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -128,7 +152,10 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(m, indent=1))
     except OSError as e:
         print(format_metrics(m, args.split))  # the figures are not lost with the file
-        print(f"error: {out}: cannot write the metrics ({e.strerror or e}); pass --out with a writable path", file=sys.stderr)
+        print(
+            f"error: {out}: cannot write the metrics ({e.strerror or e}); pass --out with a writable path",
+            file=sys.stderr,
+        )
         return 2
     print(format_metrics(m, args.split))
     if args.tta:

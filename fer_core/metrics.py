@@ -2,14 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+# The metric names, defined once. A name is a split prefix ("train_", "val_", "val_tta_", "test_") and a
+# key of ``summarize`` (or "loss"). Epoch rows, what a trial reports to Tune, best.pt's choice, the
+# sweep's objective, the report and the plots all use these.
+SELECTABLE = (
+    "val_accuracy",
+    "val_macro_f1",
+    "val_balanced_accuracy",
+    "val_loss",
+)  # best_metric / sweep metric
+# The val keys of an epoch row (small on purpose: Ray stores every row, so the confusion matrix goes to a file).
+ROW_VAL_KEYS = (
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_macro_f1",
+    "val_per_class_recall",
+    "val_tta_accuracy",
+    "val_tta_balanced_accuracy",
+    "val_tta_macro_f1",
+)
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses are minimised, every other metric maximised."""
+    return metric.endswith("loss")
+
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts with rows = true class, columns = predicted class."""
-    return np.bincount(num_classes * np.asarray(labels) + np.asarray(preds), minlength=num_classes**2).reshape(num_classes, num_classes)
+    """Counts with rows = true class, columns = predicted class.
+
+    Raises:
+        ValueError: labels and preds differ in length, or hold a value outside 0..num_classes-1 (which
+            would otherwise be counted silently in another cell).
+    """
+    labels, preds = np.asarray(labels, dtype=np.int64).ravel(), np.asarray(preds, dtype=np.int64).ravel()
+    if labels.shape != preds.shape:
+        raise ValueError(f"confusion_matrix: {len(labels)} labels but {len(preds)} predictions")
+    bad = (labels < 0) | (labels >= num_classes) | (preds < 0) | (preds >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"confusion_matrix: sample {i} has label {labels[i]} / prediction {preds[i]}, "
+            f"outside the {num_classes} classes"
+        )
+    return np.bincount(num_classes * labels + preds, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -4,6 +4,10 @@ Both blend pairs of training images and their labels, a regulariser that helps n
 data like FER2013 in long runs (it slows short ones: turn it on for retrains and GPU sweeps, not 3-epoch
 CPU trials). The randomness comes from torch's global generator, which ``Trainer.run_epoch`` reseeds per
 epoch, so a resumed run mixes exactly as an uninterrupted one.
+
+Kept by hand rather than timm's ``Mixup`` + ``SoftTargetCrossEntropy``: that pair turns labels into soft
+targets, which drops the class-weighted loss (``class_weighting``), it needs an even batch size, and it
+draws from NumPy's global generator.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ class BatchMixer:
     def enabled(self) -> bool:
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """Mix a batch.
 
         Args:

@@ -17,9 +17,15 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 
 
-def build_model(name: str = "efficientnet_b0", num_classes: int = 7, pretrained: bool = False,
-                weights: str | os.PathLike | None = None, drop_rate: float = 0.2,
-                drop_path_rate: float = 0.0, bn_momentum: float = 0.0) -> nn.Module:
+def build_model(
+    name: str = "efficientnet_b0",
+    num_classes: int = 7,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    drop_rate: float = 0.2,
+    drop_path_rate: float = 0.0,
+    bn_momentum: float = 0.0,
+) -> nn.Module:
     """Create a timm classifier, optionally starting from hub or local weights.
 
     Args:
@@ -37,15 +43,24 @@ def build_model(name: str = "efficientnet_b0", num_classes: int = 7, pretrained:
         CheckpointError: hub download failed, or the weights file does not fit.
     """
     if name not in timm.list_models() and not timm.is_model(name):
-        raise ConfigError(f"key 'model' = {name!r} is not a timm model; try efficientnet_b0 (see timm.list_models('*efficientnet*'))")
+        raise ConfigError(
+            f"key 'model' = {name!r} is not a timm model; try efficientnet_b0 (see timm.list_models('*efficientnet*'))"
+        )
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                  drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+        model = timm.create_model(
+            name,
+            pretrained=pretrained,
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate,
+        )
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained:
             raise
-        raise CheckpointError(f"could not fetch ImageNet weights for {name} from the hub ({type(e).__name__}); "
-                              "set pretrained: false, or weights: PATH to a local weights file") from None
+        raise CheckpointError(
+            f"could not fetch ImageNet weights for {name} from the hub ({type(e).__name__}); "
+            "set pretrained: false, or weights: PATH to a local weights file"
+        ) from None
     head_loaded = load_weights(model, weights) if weights else False
     if not head_loaded:
         # A zero head starts every class at equal probability (loss ln 7): timm's random head starts with
@@ -79,21 +94,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             sd = load_file(str(p))
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - safetensors/pickle raise many unrelated types; all mean "unreadable"
-        raise CheckpointError(f"{p}: not a readable weights file ({type(e).__name__}: {str(e)[:120]}); pass a .safetensors or torch state-dict file") from None
+        raise CheckpointError(
+            f"{p}: not a readable weights file ({type(e).__name__}: {str(e)[:120]}); pass a .safetensors or torch state-dict file"
+        ) from None
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
             break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{p}: holds no state dict of tensors; pass a .safetensors or torch state-dict file")
+        raise CheckpointError(
+            f"{p}: holds no state dict of tensors; pass a .safetensors or torch state-dict file"
+        )
     # Weights saved from DataParallel / torch.compile carry prefixes the bare model does not have.
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -112,7 +132,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> bool:
     """
     sd = read_state_dict(path)
     own = model.state_dict()
-    head = model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else "classifier"
+    head = (
+        model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else "classifier"
+    )
     dropped = [k for k in sd if k.startswith(head + ".") and k in own and sd[k].shape != own[k].shape]
     for k in dropped:
         del sd[k]
@@ -120,9 +142,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> bool:
     unexpected = [k for k in sd if k not in own]
     bad_shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     if missing or unexpected or bad_shape:
-        detail = "; ".join(f"{what} {len(keys)} (e.g. {keys[0]})" for what, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", bad_shape)) if keys)
-        raise CheckpointError(f"{path}: weights do not match model {type(model).__name__} ({detail}); "
-                              "set 'model' to the architecture the file was saved from")
+        detail = "; ".join(
+            f"{what} {len(keys)} (e.g. {keys[0]})"
+            for what, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape-mismatched", bad_shape),
+            )
+            if keys
+        )
+        raise CheckpointError(
+            f"{path}: weights do not match model {type(model).__name__} ({detail}); "
+            "set 'model' to the architecture the file was saved from"
+        )
     model.load_state_dict(sd, strict=not dropped)
     return not dropped

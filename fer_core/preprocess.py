@@ -35,16 +35,24 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "checkpoint") -> "Preprocess":
+    def from_dict(cls, d: dict, source: str = "checkpoint") -> Preprocess:
         """The contract stored in a checkpoint. Checkpoints of fer_core versions with an input blur
         (``blur_sigma``) still load: the blur is no longer applied, and a warning says so, because the
         model was trained on blurred inputs and may score differently on sharp ones."""
         sigma = float(d.get("blur_sigma", 0.0))
         if sigma > 0:
-            warnings.warn(f"{source}: trained with an input blur of {sigma:g} px, which fer_core no longer applies; "
-                          "its accuracy on sharp images may differ from its recorded metrics: retrain it to be sure",
-                          stacklevel=2)
-        return cls(int(d["img_size"]), bool(d["grayscale"]), tuple(d["mean"]), tuple(d["std"]), bool(d.get("per_image", False)))
+            warnings.warn(
+                f"{source}: trained with an input blur of {sigma:g} px, which fer_core no longer applies; "
+                "its accuracy on sharp images may differ from its recorded metrics: retrain it to be sure",
+                stacklevel=2,
+            )
+        return cls(
+            int(d["img_size"]),
+            bool(d["grayscale"]),
+            tuple(d["mean"]),
+            tuple(d["std"]),
+            bool(d.get("per_image", False)),
+        )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The arithmetic alone, on whatever device ``x`` is: uint8 B×H×W or B×H×W×3 -> float B×3×H×W.

@@ -53,8 +53,10 @@ class Runtime:
     def describe(self) -> str:
         prec = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         name = torch.cuda.get_device_name(self.device) if self.is_cuda else f"cpu ({self.threads} threads)"
-        return (f"{self.device} [{name}], {prec}, channels_last={'on' if self.channels_last else 'off'}, "
-                f"compile={'on' if self.compile else 'off'}, workers={self.num_workers}")
+        return (
+            f"{self.device} [{name}], {prec}, channels_last={'on' if self.channels_last else 'off'}, "
+            f"compile={'on' if self.compile else 'off'}, workers={self.num_workers}"
+        )
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,20 @@ class RuntimePlan:
     eval_batch_size: int
 
 
-def plan_runtime(device_type: str, cpus: int, bf16_supported: bool, precision: str = "auto",
-                 channels_last: str = "auto", compile: str = "auto", threads: int = 0, num_workers: int = -1,
-                 eval_batch_size: int = 0) -> RuntimePlan:
+def plan_runtime(
+    device_type: str,
+    cpus: int,
+    bf16_supported: bool,
+    precision: str = "auto",
+    channels_last: str = "auto",
+    compile: str = "auto",
+    threads: int = 0,
+    num_workers: int = -1,
+    eval_batch_size: int = 0,
+) -> RuntimePlan:
     """Decide precision, memory format, compilation, threads, workers and eval batch for a device.
 
-    Each "auto" is the measured winner (``python -m fer_core.bench``; figures in the README):
+    Each "auto" is the measured winner (``python -m fer_core.tools.bench``; figures in the README):
 
     - precision: bf16 autocast on CUDA (fp32's range, no loss scaling), fp16 on CUDA without bf16;
       fp32 on CPU, where bf16 autocast measured slower (142 vs 173 img/s, efficientnet_b0 48 px, 2 cores).
@@ -113,7 +123,9 @@ def plan_runtime(device_type: str, cpus: int, bf16_supported: bool, precision: s
     share = min(cpus, threads) if threads else cpus
     if num_workers < 0:
         num_workers = min(8, max(1, share - 1)) if cuda else 0
-    return RuntimePlan(amp, cl, comp, num_workers, threads or cpus, eval_batch_size or (1024 if cuda else 256))
+    return RuntimePlan(
+        amp, cl, comp, num_workers, threads or cpus, eval_batch_size or (1024 if cuda else 256)
+    )
 
 
 def limit_threads(n: int) -> None:
@@ -126,7 +138,9 @@ def limit_threads(n: int) -> None:
     torch.set_num_threads(n)
     try:
         torch.set_num_interop_threads(n)
-    except RuntimeError:  # allowed once per process, before any inter-op work: a later call keeps the first size
+    except (
+        RuntimeError
+    ):  # allowed once per process, before any inter-op work: a later call keeps the first size
         pass
     try:
         import cv2
@@ -141,9 +155,15 @@ def worker_init(worker_id: int) -> None:
     limit_threads(1)
 
 
-def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last: str = "auto",
-                    threads: int = 0, num_workers: int = -1, compile: str = "auto",
-                    eval_batch_size: int = 0) -> Runtime:
+def resolve_runtime(
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: str = "auto",
+    threads: int = 0,
+    num_workers: int = -1,
+    compile: str = "auto",
+    eval_batch_size: int = 0,
+) -> Runtime:
     """Turn config strings into a Runtime and apply process-wide settings (threads, cudnn).
 
     Args:
@@ -164,16 +184,34 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", channels_last
         try:
             dev = torch.device(device)
         except RuntimeError:
-            raise ConfigError(f"key 'device' = {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+            raise ConfigError(
+                f"key 'device' = {device!r} is not a device; use auto, cpu, cuda or cuda:N"
+            ) from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"key 'device' = {device!r} but no CUDA GPU is visible; use device=auto or cpu")
     cuda = dev.type == "cuda"
-    plan = plan_runtime(dev.type, available_cpus(), cuda and torch.cuda.is_bf16_supported(), precision,
-                        channels_last, compile, threads, num_workers, eval_batch_size)
+    plan = plan_runtime(
+        dev.type,
+        available_cpus(),
+        cuda and torch.cuda.is_bf16_supported(),
+        precision,
+        channels_last,
+        compile,
+        threads,
+        num_workers,
+        eval_batch_size,
+    )
     limit_threads(plan.threads)
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed input size, so autotuning pays off after step one
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(dev, plan.amp_dtype, plan.channels_last, plan.num_workers, plan.threads, plan.compile,
-                   plan.eval_batch_size)
+    return Runtime(
+        dev,
+        plan.amp_dtype,
+        plan.channels_last,
+        plan.num_workers,
+        plan.threads,
+        plan.compile,
+        plan.eval_batch_size,
+    )

@@ -22,10 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fer_core.errors import FerError  # noqa: E402
+from fer_core.errors import FerError
 
 
 def resolve_checkpoint(target: str) -> Path:
@@ -41,9 +38,13 @@ def resolve_checkpoint(target: str) -> Path:
         for candidate in (p / "report" / "best.pt", p / "best.pt", p / "checkpoints" / "best.pt"):
             if candidate.is_file():
                 return candidate
-        raise FerError(f"{p}: no report/best.pt, best.pt or checkpoints/best.pt inside; pass a sweep run folder "
-                       "(STORAGE/NAME after its retrain), its report folder, or a checkpoint file")
-    raise FerError(f"{p}: no such checkpoint or run folder; pass a sweep run folder (STORAGE/NAME) or a best.pt")
+        raise FerError(
+            f"{p}: no report/best.pt, best.pt or checkpoints/best.pt inside; pass a sweep run folder "
+            "(STORAGE/NAME after its retrain), its report folder, or a checkpoint file"
+        )
+    raise FerError(
+        f"{p}: no such checkpoint or run folder; pass a sweep run folder (STORAGE/NAME) or a best.pt"
+    )
 
 
 # The files every run writes at the top of OUT: no per-image PNG may take (or sit under) these names.
@@ -72,7 +73,7 @@ def _png_name(rel: str, used: set[str]) -> str:
 
 
 def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def _box(box) -> str:
@@ -80,26 +81,50 @@ def _box(box) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python sweeps/predict.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="sweep run folder (STORAGE/NAME: uses report/best.pt), a report folder, or a checkpoint file")
-    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image file, folder (recursive) or glob pattern")
-    p.add_argument("--out", default="predictions", help="output folder for PNGs, predictions.csv and the contact sheet (default: ./predictions)")
-    p.add_argument("--no-face-detect", action="store_true", help="inputs are face crops: classify each whole image")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of the table")
+    p = argparse.ArgumentParser(
+        prog="python sweeps/predict.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    p.add_argument(
+        "run",
+        metavar="RUN_OR_CHECKPOINT",
+        help="sweep run folder (STORAGE/NAME: uses report/best.pt), a report folder, or a checkpoint file",
+    )
+    p.add_argument(
+        "inputs", metavar="INPUT", nargs="+", help="image file, folder (recursive) or glob pattern"
+    )
+    p.add_argument(
+        "--out",
+        default="predictions",
+        help="output folder for PNGs, predictions.csv and the contact sheet (default: ./predictions)",
+    )
+    p.add_argument(
+        "--no-face-detect", action="store_true", help="inputs are face crops: classify each whole image"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout instead of the table"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
     args = p.parse_args(argv)
 
     # Imported after parsing: the prediction stack (timm, OpenCV, the model code) doubles the start-up time of --help.
-    from fer_core.predict import Predictor, collect_inputs, plot_contact_sheet, plot_prediction
+    from fer_core.apps.predict import Predictor
+    from fer_core.apps.predict_inputs import collect_inputs
+    from fer_core.apps.predict_plots import plot_contact_sheet, plot_prediction
 
     out = Path(args.out)
     try:
         if args.batch_size < 1:
-            raise FerError(f"--batch-size = {args.batch_size}; give the number of faces per forward pass, at least 1")
+            raise FerError(
+                f"--batch-size = {args.batch_size}; give the number of faces per forward pass, at least 1"
+            )
         if out.exists() and not out.is_dir():
-            raise FerError(f"{out}: --out is a file; give a folder for the PNGs, predictions.csv and the contact sheet")
+            raise FerError(
+                f"{out}: --out is a file; give a folder for the PNGs, predictions.csv and the contact sheet"
+            )
         checkpoint = resolve_checkpoint(args.run)
         predictor = Predictor.from_checkpoint(checkpoint, device=args.device, batch_size=args.batch_size)
     except FerError as e:
@@ -115,15 +140,25 @@ def main(argv=None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        print(f"error: {out}: cannot create the output folder ({e.strerror or e}); pass another --out", file=sys.stderr)
+        print(
+            f"error: {out}: cannot create the output folder ({e.strerror or e}); pass another --out",
+            file=sys.stderr,
+        )
         return 2
     if not args.json:
-        print(f"{checkpoint}: {predictor.preprocess.img_size}px {'gray' if predictor.preprocess.grayscale else 'RGB'}, "
-              f"{len(files)} file(s), face detection {'off' if args.no_face_detect else 'on'}")
-        print(f"{'image':<36} {'face':>4} {'box x,y,w,h':<19} {'expression':<10} {'prob':>5}  " + " ".join(f"{c[:8]:>8}" for c in classes))
+        print(
+            f"{checkpoint}: {predictor.preprocess.img_size}px {'gray' if predictor.preprocess.grayscale else 'RGB'}, "
+            f"{len(files)} file(s), face detection {'off' if args.no_face_detect else 'on'}"
+        )
+        print(
+            f"{'image':<36} {'face':>4} {'box x,y,w,h':<19} {'expression':<10} {'prob':>5}  "
+            + " ".join(f"{c[:8]:>8}" for c in classes)
+        )
     results, records, used = [], [], set(SUMMARY_FILES)
     rows = []
-    for (path, rel), r in zip(files, predictor.predict_files([f for f, _ in files], detect=not args.no_face_detect)):
+    for (_path, rel), r in zip(
+        files, predictor.predict_files([f for f, _ in files], detect=not args.no_face_detect)
+    ):
         png = None
         if r.ok:
             png = out / _png_name(rel, used)
@@ -134,18 +169,35 @@ def main(argv=None) -> int:
         records.append(rec)
         results.append(r)
         for i, f in enumerate(r.faces or [None], 1):
-            row = {"path": r.path, "face": i if f is not None else "", "x": "", "y": "", "w": "", "h": "",
-                   "expression": "", "probability": "", **{c: "" for c in classes}, "note": r.note}
+            row = {
+                "path": r.path,
+                "face": i if f is not None else "",
+                "x": "",
+                "y": "",
+                "w": "",
+                "h": "",
+                "expression": "",
+                "probability": "",
+                **{c: "" for c in classes},
+                "note": r.note,
+            }
             if f is not None:
                 if f.box:
                     row.update(zip("xywh", f.box))
-                row.update(expression=classes[f.index], probability=f"{f.score:.4f}",
-                           **{c: f"{v:.4f}" for c, v in zip(classes, f.probs)})
+                row.update(
+                    expression=classes[f.index],
+                    probability=f"{f.score:.4f}",
+                    **{c: f"{v:.4f}" for c, v in zip(classes, f.probs)},
+                )
             rows.append(row)
             if not args.json and f is not None:
                 note = "" if f.box else f"  ({r.note})"
-                print(f"{_short(rel, 36):<36} {i if f.box else '-':>4} {_box(f.box):<19} {classes[f.index]:<10} {f.score:>5.2f}  "
-                      + " ".join(f"{v:>8.3f}" for v in f.probs) + note, flush=True)
+                print(
+                    f"{_short(rel, 36):<36} {i if f.box else '-':>4} {_box(f.box):<19} {classes[f.index]:<10} {f.score:>5.2f}  "
+                    + " ".join(f"{v:>8.3f}" for v in f.probs)
+                    + note,
+                    flush=True,
+                )
             elif not args.json:
                 print(f"{_short(rel, 36):<36}    - failed (see the summary below)", flush=True)
     with open(out / "predictions.csv", "w", newline="") as fh:
@@ -158,13 +210,24 @@ def main(argv=None) -> int:
     total = len(files) + len(problems)
     n_faces = sum(len(r.faces) for r in results if r.ok and r.face_found)
     if args.json:
-        json.dump({"checkpoint": str(checkpoint), "class_names": classes, "images": records,
-                   "failed": [{"input": raw, "error": why} for raw, why in failed],
-                   "csv": str(out / "predictions.csv"), "contact_sheet": str(sheet) if sheet else None}, sys.stdout, indent=1)
+        json.dump(
+            {
+                "checkpoint": str(checkpoint),
+                "class_names": classes,
+                "images": records,
+                "failed": [{"input": raw, "error": why} for raw, why in failed],
+                "csv": str(out / "predictions.csv"),
+                "contact_sheet": str(sheet) if sheet else None,
+            },
+            sys.stdout,
+            indent=1,
+        )
         print()
     else:
-        print(f"{total - len(failed)} of {total} input(s) predicted, {n_faces} face(s) found; PNGs, predictions.csv"
-              f"{' and contact_sheet.png' if sheet else ''} in {out}")
+        print(
+            f"{total - len(failed)} of {total} input(s) predicted, {n_faces} face(s) found; PNGs, predictions.csv"
+            f"{' and contact_sheet.png' if sheet else ''} in {out}"
+        )
     if failed:
         print(f"{len(failed)} of {total} input(s) failed:", file=sys.stderr)
         for raw, why in failed:

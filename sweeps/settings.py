@@ -18,10 +18,11 @@ from typing import Any
 
 from fer_core.config import FIELDS, TrainConfig, load_yaml, make_config, unknown_key_error
 from fer_core.errors import ConfigError
+from fer_core.metrics import SELECTABLE, lower_is_better
 
 from .space import Param, parse_space
 
-METRICS = ("val_accuracy", "val_macro_f1", "val_balanced_accuracy", "val_loss")
+METRICS = SELECTABLE
 
 
 @dataclass
@@ -34,7 +35,9 @@ class Scheduler:
 @dataclass
 class Resources:
     # Planned per node (sweeps/placement.py): a trial runs on one node, so it never asks for more than one has.
-    cpus_per_trial: Any = "auto"  # auto: each node's CPUs split across the trials it holds (CPU-only: <= 4 each)
+    cpus_per_trial: Any = (
+        "auto"  # auto: each node's CPUs split across the trials it holds (CPU-only: <= 4 each)
+    )
     gpus_per_trial: Any = "auto"  # auto: one whole GPU per trial when a node has (or can launch) GPUs, else 0; 0.25 = 4 trials share a GPU
 
 
@@ -69,10 +72,24 @@ class SweepSettings:
     # TrainConfig keys that change for the retrain only (e.g. the full train split instead of a trial's subset)
     retrain: dict = field(default_factory=dict)
     source: str = "defaults"
+    # The merged YAML + command line these settings were built from: the experiment keeps it
+    # (sweeps/record.py), so a bare --resume rebuilds exactly these settings with the same checks.
+    raw: dict = field(default_factory=dict, repr=False)
 
 
-_SCALARS = {"name": str, "storage": str, "data": str, "metric": str, "mode": str, "num_samples": int,
-            "max_concurrent_trials": int, "seed": int, "max_failures": int, "retrain_epochs": int, "ensemble_top_k": int}
+_SCALARS = {
+    "name": str,
+    "storage": str,
+    "data": str,
+    "metric": str,
+    "mode": str,
+    "num_samples": int,
+    "max_concurrent_trials": int,
+    "seed": int,
+    "max_failures": int,
+    "retrain_epochs": int,
+    "ensemble_top_k": int,
+}
 _SECTIONS = {"resources": Resources, "scheduler": Scheduler, "demo": Demo}
 TOP_KEYS = set(_SCALARS) | set(_SECTIONS) | {"train", "search_space", "initial_points", "retrain"}
 
@@ -106,7 +123,9 @@ def _section(cls, values, where):
                 raise ConfigError(f"{where}.{k} must be a number or 'auto', got {v!r}")
             setattr(obj, k, v)
         else:
-            setattr(obj, k, _typed(v, type(default) if not isinstance(default, str) else float, f"{where}.{k}"))
+            setattr(
+                obj, k, _typed(v, type(default) if not isinstance(default, str) else float, f"{where}.{k}")
+            )
     return obj
 
 
@@ -125,9 +144,13 @@ def _check_override(key: str, value) -> None:
         else:
             close = difflib.get_close_matches(section, [*_SECTIONS, "train"], n=1)
             hint = f" (did you mean '{close[0]}.{sub}'?)" if close else ""
-            raise ConfigError(f"{CLI}: '{key}': only resources., scheduler., demo. and train. keys take a dot{hint}")
+            raise ConfigError(
+                f"{CLI}: '{key}': only resources., scheduler., demo. and train. keys take a dot{hint}"
+            )
     elif key in _SCALARS:
-        _typed(value if value is not None or _SCALARS[key] is not str else "", _SCALARS[key], f"{CLI}: '{key}'")
+        _typed(
+            value if value is not None or _SCALARS[key] is not str else "", _SCALARS[key], f"{CLI}: '{key}'"
+        )
     elif key not in TOP_KEYS:
         if key not in FIELDS:
             raise unknown_key_error(key, CLI, TOP_KEYS | set(FIELDS))
@@ -161,13 +184,30 @@ def load_settings(path: str | Path | None, overrides: dict | None = None) -> Swe
         else:
             raw.setdefault("train", {})
             raw["train"][key] = value
+    return settings_from_raw(raw, src)
+
+
+def settings_from_raw(raw: dict, src: str) -> SweepSettings:
+    """Check a merged sweep mapping (YAML + command line) and build the settings from it.
+
+    Args:
+        raw: the mapping, shaped like a sweep YAML.
+        src: where it came from, named in every error.
+    """
+    import copy
+
+    raw = copy.deepcopy(raw)
     for key in raw:
         if key not in TOP_KEYS:
             raise unknown_key_error(key, src, TOP_KEYS)
-    s = SweepSettings(source=src)
+    s = SweepSettings(source=src, raw=copy.deepcopy(raw))
     for key, typ in _SCALARS.items():
         if key in raw:
-            setattr(s, key, _typed(raw[key] if raw[key] is not None or typ is not str else "", typ, f"{src}: '{key}'"))
+            setattr(
+                s,
+                key,
+                _typed(raw[key] if raw[key] is not None or typ is not str else "", typ, f"{src}: '{key}'"),
+            )
     for key, cls in _SECTIONS.items():
         if key in raw:
             setattr(s, key, _section(cls, raw[key], f"{src}: '{key}'"))
@@ -190,20 +230,36 @@ def _check(s: SweepSettings, points, src: str) -> None:
         raise ConfigError(f"{src}: 'metric' = {s.metric!r} is not one of {', '.join(METRICS)}")
     if s.mode not in ("max", "min"):
         raise ConfigError(f"{src}: 'mode' must be max or min, got {s.mode!r}")
-    if (s.metric == "val_loss") != (s.mode == "min"):
-        raise ConfigError(f"{src}: 'mode' = {s.mode} does not fit metric {s.metric} (loss is minimised, the others maximised)")
-    for key, low in (("num_samples", 1), ("retrain_epochs", 0), ("max_failures", 0), ("max_concurrent_trials", 0), ("ensemble_top_k", 0)):
+    if lower_is_better(s.metric) != (s.mode == "min"):
+        raise ConfigError(
+            f"{src}: 'mode' = {s.mode} does not fit metric {s.metric} (loss is minimised, the others maximised)"
+        )
+    for key, low in (
+        ("num_samples", 1),
+        ("retrain_epochs", 0),
+        ("max_failures", 0),
+        ("max_concurrent_trials", 0),
+        ("ensemble_top_k", 0),
+    ):
         if getattr(s, key) < low:
             raise ConfigError(f"{src}: '{key}' must be >= {low}, got {getattr(s, key)}")
     sch = s.scheduler
     if sch.max_epochs < 1 or sch.grace_period < 1 or sch.grace_period > sch.max_epochs:
-        raise ConfigError(f"{src}: scheduler needs 1 <= grace_period ({sch.grace_period}) <= max_epochs ({sch.max_epochs})")
+        raise ConfigError(
+            f"{src}: scheduler needs 1 <= grace_period ({sch.grace_period}) <= max_epochs ({sch.max_epochs})"
+        )
     if sch.reduction_factor <= 1:
         raise ConfigError(f"{src}: scheduler.reduction_factor must be > 1, got {sch.reduction_factor}")
     for key in ("cpus_per_trial", "gpus_per_trial"):
         v = getattr(s.resources, key)
-        if v != "auto" and (v < 0 or (key == "cpus_per_trial" and v < 1) or (key == "gpus_per_trial" and v > 1 and v != int(v))):
-            raise ConfigError(f"{src}: resources.{key} = {v} is impossible (cpus >= 1; gpus a fraction in (0, 1] or a whole number)")
+        if v != "auto" and (
+            v < 0
+            or (key == "cpus_per_trial" and v < 1)
+            or (key == "gpus_per_trial" and v > 1 and v != int(v))
+        ):
+            raise ConfigError(
+                f"{src}: resources.{key} = {v} is impossible (cpus >= 1; gpus a fraction in (0, 1] or a whole number)"
+            )
     if not s.name or "/" in s.name:
         raise ConfigError(f"{src}: 'name' must be a non-empty folder name without '/', got {s.name!r}")
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
@@ -212,6 +268,8 @@ def _check(s: SweepSettings, points, src: str) -> None:
     for i, point in enumerate(points):
         for k, v in point.items():
             if k not in names:
-                raise ConfigError(f"{src}: initial_points[{i}].{k} is not in search_space ({', '.join(sorted(names))})")
+                raise ConfigError(
+                    f"{src}: initial_points[{i}].{k} is not in search_space ({', '.join(sorted(names))})"
+                )
             make_config({k: v}, source=f"{src}: initial_points[{i}]")
     s.initial_points = points

@@ -1,4 +1,4 @@
-"""The search space: declared once in YAML, checked here, and mapped to Ray Tune in one function.
+"""The search space: declared once in YAML, checked here, and mapped to Optuna distributions in one function.
 
 YAML form (each key is a fer_core TrainConfig key)::
 
@@ -21,8 +21,19 @@ from fer_core.errors import ConfigError
 
 TYPES = ("loguniform", "uniform", "quniform", "randint", "choice")
 # Keys a trial must not vary: they define where data and outputs live, not how well the model trains.
-NOT_SEARCHABLE = {"data", "out", "cache_dir", "progress", "device", "threads", "num_workers", "epochs", "compile",
-                  "channels_last", "eval_batch_size"}
+NOT_SEARCHABLE = {
+    "data",
+    "out",
+    "cache_dir",
+    "progress",
+    "device",
+    "threads",
+    "num_workers",
+    "epochs",
+    "compile",
+    "channels_last",
+    "eval_batch_size",
+}
 
 
 @dataclass(frozen=True)
@@ -53,23 +64,33 @@ def parse_space(spec: Any, source: str) -> list[Param]:
             value that the key's type rejects (each a one-line message naming the key).
     """
     if not isinstance(spec, dict) or not spec:
-        raise ConfigError(f"{source}: 'search_space' is empty; declare at least one parameter, e.g. lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}")
+        raise ConfigError(
+            f"{source}: 'search_space' is empty; declare at least one parameter, e.g. lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}"
+        )
     params = []
     for name, p in spec.items():
         where = f"{source}: search_space.{name}"
         if name not in FIELDS:
             raise unknown_key_error(name, f"{source}: search_space", FIELDS)
         if name in NOT_SEARCHABLE:
-            raise ConfigError(f"{where} cannot be searched (it sets where things run or live, or the epoch budget); set it under 'train' instead")
+            raise ConfigError(
+                f"{where} cannot be searched (it sets where things run or live, or the epoch budget); set it under 'train' instead"
+            )
         if not isinstance(p, dict) or "type" not in p:
             raise ConfigError(f"{where} must be a mapping with a 'type' ({', '.join(TYPES)})")
         kind = p["type"]
         if kind not in TYPES:
             raise ConfigError(f"{where}.type = {kind!r} is not one of {', '.join(TYPES)}")
-        allowed = {"type", "values"} if kind == "choice" else {"type", "low", "high"} | ({"q"} if kind == "quniform" else set())
+        allowed = (
+            {"type", "values"}
+            if kind == "choice"
+            else {"type", "low", "high"} | ({"q"} if kind == "quniform" else set())
+        )
         extra = set(p) - allowed
         if extra:
-            raise ConfigError(f"{where}: unknown field '{sorted(extra)[0]}' for type {kind} (allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"{where}: unknown field '{sorted(extra)[0]}' for type {kind} (allowed: {', '.join(sorted(allowed))})"
+            )
         if kind == "choice":
             values = p.get("values")
             if not isinstance(values, list) or not values:
@@ -84,11 +105,19 @@ def parse_space(spec: Any, source: str) -> list[Param]:
         except KeyError as e:
             raise ConfigError(f"{where} needs '{e.args[0]}'") from None
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: low/high{'/q' if kind == 'quniform' else ''} must be numbers") from None
+            raise ConfigError(
+                f"{where}: low/high{'/q' if kind == 'quniform' else ''} must be numbers"
+            ) from None
         # NaN compares false with everything and inf is no range to sample from: say so before the range checks.
-        bad = [f"{k} = {v:g}" for k, v in (("low", low), ("high", high), ("q", q)) if v is not None and not math.isfinite(v)]
+        bad = [
+            f"{k} = {v:g}"
+            for k, v in (("low", low), ("high", high), ("q", q))
+            if v is not None and not math.isfinite(v)
+        ]
         if bad:
-            raise ConfigError(f"{where}: {', '.join(bad)} is not a finite number; give plain numbers for low and high")
+            raise ConfigError(
+                f"{where}: {', '.join(bad)} is not a finite number; give plain numbers for low and high"
+            )
         if not low < high:
             raise ConfigError(f"{where}: low ({low:g}) must be below high ({high:g})")
         if kind == "loguniform" and low <= 0:
@@ -103,27 +132,9 @@ def parse_space(spec: Any, source: str) -> list[Param]:
     return params
 
 
-def to_tune(params: list[Param]) -> dict:
-    """The Ray Tune param_space for these parameters (OptunaSearch converts it to Optuna distributions)."""
-    from ray import tune
-
-    out = {}
-    for p in params:
-        if p.kind == "loguniform":
-            out[p.name] = tune.loguniform(p.low, p.high)
-        elif p.kind == "uniform":
-            out[p.name] = tune.uniform(p.low, p.high)
-        elif p.kind == "quniform":
-            out[p.name] = tune.quniform(p.low, p.high, p.q)
-        elif p.kind == "randint":
-            out[p.name] = tune.randint(int(p.low), int(p.high))  # high exclusive, as in Tune
-        else:
-            out[p.name] = tune.choice(list(p.values))
-    return out
-
-
 def to_optuna(params: list[Param]) -> dict:
-    """The same space as Optuna distributions (for importance estimates over finished trials)."""
+    """The search space as Optuna distributions: what ``OptunaSearch(space=...)`` samples from, and the
+    distributions of the study that the report rebuilds from the finished trials."""
     import optuna.distributions as d
 
     out = {}
@@ -131,9 +142,9 @@ def to_optuna(params: list[Param]) -> dict:
         if p.kind in ("loguniform", "uniform"):
             out[p.name] = d.FloatDistribution(p.low, p.high, log=p.is_log)
         elif p.kind == "quniform":
-            out[p.name] = d.FloatDistribution(p.low, p.high)  # q-rounding may land just outside a step grid
+            out[p.name] = d.FloatDistribution(p.low, p.high, step=p.q)
         elif p.kind == "randint":
-            out[p.name] = d.IntDistribution(int(p.low), int(p.high) - 1)
+            out[p.name] = d.IntDistribution(int(p.low), int(p.high) - 1)  # YAML's high is exclusive
         else:
             out[p.name] = d.CategoricalDistribution(list(p.values))
     return out

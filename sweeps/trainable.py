@@ -8,8 +8,6 @@ It merges the fixed train config with the trial's sampled parameters, restores f
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import ray
@@ -45,18 +43,13 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
     # CPU count would give every trial on a shared GPU node a full node's worth.
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     share = {"threads": max(1, int(cpus))} if cpus else {}
-    cfg = make_config({**base, **params, **share, "out": os.getcwd(), "progress": False}, source="trial config")
-    # A killed attempt of this trial may have left its report folder (a whole last.pt) in the working folder.
-    for stale in Path(cfg.out).glob(".report-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    resume = None
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            local = Path(cfg.out) / "restored_last.pt"
-            shutil.copy2(Path(d) / "last.pt", local)
-            resume = local
-        print(f"[sweeps] trial restored from its checkpoint (epoch files in {restored.path})", flush=True)
+    # keep_checkpoints off: the checkpoint Ray copies to storage is the one that is kept (resume, retrain and
+    # report read it there); train() removes its local last.pt once reported, so trials leave no second copy
+    # in Ray's session folder (which Ray never deletes: ~1 GB per FER2013 sweep otherwise).
+    cfg = make_config(
+        {**base, **params, **share, "out": os.getcwd(), "progress": False, "keep_checkpoints": False},
+        source="trial config",
+    )
 
     # Ray's own results name the node by IP, which is not unique when several nodes share a host.
     node_id = ray.get_runtime_context().get_node_id()
@@ -65,15 +58,17 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
     ray_gpus = len(ray.get_gpu_ids())
 
     def report(row: dict, ckpt_dir: Path) -> None:
-        # The reported checkpoint, copied to storage by tune.report, is the only copy anything reads again
-        # (resume, retrain, report). The working folder lies in Ray's session folder (/tmp/ray/session_*),
-        # which Ray never deletes, and a trial that Tune stops never returns from tune.report: so the
-        # local files leave the working folder before the call, the last one moved into the temporary
-        # folder that is deleted on the way out (kept, they cost ~1 GB of disk per FER2013 sweep).
-        (ckpt_dir / "best.pt").unlink(missing_ok=True)
-        (Path(cfg.out) / "restored_last.pt").unlink(missing_ok=True)
-        with tempfile.TemporaryDirectory(dir=cfg.out, prefix=".report-") as tmp:
-            os.replace(ckpt_dir / "last.pt", Path(tmp) / "last.pt")  # same folder tree: a rename
-            tune.report({**_flat(row), "node_id": node_id, "ray_gpus": ray_gpus}, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report(
+            {**_flat(row), "node_id": node_id, "ray_gpus": ray_gpus},
+            checkpoint=tune.Checkpoint.from_directory(ckpt_dir),
+        )
 
-    train(cfg, report=report, resume_from=resume)
+    restored = tune.get_checkpoint()
+    if restored is None:
+        train(cfg, report=report)
+        return
+    # A retried or resumed trial continues from its last reported checkpoint: read in place from storage
+    # (or from Ray's temporary download of it, removed when the block ends).
+    with restored.as_directory() as d:
+        print(f"[sweeps] trial restored from its checkpoint (epoch files in {restored.path})", flush=True)
+        train(cfg, report=report, resume_from=Path(d) / "last.pt")

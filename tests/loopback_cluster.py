@@ -39,16 +39,31 @@ class LoopbackCluster:
     def __init__(self, **env: str):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}  # loopback addresses for every process
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(16),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            **env,
+        }  # loopback addresses for every process
 
     def _run(self, cmd: list[str]) -> None:
         r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
 
-    def start_head(self, cpus: int, gpus: int = 0, resources: dict | None = None, autoscaling_config: str | None = None) -> None:
-        cmd = [RAY, "start", "--head", f"--port={self.port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
-               "--include-dashboard=false", "--disable-usage-stats"]
+    def start_head(
+        self, cpus: int, gpus: int = 0, resources: dict | None = None, autoscaling_config: str | None = None
+    ) -> None:
+        cmd = [
+            RAY,
+            "start",
+            "--head",
+            f"--port={self.port}",
+            f"--num-cpus={cpus}",
+            f"--num-gpus={gpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
         if resources:
             cmd.append(f"--resources={json.dumps(resources)}")
         if autoscaling_config:
@@ -56,8 +71,15 @@ class LoopbackCluster:
         self._run(cmd)
 
     def add_worker(self, cpus: int, gpus: int = 0, resources: dict | None = None) -> None:
-        cmd = [sys.executable, WRAPPER, "start", f"--address={self.address}", f"--num-cpus={cpus}",
-               f"--num-gpus={gpus}", "--disable-usage-stats"]
+        cmd = [
+            sys.executable,
+            WRAPPER,
+            "start",
+            f"--address={self.address}",
+            f"--num-cpus={cpus}",
+            f"--num-gpus={gpus}",
+            "--disable-usage-stats",
+        ]
         if resources:
             cmd.append(f"--resources={json.dumps(resources)}")
         self._run(cmd)
@@ -65,6 +87,7 @@ class LoopbackCluster:
     def processes(self) -> list:
         """This cluster's processes: every one whose command line names its GCS port, and their children."""
         import psutil
+
         mark = re.compile(rf"(127\.0\.0\.1:|--gcs_server_port=|--port=){self.port}(?!\d)")
         me = os.getpid()
         found = {}
@@ -82,6 +105,7 @@ class LoopbackCluster:
     def listening(self) -> set[str]:
         """The addresses this cluster's processes listen on (TCP)."""
         import psutil
+
         out = set()
         for p in self.processes():
             try:
@@ -92,9 +116,13 @@ class LoopbackCluster:
 
     def nodes(self) -> dict[str, dict]:
         """NodeID -> resources of the alive nodes (asked from a separate driver process)."""
-        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
-                "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))" % self.address)
-        r = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        code = (
+            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
+            "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -13,9 +13,18 @@ from pathlib import Path
 from .conftest import REPO
 
 # Tiny but real: 4 trials of the real trainable on 32 px demo faces, ASHA over 2 epochs.
-TINY = ["demo.train_per_class=12", "demo.val_per_class=4", "demo.test_per_class=4", "demo.img_size=32",
-        "img_size=32", "eval_batch_size=64", "scheduler.max_epochs=2", "scheduler.grace_period=1",
-        "retrain_epochs=1", "max_failures=1"]
+TINY = [
+    "demo.train_per_class=12",
+    "demo.val_per_class=4",
+    "demo.test_per_class=4",
+    "demo.img_size=32",
+    "img_size=32",
+    "eval_batch_size=64",
+    "scheduler.max_epochs=2",
+    "scheduler.grace_period=1",
+    "retrain_epochs=1",
+    "max_failures=1",
+]
 
 
 def sweep_cmd(storage: Path, name: str, *extra: str) -> list[str]:
@@ -23,8 +32,14 @@ def sweep_cmd(storage: Path, name: str, *extra: str) -> list[str]:
 
 
 def run_sweep(storage: Path, name: str, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(sweep_cmd(storage, name, *extra), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy())
+    return subprocess.run(
+        sweep_cmd(storage, name, *extra),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
 
 
 def trial_states(exp: Path) -> dict[str, str]:
@@ -57,6 +72,7 @@ def trial_rows(exp: Path) -> dict[str, list[dict]]:
 def descendants(pid: int) -> list:
     """Every process started (directly or not) by pid, including Ray workers that left its process group."""
     import psutil
+
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -66,6 +82,7 @@ def descendants(pid: int) -> list:
 def kill_and_wait(procs: list) -> None:
     """SIGKILL these psutil processes (those already gone are skipped) and wait until they are gone."""
     import psutil
+
     for p in procs:
         try:
             p.kill()
@@ -90,6 +107,7 @@ LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 def listening_addresses(pid: int) -> set[str]:
     """The local addresses that pid and its descendants listen on (TCP)."""
     import psutil
+
     out = set()
     for p in [psutil.Process(pid), *descendants(pid)]:
         try:

@@ -48,6 +48,7 @@ def two_node_cluster():
         cluster.stop()
 
 
+@pytest.mark.slow  # a real two-node Ray cluster and a sweep on it
 def test_sweep_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_path):
     address, env = two_node_cluster.address, two_node_cluster.env
     nodes = two_node_cluster.nodes()
@@ -58,9 +59,25 @@ def test_sweep_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_pat
 
     storage, name = tmp_path / "results", "cluster"
     exp = storage / name
-    cmd = [sys.executable, "sweeps/run.py", "--address", address, "--storage", str(storage), "--name", name, *TINY,
-           "num_samples=4", "resources.cpus_per_trial=1", "max_concurrent_trials=2", "max_failures=2",
-           "scheduler.max_epochs=4", "scheduler.grace_period=4", "steps_per_epoch=12", "batch_size=8"]
+    cmd = [
+        sys.executable,
+        "sweeps/run.py",
+        "--address",
+        address,
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        *TINY,
+        "num_samples=4",
+        "resources.cpus_per_trial=1",
+        "max_concurrent_trials=2",
+        "max_failures=2",
+        "scheduler.max_epochs=4",
+        "scheduler.grace_period=4",
+        "steps_per_epoch=12",
+        "batch_size=8",
+    ]
     t0 = time.perf_counter()
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -110,13 +127,21 @@ def test_cluster_yaml_is_valid_for_ray(name):
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     cfg = yaml.safe_load((REPO / name).read_text())
     jsonschema.validate(cfg, schema)
-    for key in ("cluster_name", "provider", "setup_commands", "head_start_ray_commands", "worker_start_ray_commands", "file_mounts"):
+    for key in (
+        "cluster_name",
+        "provider",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "file_mounts",
+    ):
         assert key in cfg, key
     assert any("pip install -e ." in c for c in cfg["setup_commands"]), "setup must install this project"
     readme = (REPO / "README.md").read_text()
     assert 'pip install -e ".[dev]"' in readme  # the README's install step; nodes skip only the test extra
-    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
-    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):  # each starts Ray, with token auth
+        starts = [c for c in cfg[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), (key, cfg[key])
     if cfg["provider"]["type"] == "local":
         assert cfg["provider"]["head_ip"] and cfg["provider"]["worker_ips"]
     else:

@@ -32,14 +32,31 @@ from .conftest import REPO
 from .loopback_cluster import LoopbackCluster
 from .sweep_utils import LOOPBACK, TINY, trial_rows
 
+pytestmark = pytest.mark.slow  # every test here starts real Ray clusters and sweeps on them
+
 # One short epoch per trial and a 1-epoch retrain: these tests are about where trials run.
-QUICK = [*TINY, "scheduler.max_epochs=1", "scheduler.grace_period=1", "steps_per_epoch=4", "batch_size=8",
-         "max_failures=0"]
+QUICK = [
+    *TINY,
+    "scheduler.max_epochs=1",
+    "scheduler.grace_period=1",
+    "steps_per_epoch=4",
+    "batch_size=8",
+    "max_failures=0",
+]
 
 
 def sweep(storage: Path, name: str, *extra: str, address: str | None = None) -> list[str]:
-    return [sys.executable, "sweeps/run.py", *(["--address", address] if address else []),
-            "--storage", str(storage), "--name", name, *QUICK, *extra]
+    return [
+        sys.executable,
+        "sweeps/run.py",
+        *(["--address", address] if address else []),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        *QUICK,
+        *extra,
+    ]
 
 
 def run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -50,7 +67,9 @@ def run_until(cmd: list[str], env: dict, log: Path, line: str, timeout: int = 60
     """Run a sweep until it prints ``line`` (the sweep part done), then stop it: what follows (retrain,
     report) is tested elsewhere, and skipping it keeps these tests short."""
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.time() + timeout
             while time.time() < deadline and proc.poll() is None and line not in log.read_text():
@@ -97,8 +116,11 @@ def two_one_cpu_nodes():
 
 def test_request_no_node_can_hold_fails_in_one_line(two_one_cpu_nodes, tmp_path):
     t0 = time.perf_counter()
-    r = run(sweep(tmp_path, "infeasible", "resources.cpus_per_trial=8",
-                  address=two_one_cpu_nodes.address), two_one_cpu_nodes.env, timeout=120)
+    r = run(
+        sweep(tmp_path, "infeasible", "resources.cpus_per_trial=8", address=two_one_cpu_nodes.address),
+        two_one_cpu_nodes.env,
+        timeout=120,
+    )
     seconds = time.perf_counter() - t0
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
@@ -134,8 +156,12 @@ def test_gpu_trials_go_to_the_gpu_node_with_the_configured_share(tmp_path):
         gpu_nodes = {n for n, res in cluster.nodes().items() if res.get("GPU")}
         assert len(gpu_nodes) == 1
         t0 = time.perf_counter()
-        out = run_until(sweep(tmp_path, "gpu", "num_samples=2", "resources.gpus_per_trial=0.5",
-                              address=cluster.address), cluster.env, tmp_path / "driver.log", "[sweeps] best trial")
+        out = run_until(
+            sweep(tmp_path, "gpu", "num_samples=2", "resources.gpus_per_trial=0.5", address=cluster.address),
+            cluster.env,
+            tmp_path / "driver.log",
+            "[sweeps] best trial",
+        )
         seconds = time.perf_counter() - t0
     finally:
         cluster.stop()
@@ -155,20 +181,34 @@ def fake_cluster_config(gcs_address: str) -> dict:
     """Ray's fake_multinode provider: the autoscaler on the head starts worker nodes as local processes
     (the provider Ray's own autoscaler tests use); ``gcs_address`` keeps them on our loopback GCS."""
     return {
-        "cluster_name": "fer-fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+        "cluster_name": "fer-fake",
+        "max_workers": 2,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,
         # As in Ray's own fake_multinode example config: no SSH updaters or launch-config checks for
         # nodes that are local processes, and node ids stand in for IPs (all nodes share 127.0.0.1).
-        "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": gcs_address,
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
             "gpu_worker": FAKE_GPU_TYPE,
         },
         "head_node_type": "ray.head.default",
-        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
-        "head_start_ray_commands": [], "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
     }
 
 
@@ -180,14 +220,22 @@ def test_autoscaling_from_zero_workers_gets_gpu_trials(tmp_path):
         cluster.start_head(cpus=0, autoscaling_config=str(config))  # the head runs no trial
         assert [res.get("GPU", 0) for res in cluster.nodes().values()] == [0]  # no worker, no GPU yet
         t0 = time.perf_counter()
-        out = run_until(sweep(tmp_path, "scale", "num_samples=2", "--cluster-config", str(config),
-                              address=cluster.address), cluster.env, tmp_path / "driver.log", "[sweeps] best trial")
+        out = run_until(
+            sweep(
+                tmp_path, "scale", "num_samples=2", "--cluster-config", str(config), address=cluster.address
+            ),
+            cluster.env,
+            tmp_path / "driver.log",
+            "[sweeps] best trial",
+        )
         seconds = time.perf_counter() - t0
         nodes = cluster.nodes()
         listening = cluster.listening()
     finally:
         cluster.stop()
-    assert "plan: each trial 1 CPU + 1 GPU" in out and "node type gpu_worker (autoscaled, up to 2)" in out, out[:3000]
+    assert "plan: each trial 1 CPU + 1 GPU" in out and "node type gpu_worker (autoscaled, up to 2)" in out, (
+        out[:3000]
+    )
     gpu_nodes = {n for n, res in nodes.items() if res.get("GPU")}
     assert 1 <= len(gpu_nodes) <= 2, nodes  # the autoscaler started GPU workers
     exp = tmp_path / "scale"

@@ -6,18 +6,23 @@ from fer_core.errors import ConfigError
 
 def test_defaults_and_coercion():
     cfg = make_config({"lr": "1e-3", "epochs": "3", "strict": "true", "aug_strength": 0})
-    assert cfg.lr == pytest.approx(1e-3) and cfg.epochs == 3 and cfg.strict is True and cfg.aug_strength == 0.0
+    assert (
+        cfg.lr == pytest.approx(1e-3) and cfg.epochs == 3 and cfg.strict is True and cfg.aug_strength == 0.0
+    )
     assert isinstance(cfg, TrainConfig)
 
 
-@pytest.mark.parametrize("values, fragment", [
-    ({"learning_rate": 1e-3}, "unknown key 'learning_rate'"),
-    ({"lr": "fast"}, "key 'lr' must be a number"),
-    ({"epochs": 2.5}, "key 'epochs' must be an integer"),
-    ({"aug_strength": 1.5}, "outside [0.0, 1.0]"),
-    ({"optimizer": "lamb"}, "not one of adamw, adam, sgd"),
-    ({"strict": "maybe"}, "must be true or false"),
-])
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"learning_rate": 1e-3}, "unknown key 'learning_rate'"),
+        ({"lr": "fast"}, "key 'lr' must be a number"),
+        ({"epochs": 2.5}, "key 'epochs' must be an integer"),
+        ({"aug_strength": 1.5}, "outside [0.0, 1.0]"),
+        ({"optimizer": "lamb"}, "not one of adamw, adam, sgd"),
+        ({"strict": "maybe"}, "must be true or false"),
+    ],
+)
 def test_bad_values_name_the_key(values, fragment):
     with pytest.raises(ConfigError) as e:
         make_config(values, source="my.yaml")

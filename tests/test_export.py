@@ -11,17 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from fer_core.checkpoint import save_checkpoint
-from fer_core.data import CLASS_NAMES, load_split
-from fer_core.evaluate import load_model
+from fer_core.apps.export import check_onnx, export_onnx, main
+from fer_core.apps.predict import Predictor
+from fer_core.checkpoint import load_model, save_checkpoint
+from fer_core.data import CLASS_NAMES
+from fer_core.decode_cache import load_split
 from fer_core.errors import CheckpointError
-from fer_core.export import check_onnx, export_onnx, main
-from fer_core.predict import Predictor
 from fer_core.runtime import resolve_runtime
 from fer_core.train import train
 
 from .conftest import tiny_config
-
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["gray", "rgb"])
@@ -67,7 +66,9 @@ def test_onnx_matches_pytorch(checkpoint, demo_root, tmp_path, capsys):
     assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
     contract = meta["input_contract"]
     assert "blur" not in contract and "blur_sigma" not in pre, contract  # the pixels go in as they are
-    assert "uint8" in contract and ("zero mean" in contract if pre.get("per_image") else str(pre["mean"]) in contract), contract
+    assert "uint8" in contract and (
+        "zero mean" in contract if pre.get("per_image") else str(pre["mean"]) in contract
+    ), contract
 
     # Dynamic batch, uint8 input of the documented shape, probabilities out; same as the Predictor API.
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from fer_core.errors import CheckpointError, ConfigError
-from fer_core.model import build_model, load_weights, normalization
+from fer_core.model import build_model, normalization
 
 from .conftest import LITE0
 
@@ -43,7 +43,12 @@ def test_mismatched_keys_error(tmp_path):
     with pytest.raises(CheckpointError) as e:
         build_model("efficientnet_b0", 7, weights=tmp_path / "resnet.pt")
     msg = str(e.value)
-    assert "resnet.pt: weights do not match model" in msg and "missing" in msg and "set 'model'" in msg and "\n" not in msg
+    assert (
+        "resnet.pt: weights do not match model" in msg
+        and "missing" in msg
+        and "set 'model'" in msg
+        and "\n" not in msg
+    )
 
 
 def test_unreadable_and_missing_weights(tmp_path):
@@ -64,10 +69,12 @@ def test_unknown_model_name():
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "efficientnet_lite0"])
 def test_shared_lite0_weights(name):
     from safetensors.torch import load_file
+
     sd = load_file(str(LITE0))
     m = build_model(name, 7, weights=LITE0, bn_momentum=0.1)
     assert torch.equal(m.conv_stem.weight, sd["conv_stem.weight"])
-    assert all(b.momentum == 0.1 for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d))
+    norms = [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert norms and all(b.momentum == 0.1 for b in norms)
     # Lite0 was trained with 0.5/0.5 normalisation; timm's config for it says so and we use it.
     if name.startswith("tf_"):
         assert normalization(m)[0] == pytest.approx((0.5, 0.5, 0.5))

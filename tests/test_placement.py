@@ -55,13 +55,28 @@ def test_concurrency_caps():
     assert capped.resources == {"cpu": 8, "gpu": 0.0} and capped.concurrent == 2
 
 
-@pytest.mark.parametrize("kwargs, nodes, expected", [
-    (dict(cpus_per_trial=8), [N("a", 1), N("b", 1)], "resources.cpus_per_trial = 8: no node can give one trial 8 CPU"),
-    (dict(gpus_per_trial=1), [N("a", 4)], "resources.gpus_per_trial = 1: no node can give a trial 1 GPU"),
-    (dict(gpus_per_trial=2), [N("a", 4, 1), N("t", 8, 1, count=3, launchable=True)], "no node can give a trial 2 GPU"),
-    (dict(cpus_per_trial=4, gpus_per_trial=1), [N("cpu", 8), N("gpu", 2, 1)], "no node can give one trial 4 CPU + 1 GPU"),
-    (dict(), [N("head", 0, head=True)], "no node offers CPUs for trials"),
-])
+@pytest.mark.parametrize(
+    "kwargs, nodes, expected",
+    [
+        (
+            dict(cpus_per_trial=8),
+            [N("a", 1), N("b", 1)],
+            "resources.cpus_per_trial = 8: no node can give one trial 8 CPU",
+        ),
+        (dict(gpus_per_trial=1), [N("a", 4)], "resources.gpus_per_trial = 1: no node can give a trial 1 GPU"),
+        (
+            dict(gpus_per_trial=2),
+            [N("a", 4, 1), N("t", 8, 1, count=3, launchable=True)],
+            "no node can give a trial 2 GPU",
+        ),
+        (
+            dict(cpus_per_trial=4, gpus_per_trial=1),
+            [N("cpu", 8), N("gpu", 2, 1)],
+            "no node can give one trial 4 CPU + 1 GPU",
+        ),
+        (dict(), [N("head", 0, head=True)], "no node offers CPUs for trials"),
+    ],
+)
 def test_requests_no_node_can_hold_fail_in_one_line_naming_both_sides(kwargs, nodes, expected):
     with pytest.raises(FerError) as e:
         plan_trials(nodes, **kwargs)
@@ -71,18 +86,36 @@ def test_requests_no_node_can_hold_fail_in_one_line_naming_both_sides(kwargs, no
 
 
 def test_cpu_only_plan_on_a_gpu_cluster_is_warned_about():
-    plan = plan_trials([N("head", 4, head=True), N("gpu_worker", 4, 1, count=2, launchable=True)], gpus_per_trial=0)
+    plan = plan_trials(
+        [N("head", 4, head=True), N("gpu_worker", 4, 1, count=2, launchable=True)], gpus_per_trial=0
+    )
     assert plan.gpus == 0 and any("trains on CPU while the GPUs stay idle" in w for w in plan.warnings)
     assert not plan_trials([N("a", 4)]).warnings
 
 
 def test_nodes_from_ray_keeps_alive_nodes_and_marks_the_head():
-    nodes = nodes_from_ray([
-        {"Alive": True, "NodeID": "aa" * 28, "NodeManagerAddress": "127.0.0.1",
-         "Resources": {"CPU": 1.0, "node:__internal_head__": 1.0}},
-        {"Alive": True, "NodeID": "bb" * 28, "NodeManagerAddress": "127.0.0.1", "Resources": {"CPU": 2.0, "GPU": 1.0}},
-        {"Alive": False, "NodeID": "cc" * 28, "NodeManagerAddress": "127.0.0.1", "Resources": {"CPU": 64.0}},
-    ])
+    nodes = nodes_from_ray(
+        [
+            {
+                "Alive": True,
+                "NodeID": "aa" * 28,
+                "NodeManagerAddress": "127.0.0.1",
+                "Resources": {"CPU": 1.0, "node:__internal_head__": 1.0},
+            },
+            {
+                "Alive": True,
+                "NodeID": "bb" * 28,
+                "NodeManagerAddress": "127.0.0.1",
+                "Resources": {"CPU": 2.0, "GPU": 1.0},
+            },
+            {
+                "Alive": False,
+                "NodeID": "cc" * 28,
+                "NodeManagerAddress": "127.0.0.1",
+                "Resources": {"CPU": 64.0},
+            },
+        ]
+    )
     assert [(n.cpus, n.gpus, n.head) for n in nodes] == [(1.0, 0.0, True), (2.0, 1.0, False)]
 
 
@@ -98,7 +131,10 @@ def test_shipped_cluster_yaml_plans_gpu_trials_on_its_workers():
 
 
 def test_node_types_need_declared_cpus():
-    cfg = {"head_node_type": "h", "available_node_types": {"h": {"resources": {}}, "w": {"resources": {"GPU": 1}, "max_workers": 2}}}
+    cfg = {
+        "head_node_type": "h",
+        "available_node_types": {"h": {"resources": {}}, "w": {"resources": {"GPU": 1}, "max_workers": 2}},
+    }
     with pytest.raises(FerError, match="node type 'w' does not declare its CPUs"):
         node_types_from_config(cfg)
     cfg["available_node_types"]["w"]["resources"]["CPU"] = 8

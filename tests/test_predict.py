@@ -23,12 +23,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+from fer_core.apps.faces import FaceDetector, margin_box
+from fer_core.apps.predict import Predictor
+from fer_core.apps.predict_inputs import load_image
 from fer_core.checkpoint import load_checkpoint, save_checkpoint
-from fer_core.data import CLASS_NAMES, decode_image
+from fer_core.data import CLASS_NAMES, decode_image, to_model_array
 from fer_core.errors import CheckpointError, DataError
-from fer_core.faces import FaceDetector, margin_box
-from fer_core.data import to_model_array
-from fer_core.predict import Predictor, load_image
 from fer_core.train import train
 
 from .conftest import FER2013, REPO, tiny_config
@@ -83,10 +83,17 @@ def iou(a, b) -> float:
 
 def huge_png(path) -> None:
     """A tiny file whose header claims 30000×30000 pixels (a decompression bomb to Pillow)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 SCENE_FACES = [(60, 120, 140), (380, 170, 180)]  # x, y, size of the two pasted faces
@@ -111,15 +118,22 @@ def make_inputs(folder, demo_root) -> dict[str, str]:
     rgba.putalpha(Image.fromarray(alpha))
     rgba.save(folder / "rgba.png")
     face.convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.asarray(face, dtype=np.uint16) * 200)).save(folder / "gray16.png")
+    Image.fromarray(np.asarray(face, dtype=np.uint16) * 200).save(folder / "gray16.png")
     pal = face.convert("P")
     pal.save(folder / "palette.png", transparency=0)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90°: shown upright after exif_transpose
     face.convert("RGB").rotate(90, expand=True).save(folder / "rotated.jpg", exif=exif)
     scene([], size=(5000, 300), seed=2).save(folder / "wide_large.jpg", quality=80)  # reduced below 4096 px
-    kinds.update({k: "ok" for k in ("rgba.png", "cmyk.jpg", "gray16.png", "palette.png", "rotated.jpg", "wide_large.jpg")})
-    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8)))
+    kinds.update(
+        {
+            k: "ok"
+            for k in ("rgba.png", "cmyk.jpg", "gray16.png", "palette.png", "rotated.jpg", "wide_large.jpg")
+        }
+    )
+    (folder / "corrupt.jpg").write_bytes(
+        b"\xff\xd8\xff\xe0" + bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8))
+    )
     (folder / "notes.txt").write_text("not an image\n")
     buf = io.BytesIO()
     scene([], size=(200, 200), seed=3).save(buf, "PNG")
@@ -139,13 +153,29 @@ def test_detector_finds_the_synthetic_faces():
     assert (w, h) == (120, 120) and x + w <= 640 and y == 0  # shifted inside the image, still square
 
 
+@pytest.mark.slow  # the predict CLI on 15 inputs: ~10 s
 def test_cli_on_mixed_folder(checkpoint, demo_root, tmp_path):
     folder = tmp_path / "inputs"
     kinds = make_inputs(folder, demo_root)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(REPO / "sweeps" / "predict.py"), str(checkpoint.parents[1]), str(folder),
-                           str(tmp_path / "missing.jpg"), "--out", str(out), "--json", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "sweeps" / "predict.py"),
+            str(checkpoint.parents[1]),
+            str(folder),
+            str(tmp_path / "missing.jpg"),
+            "--out",
+            str(out),
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stderr  # partial failure
     doc = json.loads(proc.stdout)
     by_name = {r["path"].split("/")[-1]: r for r in doc["images"]}
@@ -170,7 +200,10 @@ def test_cli_on_mixed_folder(checkpoint, demo_root, tmp_path):
     assert by_name["rotated.jpg"]["size"] == [64, 64]
     assert "whole image" in by_name["crop_happy.png"]["note"] or by_name["crop_happy.png"]["face_found"]
     assert "missing.jpg" in proc.stderr and "5 of 15 input(s) failed" in proc.stderr, proc.stderr
-    assert "too large" in by_name["huge.png"]["error"] and "not a readable image" in by_name["notes.txt"]["error"]
+    assert (
+        "too large" in by_name["huge.png"]["error"]
+        and "not a readable image" in by_name["notes.txt"]["error"]
+    )
     assert "truncated" in by_name["truncated.png"]["error"]
     with open(out / "predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -183,7 +216,12 @@ def test_table_output_and_usage_errors(checkpoint, demo_root, tmp_path, capsys):
     from sweeps.predict import main
 
     crop = sorted((demo_root / "val" / "happy").iterdir())[0]
-    assert main([str(checkpoint), str(crop), "--out", str(tmp_path / "o"), "--no-face-detect", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [str(checkpoint), str(crop), "--out", str(tmp_path / "o"), "--no-face-detect", "--device", "cpu"]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert crop.name in text and "face detection off" in text and "1 of 1 input(s) predicted" in text
     assert (tmp_path / "o" / crop.with_suffix(".png").name).is_file()
@@ -208,15 +246,26 @@ def test_predict_api_matches_training_decoder(predictor, demo_root, tmp_path):
     face = drawn_face(100)
     rgba = face.convert("RGBA")
     rgba.putalpha(128)
-    for name, im in {"rgba": rgba, "gray16": Image.fromarray(np.asarray(face, dtype=np.uint16) * 300),
-                     "palette": face.convert("P"), "rgb": face.convert("RGB"), "gray": face}.items():
+    for name, im in {
+        "rgba": rgba,
+        "gray16": Image.fromarray(np.asarray(face, dtype=np.uint16) * 300),
+        "palette": face.convert("P"),
+        "rgb": face.convert("RGB"),
+        "gray": face,
+    }.items():
         im.save(tmp_path / f"{name}.png")
-        assert np.array_equal(to_model_array(Image.open(tmp_path / f"{name}.png"), s, gray), decode_image(tmp_path / f"{name}.png", s, gray)), name
+        assert np.array_equal(
+            to_model_array(Image.open(tmp_path / f"{name}.png"), s, gray),
+            decode_image(tmp_path / f"{name}.png", s, gray),
+        ), name
 
 
 def test_bad_inputs_give_one_line_errors(checkpoint, tmp_path):
     (tmp_path / "a.txt").write_text("hello")
-    for path, words in ((tmp_path / "missing.png", "no such file"), (tmp_path / "a.txt", "not a readable image")):
+    for path, words in (
+        (tmp_path / "missing.png", "no such file"),
+        (tmp_path / "a.txt", "not a readable image"),
+    ):
         with pytest.raises(DataError, match=words) as e:
             load_image(path)
         assert "\n" not in str(e.value)
@@ -226,17 +275,24 @@ def test_bad_inputs_give_one_line_errors(checkpoint, tmp_path):
     save_checkpoint(six, tmp_path / "six.pt")
     torch.save(state["model"], tmp_path / "weights_only.pt")
     save_checkpoint(dict(state, config=dict(state["config"], model="resnet18")), tmp_path / "other_model.pt")
-    for path, words in ((tmp_path / "six.pt", "not the seven expressions"), (tmp_path / "weights_only.pt", "not a fer_core checkpoint"),
-                        (tmp_path / "a.txt", "not a readable checkpoint"), (tmp_path / "other_model.pt", "do not fit model resnet18")):
+    for path, words in (
+        (tmp_path / "six.pt", "not the seven expressions"),
+        (tmp_path / "weights_only.pt", "not a fer_core checkpoint"),
+        (tmp_path / "a.txt", "not a readable checkpoint"),
+        (tmp_path / "other_model.pt", "do not fit model resnet18"),
+    ):
         with pytest.raises(CheckpointError, match=words) as e:
             Predictor.from_checkpoint(path, device="cpu")
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # real data: FER2013 val faces
 def test_real_fer_face_in_a_scene(predictor, tmp_path):
     """Real faces (FER2013 val, 48 px, upscaled to 160 px) pasted into a scene are found and classified."""
     if not FER2013.is_dir():
-        pytest.skip(f"FER2013 not found at {FER2013} (set FER_SHARED); the synthetic-face test covers detection")
+        pytest.skip(
+            f"FER2013 not found at {FER2013} (set FER_SHARED); the synthetic-face test covers detection"
+        )
     detector = FaceDetector()
     for src in sorted((FER2013 / "val" / "happy").glob("*.jpg"))[:10]:
         face = Image.open(src).convert("L").resize((160, 160), Image.BICUBIC)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from fer_core.apps.export import check_onnx, export_onnx
+from fer_core.apps.predict import Predictor
 from fer_core.checkpoint import load_checkpoint, save_checkpoint
 from fer_core.errors import CheckpointError
-from fer_core.export import check_onnx, export_onnx
-from fer_core.predict import Predictor
 from fer_core.train import train
 
 from .conftest import tiny_config
@@ -37,10 +37,21 @@ def test_normalize_auto_follows_the_starting_weights(run, demo_root, tmp_path):
     # From scratch: per-image standardisation; from a weights file: the weights' own mean/std.
     assert load_checkpoint(run["best_checkpoint"])["preprocess"]["per_image"] is True
     weights = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in build_model("efficientnet_b0", 7).state_dict().items()}, str(weights))
+    save_file(
+        {k: v.contiguous() for k, v in build_model("efficientnet_b0", 7).state_dict().items()}, str(weights)
+    )
     res = train(tiny_config(demo_root, tmp_path / "w", epochs=1, steps_per_epoch=1, weights=str(weights)))
     assert load_checkpoint(res["best_checkpoint"])["preprocess"]["per_image"] is False
-    res = train(tiny_config(demo_root, tmp_path / "x", epochs=1, steps_per_epoch=1, weights=str(weights), normalize="per_image"))
+    res = train(
+        tiny_config(
+            demo_root,
+            tmp_path / "x",
+            epochs=1,
+            steps_per_epoch=1,
+            weights=str(weights),
+            normalize="per_image",
+        )
+    )
     assert load_checkpoint(res["best_checkpoint"])["preprocess"]["per_image"] is True
 
 
@@ -56,7 +67,9 @@ def test_prediction_sees_the_raw_pixels(run):
     sd = f.std(dim=(1, 2), keepdim=True, unbiased=False).clamp_min(1.0)
     want = ((f - m) / sd).unsqueeze(1).expand(-1, 3, -1, -1)
     assert torch.allclose(got, want, atol=1e-5)
-    assert got.abs().max() > 0.9  # the checkerboard's contrast survives (a 1.5 px blur would flatten it to ~0)
+    assert (
+        got.abs().max() > 0.9
+    )  # the checkerboard's contrast survives (a 1.5 px blur would flatten it to ~0)
 
 
 def test_a_checkpoint_trained_with_the_old_input_blur_loads_without_it(run, demo_root, tmp_path):

@@ -15,9 +15,24 @@ from fer_core.train import train
 from .conftest import FER2013, LITE0
 
 # Recipes that learned fastest among those measured (lr, class weighting, augmentation); see README.
-COMMON = dict(img_size=48, max_train_samples=7000, max_val_samples=0, steps_per_epoch=100, epochs=3, batch_size=64,
-              lr=3e-3, warmup_epochs=0.3, aug_strength=0.2, class_weighting="sqrt", progress=False, seed=0, audit=False)
+COMMON = dict(
+    img_size=48,
+    max_train_samples=7000,
+    max_val_samples=0,
+    steps_per_epoch=100,
+    epochs=3,
+    batch_size=64,
+    lr=3e-3,
+    warmup_epochs=0.3,
+    aug_strength=0.2,
+    class_weighting="sqrt",
+    progress=False,
+    seed=0,
+    audit=False,
+)
 CHANCE = 1 / 7
+
+pytestmark = pytest.mark.slow  # real FER2013: two 300-step trainings
 
 CASES = {
     # name: (extra config, balanced-accuracy threshold). Measured (README "Accuracy"), seed 0, with the default
@@ -29,7 +44,10 @@ CASES = {
 }
 
 
-@pytest.mark.skipif(not FER2013.is_dir(), reason=f"real FER2013 data not found at {FER2013}; this test needs ../shared/data/fer2013")
+@pytest.mark.skipif(
+    not FER2013.is_dir(),
+    reason=f"real FER2013 data not found at {FER2013}; this test needs ../shared/data/fer2013",
+)
 @pytest.mark.parametrize("case", list(CASES))
 def test_short_training_beats_chance_on_fer2013(case, tmp_path):
     extra, threshold = CASES[case]
@@ -40,7 +58,9 @@ def test_short_training_beats_chance_on_fer2013(case, tmp_path):
     seconds = time.perf_counter() - t0
     last = result["history"][-1]
     bal, acc = last["val_balanced_accuracy"], last["val_accuracy"]
-    print(f"\n{case}: 7000-image subset, 300 steps x 64, {seconds:.0f}s: val balanced accuracy {bal:.4f}, "
-          f"accuracy {acc:.4f}, macro-F1 {last['val_macro_f1']:.4f} (chance {CHANCE:.4f})")
+    print(
+        f"\n{case}: 7000-image subset, 300 steps x 64, {seconds:.0f}s: val balanced accuracy {bal:.4f}, "
+        f"accuracy {acc:.4f}, macro-F1 {last['val_macro_f1']:.4f} (chance {CHANCE:.4f})"
+    )
     assert last["train_steps"] == 100 and len(result["history"]) == 3
     assert bal > threshold, f"balanced accuracy {bal:.4f} not clearly above chance (threshold {threshold})"

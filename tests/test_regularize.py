@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from fer_core import engine
-from fer_core.checkpoint import load_checkpoint
+from fer_core.checkpoint import load_checkpoint, load_model
 from fer_core.ema import ModelEma
-from fer_core.evaluate import evaluate_checkpoint, load_model
+from fer_core.evaluate import evaluate_checkpoint
 from fer_core.mixing import BatchMixer
 from fer_core.preprocess import Preprocess
 from fer_core.runtime import resolve_runtime
@@ -83,7 +83,9 @@ def test_flip_tta_is_the_mean_of_both_views(demo_root):
     imgs = torch.randint(0, 255, (6, 32, 32), dtype=torch.uint8)
     labels = torch.arange(6)
     model(pre(imgs))  # materialise the lazy layer
-    out = engine.evaluate(model, [(imgs, labels)], pre, rt, [str(i) for i in range(7)], return_probs=True, tta_flip=True)
+    out = engine.evaluate(
+        model, [(imgs, labels)], pre, rt, [str(i) for i in range(7)], return_probs=True, tta_flip=True
+    )
     x = pre(imgs)
     want = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
     assert np.allclose(out["probs_tta"], want.detach().numpy(), atol=1e-6)
@@ -92,8 +94,18 @@ def test_flip_tta_is_the_mean_of_both_views(demo_root):
 
 
 def test_a_run_with_every_regulariser_evaluates_and_deploys_the_ema(demo_root, tmp_path):
-    cfg = tiny_config(demo_root, tmp_path / "run", epochs=2, mixup_alpha=0.3, cutmix_alpha=1.0, mix_prob=1.0,
-                      ema_decay=0.5, tta_flip=True, drop_path_rate=0.1, label_smoothing=0.1)
+    cfg = tiny_config(
+        demo_root,
+        tmp_path / "run",
+        epochs=2,
+        mixup_alpha=0.3,
+        cutmix_alpha=1.0,
+        mix_prob=1.0,
+        ema_decay=0.5,
+        tta_flip=True,
+        drop_path_rate=0.1,
+        label_smoothing=0.1,
+    )
     res = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
     assert all("val_tta_accuracy" in r and "val_accuracy" in r for r in rows)

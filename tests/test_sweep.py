@@ -12,11 +12,33 @@ import pytest
 import yaml
 
 from .conftest import REPO
-from .sweep_utils import LOOPBACK, descendants, kill_all, listening_addresses, run_sweep, sweep_cmd, trial_rows, trial_states
+from .sweep_utils import (
+    LOOPBACK,
+    descendants,
+    kill_all,
+    listening_addresses,
+    run_sweep,
+    sweep_cmd,
+    trial_rows,
+    trial_states,
+)
 
-REPORT_FILES = ["best_config.yaml", "best.pt", "metrics.json", "training_curves.png", "confusion_matrix.png",
-                "per_class_accuracy.png", "sweep_history.png", "param_vs_metric.png", "param_importance.png",
-                "sample_predictions.png", "report.md", "trials.csv", "audit.json"]
+REPORT_FILES = [
+    "best_config.yaml",
+    "best.pt",
+    "metrics.json",
+    "training_curves.png",
+    "confusion_matrix.png",
+    "per_class_accuracy.png",
+    "sweep_history.png",
+    "param_vs_metric.png",
+    "param_importance.png",
+    "parallel_coordinate.png",
+    "sample_predictions.png",
+    "report.md",
+    "trials.csv",
+    "audit.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +51,12 @@ def sweep_with_a_failure(tmp_path_factory):
     cfg["num_samples"] = 4
     cfg["ensemble_top_k"] = 2  # the winner and the runner-up are retrained and averaged
     cfg["search_space"]["batch_size"] = {"type": "choice", "values": [8, 16, 4096]}
-    cfg["initial_points"] = [{"batch_size": 4096, "lr": 1e-3, "aug_strength": 0.2},
-                             {"batch_size": 8, "lr": 2e-3, "aug_strength": 0.0},
-                             {"batch_size": 16, "lr": 1e-3, "aug_strength": 0.5},
-                             {"batch_size": 8, "lr": 5e-4, "aug_strength": 0.3}]
+    cfg["initial_points"] = [
+        {"batch_size": 4096, "lr": 1e-3, "aug_strength": 0.2},
+        {"batch_size": 8, "lr": 2e-3, "aug_strength": 0.0},
+        {"batch_size": 16, "lr": 1e-3, "aug_strength": 0.5},
+        {"batch_size": 8, "lr": 5e-4, "aug_strength": 0.3},
+    ]
     path = storage / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
@@ -40,6 +64,7 @@ def sweep_with_a_failure(tmp_path_factory):
     return r, storage / "ci", time.perf_counter() - t0
 
 
+@pytest.mark.slow
 def test_small_sweep_runs_and_reports(sweep_with_a_failure):
     r, exp, seconds = sweep_with_a_failure
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -60,26 +85,44 @@ def test_small_sweep_runs_and_reports(sweep_with_a_failure):
     # Where each trial trained (the failed one never started): in report.md and trials.csv.
     assert "Trials trained on: cpu (3)" in md and "WARNING" not in md
     assert (report / "trials.csv").read_text().splitlines()[0].endswith("device,ray_gpus,error")
+    # Optuna's plots of the rebuilt study, each shown in report.md; the contour, or the line saying why not.
+    assert all(f"]({name})" in md for name in REPORT_FILES if name.endswith(".png"))
+    assert (
+        (report / "contour.png").is_file() and "](contour.png)" in md
+    ) or "`contour.png` not drawn: " in md
     best = yaml.safe_load((report / "best_config.yaml").read_text())
     assert best["epochs"] == 1 and best["batch_size"] == m["params"]["batch_size"]
+    # best_config.yaml, metrics.json and best.pt describe one model: the config stored in the checkpoint.
+    from fer_core.checkpoint import load_checkpoint
+
+    stored = load_checkpoint(report / "best.pt")["config"]
+    assert all(
+        best[k] == stored[k]
+        for k in ("model", "lr", "batch_size", "aug_strength", "epochs", "seed", "img_size")
+    )
+    assert m["retrain_epochs"] == stored["epochs"] and best["keep_checkpoints"] is True  # standalone defaults
     # Every trial ran through the real trainable and reported per epoch via Tune.
     rows = trial_rows(exp)
     assert len(rows) >= 3 and all(r_[0]["epoch"] == 1 for r_ in rows.values())
     print(f"small sweep wall time {seconds:.0f}s")
 
 
+@pytest.mark.slow
 def test_trials_leave_no_checkpoint_copies_in_rays_session_folder(sweep_with_a_failure, ray_temp_root):
     """Checkpoints live in storage; the trials' working folders in Ray's session folder (which Ray never
     deletes) must not keep a second copy of each, or every sweep leaves ~1 GB behind in /tmp/ray."""
     r, exp, _ = sweep_with_a_failure
     assert r.returncode == 0
-    work = [d for d in ray_temp_root.glob("session_2*/artifacts/*/*/working_dirs/*") if d.is_dir()]  # not session_latest
+    work = [
+        d for d in ray_temp_root.glob("session_2*/artifacts/*/*/working_dirs/*") if d.is_dir()
+    ]  # not session_latest
     # The 3 trials that ran (one fails at once) and the 2 ensemble retrains, each with its epoch log.
     assert len(work) >= 5 and sum((d / "epochs.jsonl").is_file() for d in work) >= 5, work
     assert [str(f) for d in work for f in d.rglob("*.pt")] == []
     assert len(list(exp.glob("fer_trainable_*/checkpoint_*/last.pt"))) >= 3  # storage still has them
 
 
+@pytest.mark.slow
 def test_report_gives_tta_and_an_ensemble_that_is_the_members_average(sweep_with_a_failure):
     import numpy as np
 
@@ -92,20 +135,44 @@ def test_report_gives_tta_and_an_ensemble_that_is_the_members_average(sweep_with
     ens = m["ensemble"]
     assert len(ens["members"]) == 2 and ens["members"][0]["trial_id"] == m["best_trial"]
     assert ens["members"][0]["params"] != ens["members"][1]["params"]
-    for key in ("val_tta_accuracy", "val_tta_macro_f1", "test_tta_accuracy", "device", "wall_seconds", "seed"):
+    for key in (
+        "val_tta_accuracy",
+        "val_tta_macro_f1",
+        "test_tta_accuracy",
+        "device",
+        "wall_seconds",
+        "seed",
+    ):
         assert key in m, key
     # Recompute the ensemble from its two saved checkpoints: the reported figures are that average.
-    scores = [evaluate_checkpoint(report / "ensemble" / f"member{i}.pt", str(json.loads(json.dumps(m["data"]))), "val",
-                                  return_probs=True, tta_flip=True) for i in range(2)]
+    scores = [
+        evaluate_checkpoint(
+            report / "ensemble" / f"member{i}.pt",
+            str(json.loads(json.dumps(m["data"]))),
+            "val",
+            return_probs=True,
+            tta_flip=True,
+        )
+        for i in range(2)
+    ]
     classes = list(scores[0]["val_support"])
     avg = probs_metrics(np.mean([s["probs"] for s in scores], axis=0), scores[0]["labels"], classes, "val_")
-    avg_tta = probs_metrics(np.mean([s["probs_tta"] for s in scores], axis=0), scores[0]["labels"], classes, "val_tta_")
-    assert ens["val_accuracy"] == avg["val_accuracy"] and ens["val_tta_macro_f1"] == avg_tta["val_tta_macro_f1"]
+    avg_tta = probs_metrics(
+        np.mean([s["probs_tta"] for s in scores], axis=0), scores[0]["labels"], classes, "val_tta_"
+    )
+    assert (
+        ens["val_accuracy"] == avg["val_accuracy"] and ens["val_tta_macro_f1"] == avg_tta["val_tta_macro_f1"]
+    )
     assert scores[0]["val_accuracy"] == m["val_accuracy"]  # member 0 is the winner's best.pt
     md = (report / "report.md").read_text()
-    assert "| ensemble of 2 | val | flip |" in md and "| winner | test | none |" in md and "Seeds: training" in md
+    assert (
+        "| ensemble of 2 | val | flip |" in md
+        and "| winner | test | none |" in md
+        and "Seeds: training" in md
+    )
 
 
+@pytest.mark.slow
 def test_failed_trial_is_retried_reported_and_the_sweep_goes_on(sweep_with_a_failure):
     r, exp, _ = sweep_with_a_failure
     assert r.returncode == 0
@@ -118,12 +185,15 @@ def test_failed_trial_is_retried_reported_and_the_sweep_goes_on(sweep_with_a_fai
     assert "ERROR" in csv_text
 
 
+@pytest.mark.slow
 def test_driver_killed_mid_sweep_resumes_without_losing_trials(tmp_path):
     storage, name = tmp_path, "killed"
     exp = storage / name
     cmd = sweep_cmd(storage, name, "num_samples=4")
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+    )
     try:
         deadline = time.time() + 600
         while time.time() < deadline:
@@ -157,11 +227,16 @@ def test_driver_killed_mid_sweep_resumes_without_losing_trials(tmp_path):
     for trial in done_before:
         assert states[trial] == "TERMINATED"
         keys = ("epoch", "val_accuracy", "val_loss", "train_loss")
-        assert [{k: row[k] for k in keys} for row in rows_after[trial]] == \
-               [{k: row[k] for k in keys} for row in rows_before[trial]], trial
+        assert [{k: row[k] for k in keys} for row in rows_after[trial]] == [
+            {k: row[k] for k in keys} for row in rows_before[trial]
+        ], trial
     assert (exp / "report" / "report.md").is_file()
+    assert (exp / "report" / "sweep_history.png").is_file() and "4 trials:" in (
+        exp / "report" / "report.md"
+    ).read_text()
 
 
+@pytest.mark.slow
 def test_resume_needs_an_experiment_and_a_new_run_needs_a_free_name(tmp_path, sweep_with_a_failure):
     r = run_sweep(tmp_path, "nothing", "--resume", timeout=300)
     assert r.returncode == 2 and "no experiment to resume" in r.stderr and "Ray" not in r.stdout
@@ -171,10 +246,16 @@ def test_resume_needs_an_experiment_and_a_new_run_needs_a_free_name(tmp_path, sw
 
 
 def test_report_warns_when_a_trial_given_a_gpu_trained_on_a_cpu():
-    from sweeps.report import device_lines
+    from sweeps.trials import device_lines
 
-    trials = [{"trial_id": "a", "device": "cuda:0", "ray_gpus": 1}, {"trial_id": "b", "device": "cpu", "ray_gpus": 1},
-              {"trial_id": "c", "device": "cpu", "ray_gpus": 0}, {"trial_id": "d", "device": "", "ray_gpus": 0}]
+    trials = [
+        {"trial_id": "a", "device": "cuda:0", "ray_gpus": 1},
+        {"trial_id": "b", "device": "cpu", "ray_gpus": 1},
+        {"trial_id": "c", "device": "cpu", "ray_gpus": 0},
+        {"trial_id": "d", "device": "", "ray_gpus": 0},
+    ]
     lines = device_lines(trials)
     assert lines[0] == "Trials trained on: cpu (2), cuda:0 (1)"
-    assert len(lines) == 2 and lines[1].startswith("WARNING: trial b was given 1 GPU(s) by Ray but trained on cpu")
+    assert len(lines) == 2 and lines[1].startswith(
+        "WARNING: trial b was given 1 GPU(s) by Ray but trained on cpu"
+    )

@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from fer_core.errors import ConfigError, FerError
-from sweeps.run import plan_resources
+from sweeps.placement import plan_resources
 from sweeps.settings import load_settings
-from sweeps.space import to_optuna, to_tune
+from sweeps.space import to_optuna
 
 from .conftest import REPO
 
@@ -19,8 +19,7 @@ CONFIGS = REPO / "sweeps" / "configs"
 def test_shipped_configs_load(name):
     s = load_settings(CONFIGS / name)
     assert {p.name for p in s.search_space} >= {"lr", "batch_size", "aug_strength"}
-    space = to_tune(s.search_space)
-    assert set(space) == set(to_optuna(s.search_space))
+    assert set(to_optuna(s.search_space)) == {p.name for p in s.search_space}
 
 
 def _write(tmp_path, text):
@@ -32,26 +31,53 @@ def _write(tmp_path, text):
 GOOD_SPACE = "search_space:\n  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("num_sample: 3\n" + GOOD_SPACE, "unknown key 'num_sample' (did you mean 'num_samples'?)"),
-    ("num_samples: many\n" + GOOD_SPACE, "'num_samples' must be an integer"),
-    ("search_space: {}\n", "'search_space' is empty"),
-    ("name: x\n", "'search_space' is empty"),
-    ("search_space:\n  lr: {type: loguniform, low: 1.0e-2, high: 1.0e-4}\n", "search_space.lr: low (0.01) must be below high (0.0001)"),
-    ("search_space:\n  lr: {type: loguniform, low: 0, high: 1}\n", "loguniform needs low > 0"),
-    ("search_space:\n  lr: {type: gaussian, low: 0, high: 1}\n", "search_space.lr.type = 'gaussian' is not one of"),
-    ("search_space:\n  batch_size: {type: choice, values: []}\n", "search_space.batch_size.values must be a non-empty list"),
-    ("search_space:\n  batch_size: {type: choice, values: [32, big]}\n", "key 'batch_size' must be an integer"),
-    ("search_space:\n  aug_strength: {type: uniform, low: 0.0, high: 2.0}\n", "outside [0.0, 1.0]"),
-    ("search_space:\n  learning_rate: {type: uniform, low: 0.1, high: 0.2}\n", "unknown key 'learning_rate'"),
-    ("search_space:\n  epochs: {type: randint, low: 1, high: 5}\n", "search_space.epochs cannot be searched"),
-    ("train:\n  lr: fast\n" + GOOD_SPACE, "train: key 'lr' must be a number"),
-    ("scheduler:\n  grace_period: 5\n  max_epochs: 2\n" + GOOD_SPACE, "grace_period (5) <= max_epochs (2)"),
-    ("metric: val_loss\n" + GOOD_SPACE, "does not fit metric val_loss"),
-    ("resources:\n  gpus_per_trial: 1.5\n" + GOOD_SPACE, "resources.gpus_per_trial = 1.5 is impossible"),
-    ("initial_points:\n  - {batch_size: 32}\n" + GOOD_SPACE, "initial_points[0].batch_size is not in search_space"),
-    ("lr: [1, 2\n", "is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("num_sample: 3\n" + GOOD_SPACE, "unknown key 'num_sample' (did you mean 'num_samples'?)"),
+        ("num_samples: many\n" + GOOD_SPACE, "'num_samples' must be an integer"),
+        ("search_space: {}\n", "'search_space' is empty"),
+        ("name: x\n", "'search_space' is empty"),
+        (
+            "search_space:\n  lr: {type: loguniform, low: 1.0e-2, high: 1.0e-4}\n",
+            "search_space.lr: low (0.01) must be below high (0.0001)",
+        ),
+        ("search_space:\n  lr: {type: loguniform, low: 0, high: 1}\n", "loguniform needs low > 0"),
+        (
+            "search_space:\n  lr: {type: gaussian, low: 0, high: 1}\n",
+            "search_space.lr.type = 'gaussian' is not one of",
+        ),
+        (
+            "search_space:\n  batch_size: {type: choice, values: []}\n",
+            "search_space.batch_size.values must be a non-empty list",
+        ),
+        (
+            "search_space:\n  batch_size: {type: choice, values: [32, big]}\n",
+            "key 'batch_size' must be an integer",
+        ),
+        ("search_space:\n  aug_strength: {type: uniform, low: 0.0, high: 2.0}\n", "outside [0.0, 1.0]"),
+        (
+            "search_space:\n  learning_rate: {type: uniform, low: 0.1, high: 0.2}\n",
+            "unknown key 'learning_rate'",
+        ),
+        (
+            "search_space:\n  epochs: {type: randint, low: 1, high: 5}\n",
+            "search_space.epochs cannot be searched",
+        ),
+        ("train:\n  lr: fast\n" + GOOD_SPACE, "train: key 'lr' must be a number"),
+        (
+            "scheduler:\n  grace_period: 5\n  max_epochs: 2\n" + GOOD_SPACE,
+            "grace_period (5) <= max_epochs (2)",
+        ),
+        ("metric: val_loss\n" + GOOD_SPACE, "does not fit metric val_loss"),
+        ("resources:\n  gpus_per_trial: 1.5\n" + GOOD_SPACE, "resources.gpus_per_trial = 1.5 is impossible"),
+        (
+            "initial_points:\n  - {batch_size: 32}\n" + GOOD_SPACE,
+            "initial_points[0].batch_size is not in search_space",
+        ),
+        ("lr: [1, 2\n", "is not valid YAML"),
+    ],
+)
 def test_bad_yaml_is_one_clear_line(tmp_path, text, fragment):
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
@@ -60,13 +86,24 @@ def test_bad_yaml_is_one_clear_line(tmp_path, text, fragment):
 
 
 def test_overrides_route_to_sections():
-    s = load_settings(CONFIGS / "default.yaml", {"num_samples": 2, "scheduler.max_epochs": 2, "lr": 0.01, "train.img_size": 40})
-    assert s.num_samples == 2 and s.scheduler.max_epochs == 2 and s.train.lr == 0.01 and s.train.img_size == 40
+    s = load_settings(
+        CONFIGS / "default.yaml",
+        {"num_samples": 2, "scheduler.max_epochs": 2, "lr": 0.01, "train.img_size": 40},
+    )
+    assert (
+        s.num_samples == 2 and s.scheduler.max_epochs == 2 and s.train.lr == 0.01 and s.train.img_size == 40
+    )
 
 
 def test_cli_rejects_bad_yaml_before_ray_starts(tmp_path):
     path = _write(tmp_path, "search_space: {}\n")
-    r = subprocess.run([sys.executable, "sweeps/run.py", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "sweeps/run.py", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "'search_space' is empty" in r.stderr and "Ray" not in r.stdout + r.stderr
 
 
@@ -79,19 +116,43 @@ def test_resource_plans():
     assert plan_resources(s, {"CPU": 16, "GPU": 2}) == ({"cpu": 2, "gpu": 0.25}, 8)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("search_space:\n  lr: {type: loguniform, low: 1.0e-4, high: .inf}\n", "search_space.lr: high = inf is not a finite number"),
-    ("search_space:\n  warmup_epochs: {type: uniform, low: 0.0, high: .inf}\n", "high = inf is not a finite number"),
-    ("search_space:\n  lr: {type: uniform, low: .nan, high: 0.1}\n", "low = nan is not a finite number"),
-    ("search_space:\n  lr: {type: uniform, low: nan, high: 0.1}\n", "low = nan is not a finite number"),
-    ("search_space:\n  drop_rate: {type: quniform, low: 0.0, high: 0.5, q: .nan}\n", "q = nan is not a finite number"),
-    ("search_space:\n  weight_decay: {type: choice, values: [0.01, .nan]}\n", "key 'weight_decay' must be a finite number"),
-    ("initial_points:\n  - {lr: .nan}\n" + GOOD_SPACE, "initial_points[0]: key 'lr' must be a finite number"),
-    ("train:\n  weight_decay: .nan\n" + GOOD_SPACE, "train: key 'weight_decay' must be a finite number"),
-    ("scheduler:\n  reduction_factor: .nan\n" + GOOD_SPACE, "'scheduler'.reduction_factor must be a finite number"),
-    ("resources:\n  gpus_per_trial: .nan\n" + GOOD_SPACE, "'resources'.gpus_per_trial must be a finite number"),
-    ("num_samples: .inf\n" + GOOD_SPACE, "'num_samples' must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (
+            "search_space:\n  lr: {type: loguniform, low: 1.0e-4, high: .inf}\n",
+            "search_space.lr: high = inf is not a finite number",
+        ),
+        (
+            "search_space:\n  warmup_epochs: {type: uniform, low: 0.0, high: .inf}\n",
+            "high = inf is not a finite number",
+        ),
+        ("search_space:\n  lr: {type: uniform, low: .nan, high: 0.1}\n", "low = nan is not a finite number"),
+        ("search_space:\n  lr: {type: uniform, low: nan, high: 0.1}\n", "low = nan is not a finite number"),
+        (
+            "search_space:\n  drop_rate: {type: quniform, low: 0.0, high: 0.5, q: .nan}\n",
+            "q = nan is not a finite number",
+        ),
+        (
+            "search_space:\n  weight_decay: {type: choice, values: [0.01, .nan]}\n",
+            "key 'weight_decay' must be a finite number",
+        ),
+        (
+            "initial_points:\n  - {lr: .nan}\n" + GOOD_SPACE,
+            "initial_points[0]: key 'lr' must be a finite number",
+        ),
+        ("train:\n  weight_decay: .nan\n" + GOOD_SPACE, "train: key 'weight_decay' must be a finite number"),
+        (
+            "scheduler:\n  reduction_factor: .nan\n" + GOOD_SPACE,
+            "'scheduler'.reduction_factor must be a finite number",
+        ),
+        (
+            "resources:\n  gpus_per_trial: .nan\n" + GOOD_SPACE,
+            "'resources'.gpus_per_trial must be a finite number",
+        ),
+        ("num_samples: .inf\n" + GOOD_SPACE, "'num_samples' must be a finite number"),
+    ],
+)
 def test_non_finite_settings_are_refused_in_one_line(tmp_path, text, fragment):
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
@@ -99,15 +160,21 @@ def test_non_finite_settings_are_refused_in_one_line(tmp_path, text, fragment):
     assert fragment in str(e.value) and "\n" not in str(e.value) and str(path) in str(e.value)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"num_sample": 3}, "command line: unknown key 'num_sample' (did you mean 'num_samples'?)"),
-    ({"retrain_epoch": 3}, "command line: unknown key 'retrain_epoch' (did you mean 'retrain_epochs'?)"),
-    ({"scheduler.max_epoch": 3}, "command line: 'scheduler': unknown key 'max_epoch' (did you mean 'max_epochs'?)"),
-    ({"schedular.max_epochs": 3}, "(did you mean 'scheduler.max_epochs'?)"),
-    ({"train.lrr": 0.1}, "command line: train: unknown key 'lrr' (did you mean 'lr'?)"),
-    ({"num_samples": "many"}, "command line: 'num_samples' must be an integer"),
-    ({"aug_strength": 2}, "command line: key 'aug_strength' = 2.0 is outside [0.0, 1.0]"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"num_sample": 3}, "command line: unknown key 'num_sample' (did you mean 'num_samples'?)"),
+        ({"retrain_epoch": 3}, "command line: unknown key 'retrain_epoch' (did you mean 'retrain_epochs'?)"),
+        (
+            {"scheduler.max_epoch": 3},
+            "command line: 'scheduler': unknown key 'max_epoch' (did you mean 'max_epochs'?)",
+        ),
+        ({"schedular.max_epochs": 3}, "(did you mean 'scheduler.max_epochs'?)"),
+        ({"train.lrr": 0.1}, "command line: train: unknown key 'lrr' (did you mean 'lr'?)"),
+        ({"num_samples": "many"}, "command line: 'num_samples' must be an integer"),
+        ({"aug_strength": 2}, "command line: key 'aug_strength' = 2.0 is outside [0.0, 1.0]"),
+    ],
+)
 def test_command_line_typos_name_the_command_line(overrides, message):
     """Before: an unknown override went under train: and was reported as '<yaml file>: train: unknown key',
     suggesting a train key (num_sample -> num_workers); a bad value named the YAML file."""
@@ -126,17 +193,27 @@ def test_name_cannot_leave_storage(name):
     args = build_arg_parser().parse_intermixed_args(["--storage", "/tmp/st", "--name", name])
     with pytest.raises(FerError) as e:
         resolve_settings(args)
-    assert str(e.value).startswith(f"--name = {name!r}: give a plain folder name") and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"--name = {name!r}: give a plain folder name") and "\n" not in str(
+        e.value
+    )
 
 
 def test_unwritable_storage_is_one_line_before_ray_starts(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = subprocess.run([sys.executable, "sweeps/run.py", "--storage", str(blocker / "runs")], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "sweeps/run.py", "--storage", str(blocker / "runs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
-    assert lines[0].startswith(f"error: {blocker / 'runs'}: --storage is not a writable folder") and "Ray" not in r.stdout
+    assert (
+        lines[0].startswith(f"error: {blocker / 'runs'}: --storage is not a writable folder")
+        and "Ray" not in r.stdout
+    )
 
 
 def test_unusable_cache_dir_is_one_line_before_ray(demo_root, tmp_path):
@@ -149,7 +226,9 @@ def test_unusable_cache_dir_is_one_line_before_ray(demo_root, tmp_path):
     s = load_settings(CONFIGS / "default.yaml", {"cache_dir": str(blocker / "cache")})
     with pytest.raises(FerError) as e:
         check_cache(s, str(demo_root))
-    assert str(e.value).startswith(f"{blocker / 'cache'}: cannot create the image cache folder") and "\n" not in str(e.value)
+    assert str(e.value).startswith(
+        f"{blocker / 'cache'}: cannot create the image cache folder"
+    ) and "\n" not in str(e.value)
     s = load_settings(CONFIGS / "default.yaml", {"cache_dir": str(tmp_path / "cache"), "img_size": 32})
     check_cache(s, str(demo_root))  # writable: fine
 
@@ -161,8 +240,15 @@ def test_a_weights_file_is_made_absolute_or_refused_before_ray(tmp_path, monkeyp
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"x")
     monkeypatch.chdir(tmp_path)  # trials run in folders of their own: a relative path must not reach them
-    args = build_arg_parser().parse_intermixed_args(["--config", str(CONFIGS / "fer2013-cpu.yaml"), "weights=w.safetensors"])
+    args = build_arg_parser().parse_intermixed_args(
+        ["--config", str(CONFIGS / "fer2013-cpu.yaml"), "weights=w.safetensors"]
+    )
     assert resolve_settings(args).train.weights == str(weights)
-    args = build_arg_parser().parse_intermixed_args(["--config", str(CONFIGS / "fer2013-cpu.yaml"), "weights=missing.pt"])
-    with pytest.raises(FerError, match=r"^train.weights: missing.pt: weights file not found; .*weights= model=efficientnet_b0"):
+    args = build_arg_parser().parse_intermixed_args(
+        ["--config", str(CONFIGS / "fer2013-cpu.yaml"), "weights=missing.pt"]
+    )
+    with pytest.raises(
+        FerError,
+        match=r"^train.weights: missing.pt: weights file not found; .*weights= model=efficientnet_b0",
+    ):
         resolve_settings(args)

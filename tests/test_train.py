@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,14 +26,40 @@ def test_train_writes_everything_and_reports(demo_root, tmp_path):
     out = tmp_path / "run"
     rows = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and [c[0]["epoch"] for c in calls] == [1, 2]
-    for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_macro_f1", "val_balanced_accuracy",
-                "epoch_seconds", "images_per_s"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "val_macro_f1",
+        "val_balanced_accuracy",
+        "epoch_seconds",
+        "images_per_s",
+    ):
         assert all(isinstance(r[key], float) for r in rows), key
-    assert set(rows[0]["val_per_class_recall"]) == {"angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"}
+    assert set(rows[0]["val_per_class_recall"]) == {
+        "angry",
+        "disgust",
+        "fear",
+        "happy",
+        "neutral",
+        "sad",
+        "surprise",
+    }
     assert rows[0]["train_images"] == 24  # 3 steps x batch 8: accuracy is over these samples
     assert calls[0][1] == out / "checkpoints" and (out / "checkpoints" / "best.pt").exists()
     state = load_checkpoint(out / "checkpoints" / "last.pt")
-    for key in ("model", "optimizer", "scheduler", "epoch", "best_metric", "config", "class_names", "preprocess", "history"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "best_metric",
+        "config",
+        "class_names",
+        "preprocess",
+        "history",
+    ):
         assert key in state
     assert state["epoch"] == 2 and state["class_names"][1] == "disgust" and state["config"]["img_size"] == 32
     assert result["best_metric"] == max(r["val_accuracy"] for r in rows)
@@ -40,8 +67,34 @@ def test_train_writes_everything_and_reports(demo_root, tmp_path):
     assert len(best["val_confusion_matrix"]) == 7
 
 
-@pytest.mark.parametrize("extra", [{}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_prob": 0.8, "ema_decay": 0.9}],
-                         ids=["plain", "mix+ema"])
+def test_without_kept_checkpoints_each_lives_until_reported_and_none_is_left(demo_root, tmp_path):
+    """keep_checkpoints off (sweep trials): the callback sees each epoch's last.pt, no best.pt is written,
+    train() removes the file once reported (also when the callback stops training) and returns no path."""
+    seen = []
+
+    def report(row, d):
+        seen.append(sorted(p.name for p in d.iterdir()))
+        if row["epoch"] == 2:
+            raise Stop
+
+    ckpt = tmp_path / "run" / "checkpoints"
+    with pytest.raises(Stop):
+        train(tiny_config(demo_root, tmp_path / "run", epochs=3, keep_checkpoints=False), report=report)
+    assert seen == [["last.pt"], ["last.pt"]] and list(ckpt.iterdir()) == []
+    result = train(
+        tiny_config(demo_root, tmp_path / "run2", epochs=1, keep_checkpoints=False), report=lambda r, d: None
+    )
+    assert result["last_checkpoint"] is None and result["best_checkpoint"] is None and result["epochs"] == 1
+    kept = train(tiny_config(demo_root, tmp_path / "run3", epochs=1))
+    assert all(Path(kept[f"{k}_checkpoint"]).is_file() for k in ("best", "last"))
+
+
+@pytest.mark.slow  # kill/resume: two 3-epoch runs per case
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_prob": 0.8, "ema_decay": 0.9}],
+    ids=["plain", "mix+ema"],
+)
 def test_resume_continues_exactly(demo_root, tmp_path, extra):
     """Stop after epoch 1 of 3 (an exception from the report callback), resume, compare with an uninterrupted run.
     With mixup/CutMix and EMA on, their randomness and the average must resume exactly too."""
@@ -51,6 +104,7 @@ def test_resume_continues_exactly(demo_root, tmp_path, extra):
     def stop_after_first(row, ckpt_dir):
         if row["epoch"] == 1:
             raise Stop
+
     cfg_b = dict(cfg, out=str(tmp_path / "b"))
     with pytest.raises(Stop):
         train(cfg_b, report=stop_after_first)
@@ -74,7 +128,10 @@ def test_resume_continues_exactly(demo_root, tmp_path, extra):
 def test_resume_refuses_a_changed_config(demo_root, tmp_path):
     train(tiny_config(demo_root, tmp_path / "r", epochs=1))
     with pytest.raises(CheckpointError, match="cannot resume, 'batch_size' was 8 and is now 4"):
-        train(tiny_config(demo_root, tmp_path / "r", epochs=1, batch_size=4), resume_from=tmp_path / "r" / "checkpoints" / "last.pt")
+        train(
+            tiny_config(demo_root, tmp_path / "r", epochs=1, batch_size=4),
+            resume_from=tmp_path / "r" / "checkpoints" / "last.pt",
+        )
 
 
 def test_resume_refuses_a_changed_preprocessing(demo_root, tmp_path):
@@ -102,34 +159,75 @@ def _cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # three CLI processes (train, evaluate twice): ~20 s
 def test_cli_train_then_evaluate(demo_root, tmp_path):
     out = tmp_path / "cli"
     cfg = tmp_path / "c.yaml"
     cfg.write_text("img_size: 32\nbatch_size: 8\nsteps_per_epoch: 2\neval_batch_size: 64\n")
-    r = _cli("-m", "fer_core.train", "--data", str(demo_root), "--epochs", "1", "--out", str(out), "--config", str(cfg), "lr=1e-3")
+    r = _cli(
+        "-m",
+        "fer_core.train",
+        "--data",
+        str(demo_root),
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "lr=1e-3",
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch 1/1" in r.stdout and "done: best val_accuracy" in r.stdout
-    r = _cli("-m", "fer_core.evaluate", str(out / "checkpoints" / "best.pt"), "--data", str(demo_root), "--split", "test")
+    r = _cli(
+        "-m",
+        "fer_core.evaluate",
+        str(out / "checkpoints" / "best.pt"),
+        "--data",
+        str(demo_root),
+        "--split",
+        "test",
+    )
     assert r.returncode == 0, r.stderr
     saved = json.loads((out / "checkpoints" / "test_metrics.json").read_text())
     assert saved["test_samples"] == 28 and "disgust" in r.stdout and len(saved["test_confusion_matrix"]) == 7
     m = evaluate_checkpoint(out / "checkpoints" / "best.pt", str(demo_root), "test")
     assert m["test_accuracy"] == saved["test_accuracy"]
-    r = _cli("-m", "fer_core.evaluate", str(out / "checkpoints" / "best.pt"), "--data", str(demo_root), "--batch-size", "-1")
+    r = _cli(
+        "-m",
+        "fer_core.evaluate",
+        str(out / "checkpoints" / "best.pt"),
+        "--data",
+        str(demo_root),
+        "--batch-size",
+        "-1",
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: --batch-size = -1; give a positive size, or 0 for the device's default"]
+        "error: --batch-size = -1; give a positive size, or 0 for the device's default"
+    ]
 
 
 def test_cli_help_lists_every_key():
     from fer_core.config import FIELDS
+
     r = _cli("-m", "fer_core.train", "--help")
     assert r.returncode == 0
     for key in FIELDS:
         assert f"  {key}=" in r.stdout, key
 
 
+@pytest.mark.slow  # two CLI processes: ~13 s (the messages themselves: tests/test_config.py)
 def test_cli_bad_input_is_one_line(tmp_path):
-    r = _cli("-m", "fer_core.train", "--data", str(tmp_path / "missing"), "--epochs", "1", "--out", str(tmp_path / "o"))
+    r = _cli(
+        "-m",
+        "fer_core.train",
+        "--data",
+        str(tmp_path / "missing"),
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "dataset folder not found" in r.stderr
     r = _cli("-m", "fer_core.train", "--data", str(tmp_path), "lr=abc")
     assert r.returncode == 2 and "key 'lr' must be a number" in r.stderr

@@ -14,7 +14,6 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
 
 
@@ -41,33 +40,48 @@ def probed_trainable(params, base, out_json):
         done.set()
         t.join()
         import ray
-        Path(out_json).write_text(json.dumps({
-            "assigned_cpus": ray.get_runtime_context().get_assigned_resources().get("CPU"),
-            "baseline_threads": baseline, "peak_threads": peak["threads"] - 1,  # minus the sampler itself
-            "peak_children": peak["children"], "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(), "cv2_threads": cv2.getNumThreads()}))
+
+        Path(out_json).write_text(
+            json.dumps(
+                {
+                    "assigned_cpus": ray.get_runtime_context().get_assigned_resources().get("CPU"),
+                    "baseline_threads": baseline,
+                    "peak_threads": peak["threads"] - 1,  # minus the sampler itself
+                    "peak_children": peak["children"],
+                    "torch_threads": torch.get_num_threads(),
+                    "torch_interop_threads": torch.get_num_interop_threads(),
+                    "cv2_threads": cv2.getNumThreads(),
+                }
+            )
+        )
 
 
 def main(data, out_json, ray_cpus=16, trial_cpus=1):
     import ray
     from ray import tune
 
-    from sweeps.run import base_train_config
     from sweeps.settings import SweepSettings
+    from sweeps.tuning import base_train_config
 
     settings = SweepSettings()
     settings.train.img_size, settings.train.batch_size, settings.train.steps_per_epoch = 32, 8, 3
     settings.train.eval_batch_size, settings.train.aug_strength = 64, 0.5
     base = base_train_config(settings, data, {"cpu": trial_cpus, "gpu": 0}, epochs=1)
-    base["threads"] = 0  # the share must come from the trial's Ray allocation itself, not from the driver's plan
+    base["threads"] = (
+        0  # the share must come from the trial's Ray allocation itself, not from the driver's plan
+    )
     # address="local": a Ray of its own, never a cluster another test (or user) recorded as current
     ray.init(address="local", num_cpus=int(ray_cpus), include_dashboard=False, configure_logging=False)
     try:
-        trainable = tune.with_resources(tune.with_parameters(probed_trainable, base=base, out_json=out_json),
-                                        {"cpu": int(trial_cpus)})
+        trainable = tune.with_resources(
+            tune.with_parameters(probed_trainable, base=base, out_json=out_json), {"cpu": int(trial_cpus)}
+        )
         storage = str(Path(out_json).resolve().parent / "ray_results")
-        grid = tune.Tuner(trainable, param_space={"lr": 1e-3},
-                          run_config=tune.RunConfig(storage_path=storage, name="probe", verbose=0)).fit()
+        grid = tune.Tuner(
+            trainable,
+            param_space={"lr": 1e-3},
+            run_config=tune.RunConfig(storage_path=storage, name="probe", verbose=0),
+        ).fit()
         if grid.errors:
             raise SystemExit(f"trial failed: {grid.errors[0]}")
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import FerError
+from ..errors import FerError
 
 CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -37,13 +37,20 @@ class FaceDetector:
         FerError: the cascade file is missing from the installed OpenCV (e.g. a 5.x wheel).
     """
 
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_face_fraction: float = 0.04,
-                 max_side: int = 1280):
+    def __init__(
+        self,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_face_fraction: float = 0.04,
+        max_side: int = 1280,
+    ):
         path = Path(getattr(getattr(cv2, "data", None), "haarcascades", "")) / CASCADE
         self.cascade = cv2.CascadeClassifier(str(path)) if path.is_file() else None
         if self.cascade is None or self.cascade.empty():
-            raise FerError(f"{path}: OpenCV's Haar face cascade is missing; install opencv-python-headless>=4.9,<5 "
-                           "(its 4.x wheels ship the cascades), or pass --no-face-detect for inputs that are face crops")
+            raise FerError(
+                f"{path}: OpenCV's Haar face cascade is missing; install opencv-python-headless>=4.9,<5 "
+                "(its 4.x wheels ship the cascades), or pass --no-face-detect for inputs that are face crops"
+            )
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
         self.min_face_fraction, self.max_side = min_face_fraction, max_side
 
@@ -56,18 +63,25 @@ class FaceDetector:
         Returns:
             Boxes (x, y, w, h) in ``image``'s pixels, left to right.
         """
-        gray = image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
+        gray = (
+            image
+            if image.ndim == 2
+            else cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
+        )
         h, w = gray.shape
         scale = min(1.0, self.max_side / max(h, w))
         if scale < 1.0:
-            gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            gray = cv2.resize(
+                gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
         # Histogram equalisation makes the cascade's light/dark features work in dim or washed-out photos.
         gray = cv2.equalizeHist(np.ascontiguousarray(gray))
         side = max(24, round(self.min_face_fraction * min(gray.shape)))
         if min(gray.shape) < side:
             return []
-        found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                              minSize=(side, side))
+        found = self.cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
+        )
         boxes = [tuple(int(round(v / scale)) for v in b) for b in np.asarray(found).reshape(-1, 4)]
         return sorted(_suppress_nested(boxes), key=lambda b: (b[0], b[1]))
 
@@ -127,4 +141,4 @@ def crop_face(image: np.ndarray, box: Box, margin: float = 0.1) -> np.ndarray:
         margin: fraction of the box size added on each side.
     """
     x, y, w, h = margin_box(box, image.shape, margin)
-    return image[y:y + h, x:x + w]
+    return image[y : y + h, x : x + w]

@@ -1,6 +1,6 @@
 """Export a checkpoint to ONNX with the preprocessing inside the graph, and check it against PyTorch.
 
-    python -m fer_core.export CHECKPOINT --onnx model.onnx [--check] [--batch-size 64] [--opset 17]
+    python -m fer_core.apps.export CHECKPOINT --onnx model.onnx [--check] [--batch-size 64] [--opset 17]
 
 The exported model takes what a deployment has at hand, decoded uint8 pixels, and returns probabilities:
 
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import FerError
-from .evaluate import load_model
-from .preprocess import Preprocess
-from .runtime import resolve_runtime
+from .. import __version__
+from ..checkpoint import load_model
+from ..errors import FerError
+from ..preprocess import Preprocess
+from ..runtime import resolve_runtime
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 
@@ -59,19 +59,26 @@ def input_contract(pre: Preprocess, class_names: list[str]) -> str:
     """The sentence stored in the ONNX metadata that tells a deployment what to feed and what comes back."""
     shape = f"N x {pre.img_size} x {pre.img_size}" + ("" if pre.grayscale else " x 3")
     colour = "8-bit grayscale ('L')" if pre.grayscale else "8-bit RGB, channels last"
-    norm = ("each image to zero mean and unit standard deviation over its pixels (std floored at 1 grey level)"
-            if pre.per_image else f"(x/255 - mean)/std with mean {list(pre.mean)}, std {list(pre.std)}")
+    norm = (
+        "each image to zero mean and unit standard deviation over its pixels (std floored at 1 grey level)"
+        if pre.per_image
+        else f"(x/255 - mean)/std with mean {list(pre.mean)}, std {list(pre.std)}"
+    )
     gray = ", gray repeated to 3 channels" if pre.grayscale else ""
-    return (f"input '{INPUT_NAME}': uint8 {shape}, a face crop resized to {pre.img_size}x{pre.img_size} (bicubic), "
-            f"{colour}; normalisation is inside the graph{gray}: {norm}. "
-            f"output '{OUTPUT_NAME}': float32 N x {len(class_names)} softmax probabilities for {', '.join(class_names)}")
+    return (
+        f"input '{INPUT_NAME}': uint8 {shape}, a face crop resized to {pre.img_size}x{pre.img_size} (bicubic), "
+        f"{colour}; normalisation is inside the graph{gray}: {norm}. "
+        f"output '{OUTPUT_NAME}': float32 N x {len(class_names)} softmax probabilities for {', '.join(class_names)}"
+    )
 
 
 def _need(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise FerError(f"python package '{module}' is missing; pip install onnx onnxruntime (or pip install -e .)") from None
+        raise FerError(
+            f"python package '{module}' is missing; pip install onnx onnxruntime (or pip install -e .)"
+        ) from None
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
@@ -99,13 +106,24 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     # Its "legacy exporter" DeprecationWarning is silenced: it says nothing a user of this command can act on.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(wrapped, (torch.zeros(shape, dtype=torch.uint8),), str(out), input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            wrapped,
+            (torch.zeros(shape, dtype=torch.uint8),),
+            str(out),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
     proto = onnx.load(str(out))
-    meta = {"class_names": json.dumps(classes), "preprocess": json.dumps(pre.to_dict()),
-            "input_contract": input_contract(pre, classes), "source_checkpoint": str(checkpoint),
-            "fer_core_version": __version__}
+    meta = {
+        "class_names": json.dumps(classes),
+        "preprocess": json.dumps(pre.to_dict()),
+        "input_contract": input_contract(pre, classes),
+        "source_checkpoint": str(checkpoint),
+        "fer_core_version": __version__,
+    }
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -135,7 +153,10 @@ def _test_images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np
     ramp = np.linspace(-60, 60, size)[None, None, :] * np.resize([1.0, -1.0, 0.3], n)[:, None, None]
     x = np.broadcast_to(level + ramp, (n, size, size))
     if len(shape) == 3:  # RGB: a different tint per image
-        x = x[..., None] * np.resize([[1.0, 0.8, 0.6], [0.6, 1.0, 0.8], [0.8, 0.6, 1.0]], (n, 3))[:, None, None, :]
+        x = (
+            x[..., None]
+            * np.resize([[1.0, 0.8, 0.6], [0.6, 1.0, 0.8], [0.8, 0.6, 1.0]], (n, 3))[:, None, None, :]
+        )
     contrast = np.resize([0.0, 0.15, 0.5, 1.0], n).reshape((n,) + (1,) * len(shape))
     return (x + contrast * rng.normal(0, 80, (n,) + shape)).clip(0, 255).astype(np.uint8)
 
@@ -143,14 +164,27 @@ def _test_images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np
 def _check_finite_outputs(onnx_path, *outputs: np.ndarray) -> None:
     """A NaN difference compares false with any tolerance, so a check that only compared would pass a model
     whose every output is NaN: every probability must be finite first."""
-    bad = [name for name, o in zip(("onnxruntime", "PyTorch", "PyTorch eager"), outputs) if not np.isfinite(o).all()]
+    bad = [
+        name
+        for name, o in zip(("onnxruntime", "PyTorch", "PyTorch eager"), outputs)
+        if not np.isfinite(o).all()
+    ]
     if bad:
-        raise FerError(f"{onnx_path}: {' and '.join(bad)} gave NaN or infinite probabilities, so the difference is not "
-                       "finite; the model is unusable: export it again from a checkpoint that evaluates correctly")
+        raise FerError(
+            f"{onnx_path}: {' and '.join(bad)} gave NaN or infinite probabilities, so the difference is not "
+            "finite; the model is unusable: export it again from a checkpoint that evaluates correctly"
+        )
 
 
-def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 8, bench_batch: int = 64,
-               bench_seconds: float = 2.0, seed: int = 0, images: np.ndarray | None = None) -> dict:
+def check_onnx(
+    onnx_path: str | Path,
+    checkpoint: str | Path,
+    batch_size: int = 8,
+    bench_batch: int = 64,
+    bench_seconds: float = 2.0,
+    seed: int = 0,
+    images: np.ndarray | None = None,
+) -> dict:
     """Run the ONNX file (onnxruntime, CPU) and the checkpoint (PyTorch, CPU) on the same uint8 batch.
 
     Args:
@@ -181,7 +215,9 @@ def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     stored = session.get_modelmeta().custom_metadata_map
     if json.loads(stored.get("class_names", "[]")) != list(classes):
-        raise FerError(f"{onnx_path}: its class names {stored.get('class_names')} differ from {checkpoint}'s; export it again")
+        raise FerError(
+            f"{onnx_path}: its class names {stored.get('class_names')} differ from {checkpoint}'s; export it again"
+        )
     shape = (pre.img_size, pre.img_size) + (() if pre.grayscale else (3,))
     rng = np.random.default_rng(seed)
 
@@ -198,10 +234,17 @@ def check_onnx(onnx_path: str | Path, checkpoint: str | Path, batch_size: int = 
     with torch.inference_mode():
         p_eager = model(pre(torch.from_numpy(batch))).softmax(1).numpy()
     _check_finite_outputs(onnx_path, p_ort, p_torch, p_eager)
-    out = {"max_abs_diff": float(np.abs(p_ort - p_torch).max()), "max_abs_diff_eager": float(np.abs(p_ort - p_eager).max()),
-           "prob_range": float(np.ptp(p_torch, axis=0).max()),
-           "batch": batch_size, "threads": runtime.threads, "class_names": classes,
-           "onnx_images_per_s": None, "torch_images_per_s": None, "bench_batch": bench_batch}
+    out = {
+        "max_abs_diff": float(np.abs(p_ort - p_torch).max()),
+        "max_abs_diff_eager": float(np.abs(p_ort - p_eager).max()),
+        "prob_range": float(np.ptp(p_torch, axis=0).max()),
+        "batch": batch_size,
+        "threads": runtime.threads,
+        "class_names": classes,
+        "onnx_images_per_s": None,
+        "torch_images_per_s": None,
+        "bench_batch": bench_batch,
+    }
     if bench_batch:
         big = rng.integers(0, 256, (bench_batch,) + shape, dtype=np.uint8)
         out["onnx_images_per_s"] = _images_per_s(run_ort, big, bench_seconds)
@@ -216,16 +259,26 @@ def _check_arguments(args, out: Path) -> None:
     if args.batch_size < 1:
         raise FerError(f"--batch-size = {args.batch_size}; the --check timing batch must be at least 1")
     if out.is_dir() or (args.onnx or "").endswith(("/", "\\")):
-        raise FerError(f"--onnx {args.onnx or out}: is a folder; give the file to write, e.g. --onnx {out / 'model.onnx'}")
+        raise FerError(
+            f"--onnx {args.onnx or out}: is a folder; give the file to write, e.g. --onnx {out / 'model.onnx'}"
+        )
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fer_core.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p = argparse.ArgumentParser(
+        prog="python -m fer_core.apps.export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[2:]),
+    )
     p.add_argument("checkpoint", help="best.pt / last.pt written by fer_core")
     p.add_argument("--onnx", help="ONNX file to write (default: the checkpoint's path with .onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
-    p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on a batch and time both on CPU")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare onnxruntime with PyTorch on a batch and time both on CPU",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the --check timing (default 64)")
     args = p.parse_args(argv)
     out = Path(args.onnx) if args.onnx else Path(args.checkpoint).with_suffix(".onnx")
@@ -235,14 +288,21 @@ def main(argv=None) -> int:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         if args.check:
             r = check_onnx(out, args.checkpoint, bench_batch=args.batch_size)
-            print(f"onnxruntime vs PyTorch on {r['batch']} images: max abs diff of probabilities {r['max_abs_diff']:.2e}")
-            print(f"CPU inference, batch {r['bench_batch']}, {r['threads']} threads: onnxruntime {r['onnx_images_per_s']:.0f} images/s, "
-                  f"PyTorch {r['torch_images_per_s']:.0f} images/s")
+            print(
+                f"onnxruntime vs PyTorch on {r['batch']} images: max abs diff of probabilities {r['max_abs_diff']:.2e}"
+            )
+            print(
+                f"CPU inference, batch {r['bench_batch']}, {r['threads']} threads: onnxruntime {r['onnx_images_per_s']:.0f} images/s, "
+                f"PyTorch {r['torch_images_per_s']:.0f} images/s"
+            )
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the ONNX file cannot be written there (permissions, a full disk, ...)
-        print(f"error: {out}: cannot write the ONNX file ({e.strerror or e}); pass --onnx with a writable path", file=sys.stderr)
+        print(
+            f"error: {out}: cannot write the ONNX file ({e.strerror or e}); pass --onnx with a writable path",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -1,68 +1,23 @@
-"""Procedural, download-free facial-expression demo dataset.
+"""Drawing one procedural demo face: the expression table, identity jitter, pose, lighting and noise.
 
-The product needs data that works out of the box (no downloads, no licences,
-no network), so this module *draws* simple cartoon faces showing the seven
-basic expressions and writes them in the ``ImageFolder`` layout that the
-training code consumes::
-
-    root/train/<class>/*.png
-    root/val/<class>/*.png
-    root/test/<class>/*.png
-
-Every image is an 8-bit grayscale (``'L'``) PNG of ``img_size x img_size``
-pixels, like FER2013. The faces vary in identity (face shape, feature spacing,
-eye size, hair), in expression intensity, pose (in-plane rotation, shift,
-scale), lighting, blur and noise, so a small CNN can learn the task well above
-chance without solving it perfectly at once.
-
-Command line::
-
-    python -m fer_core.demo OUT_DIR [--train-per-class N] [--val-per-class N]
-        [--test-per-class N] [--img-size N] [--seed N]
+``demo`` decides what to draw and where it goes (the splits, per-image seeds, the cached copy, the command
+line); this module only turns (expression label, random generator, image size) into one 8-bit grayscale
+face, so the look of the faces can change here without touching how datasets are written or cached (but
+bump ``demo.GENERATOR_VERSION`` when it does, so cached copies are regenerated).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
-import sys
-import tempfile
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-
-__all__ = [
-    "CLASS_NAMES",
-    "GENERATOR_VERSION",
-    "SPLITS",
-    "make_demo_dataset",
-    "ensure_demo_dataset",
-    "main",
-]
-
-# The expression classes (folder names), defined once in data.py.
-from .data import CLASS_NAMES  # noqa: E402
-
-#: Bump whenever the drawing changes, so cached copies made by an older
-#: generator are not silently reused by ``ensure_demo_dataset``.
-GENERATOR_VERSION = 1
-
-#: Dataset splits, in a fixed order: the index is part of each image's seed.
-SPLITS: Tuple[str, ...] = ("train", "val", "test")
-
-#: Name of the marker file written last into a finished cached dataset.
-COMPLETE_MARKER = ".complete"
 
 # We draw at 4x the target resolution and downsample with LANCZOS: PIL's
 # ImageDraw has no anti-aliasing, so drawing directly at 48x48 would give
 # jagged, 1-pixel-quantised strokes where small expression cues (a slight
 # smile, a brow tilt) would be lost or aliased.
 _SUPERSAMPLE = 4
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 # Expression parameters at full intensity. Each image interpolates between
 # neutral and its class's values with a random intensity, and adds per-identity
@@ -76,7 +31,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 #   eye     : eye opening factor (1 normal, <1 narrowed, >1 wide)
 #   snarl   : disgust: one-sided raised upper lip, lowered brow, wavy mouth
 #   wrinkle : nose wrinkles (disgust)
-_NEUTRAL: Dict[str, float] = {
+_NEUTRAL: dict[str, float] = {
     "curve": 0.0,
     "open": 0.0,
     "width": 1.0,
@@ -88,7 +43,7 @@ _NEUTRAL: Dict[str, float] = {
     "wrinkle": 0.0,
 }
 
-_EXPRESSIONS: Dict[str, Dict[str, float]] = {
+_EXPRESSIONS: dict[str, dict[str, float]] = {
     "neutral": dict(_NEUTRAL),
     "happy": dict(_NEUTRAL, curve=1.0, open=0.35, width=1.2, brow=0.1, eye=0.7),
     "sad": dict(_NEUTRAL, curve=-0.8, width=0.9, brow=0.05, tilt=1.0, pull=0.4, eye=0.8),
@@ -101,7 +56,7 @@ _EXPRESSIONS: Dict[str, Dict[str, float]] = {
 # Per-identity jitter (standard deviation) added to every expression parameter:
 # real people's resting faces differ, which makes low-intensity images of
 # different classes genuinely ambiguous.
-_JITTER: Dict[str, float] = {
+_JITTER: dict[str, float] = {
     "curve": 0.12,
     "open": 0.04,
     "width": 0.07,
@@ -114,24 +69,7 @@ _JITTER: Dict[str, float] = {
 }
 
 
-def _validate(
-    train_per_class: int, val_per_class: int, test_per_class: int, img_size: int, seed: int
-) -> None:
-    for name, value in (
-        ("train_per_class", train_per_class),
-        ("val_per_class", val_per_class),
-        ("test_per_class", test_per_class),
-    ):
-        if int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if int(img_size) != img_size or img_size < 16:
-        raise ValueError(f"img_size must be an integer >= 16, got {img_size!r}")
-    # numpy's SeedSequence only accepts non-negative integers.
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-
-
-def _expression_params(label: str, rng: np.random.Generator) -> Dict[str, float]:
+def _expression_params(label: str, rng: np.random.Generator) -> dict[str, float]:
     """Sample the expression parameters of one image of class ``label``."""
     target = _EXPRESSIONS[label]
     # Continuous intensity: weak expressions look close to neutral, which gives
@@ -149,7 +87,7 @@ def _expression_params(label: str, rng: np.random.Generator) -> Dict[str, float]
     return params
 
 
-def _polyline(draw: ImageDraw.ImageDraw, pts: Sequence[Tuple[float, float]], fill: int, width: float) -> None:
+def _polyline(draw: ImageDraw.ImageDraw, pts: Sequence[tuple[float, float]], fill: int, width: float) -> None:
     draw.line([tuple(p) for p in pts], fill=fill, width=max(1, int(round(width))), joint="curve")
     # Round caps: PIL lines have square ends that look odd on thick strokes.
     r = width / 2.0
@@ -157,7 +95,7 @@ def _polyline(draw: ImageDraw.ImageDraw, pts: Sequence[Tuple[float, float]], fil
         draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
 
 
-def _draw_face(label: str, rng: np.random.Generator, img_size: int) -> np.ndarray:
+def draw_face(label: str, rng: np.random.Generator, img_size: int) -> np.ndarray:
     """Draw one face and return it as a uint8 array of shape (img_size, img_size)."""
     big = img_size * _SUPERSAMPLE
     p = _expression_params(label, rng)
@@ -206,8 +144,12 @@ def _draw_face(label: str, rng: np.random.Generator, img_size: int) -> np.ndarra
         if eye_h < lw * 0.9:  # nearly closed: just a lid line
             _polyline(fd, [(ex - eye_w, eye_y), (ex, eye_y - eye_h * 0.5), (ex + eye_w, eye_y)], ink, lw)
             continue
-        fd.ellipse([ex - eye_w, eye_y - eye_h, ex + eye_w, eye_y + eye_h], fill=sclera, outline=ink,
-                   width=max(1, int(lw * 0.7)))
+        fd.ellipse(
+            [ex - eye_w, eye_y - eye_h, ex + eye_w, eye_y + eye_h],
+            fill=sclera,
+            outline=ink,
+            width=max(1, int(lw * 0.7)),
+        )
         # Pupil size tracks the eye size, not the opening, so wide eyes show
         # more white around it (surprise/fear) and narrow eyes crop it.
         pr = min(eye_h0 * 0.85, eye_w * 0.5)
@@ -252,7 +194,7 @@ def _draw_face(label: str, rng: np.random.Generator, img_size: int) -> np.ndarra
     h0 = a * 0.25 * p["open"]  # half-height of the opening
     u = np.linspace(-1.0, 1.0, 25)
     xs = cx + mw * u
-    arch = 1.0 - u ** 2
+    arch = 1.0 - u**2
     mid_line = my + amp * arch
     # Disgust: one-sided sneer (upper lip lifted on one side), tilted, wavy line.
     mid_line = mid_line - p["snarl"] * a * 0.05 * u * snarl_side
@@ -299,179 +241,3 @@ def _draw_face(label: str, rng: np.random.Generator, img_size: int) -> np.ndarra
     arr = arr * (1.0 + rng.uniform(0.0, 0.5) * (np.cos(phi) * sx + np.sin(phi) * sy))
     arr = arr + rng.normal(0.0, rng.uniform(2.0, 8.0), size=arr.shape)
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-
-
-def make_demo_dataset(
-    root: PathLike,
-    train_per_class: int = 200,
-    val_per_class: int = 60,
-    test_per_class: int = 60,
-    img_size: int = 48,
-    seed: int = 0,
-) -> Path:
-    """Write the procedural demo dataset under ``root`` in ImageFolder layout.
-
-    Creates ``root/{train,val,test}/<class>/NNNNN.png`` for every class in
-    ``CLASS_NAMES``. Generation is deterministic for a given seed and
-    order-independent: each image has its own random generator seeded from
-    ``(seed, split index, class index, image index)``.
-
-    Args:
-        root: Output directory; created if missing. Existing files with the same
-            names are overwritten.
-        train_per_class: Number of training images per class.
-        val_per_class: Number of validation images per class.
-        test_per_class: Number of test images per class.
-        img_size: Side length in pixels of the square grayscale images (>= 16).
-        seed: Non-negative integer seed.
-
-    Returns:
-        ``root`` as a ``pathlib.Path``.
-
-    Raises:
-        ValueError: If a count is negative, ``img_size`` < 16 or ``seed`` < 0.
-    """
-    _validate(train_per_class, val_per_class, test_per_class, img_size, seed)
-    root = Path(root)
-    counts = dict(zip(SPLITS, (int(train_per_class), int(val_per_class), int(test_per_class))))
-    for split_idx, split in enumerate(SPLITS):
-        for class_idx, label in enumerate(CLASS_NAMES):
-            out_dir = root / split / label
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for i in range(counts[split]):
-                rng = np.random.default_rng([int(seed), split_idx, class_idx, i])
-                arr = _draw_face(label, rng, int(img_size))
-                # Low compression level: files are tiny anyway, and it keeps
-                # generation fast.
-                Image.fromarray(arr).save(out_dir / f"{i:05d}.png", compress_level=1)
-    return root
-
-
-def _default_cache_dir() -> Path:
-    env = os.environ.get("FER_DEMO_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "fer_core" / "demo"
-
-
-def _cache_name(
-    train_per_class: int, val_per_class: int, test_per_class: int, img_size: int, seed: int
-) -> str:
-    return (
-        f"demo-v{GENERATOR_VERSION}-s{img_size}"
-        f"-n{train_per_class}-{val_per_class}-{test_per_class}-seed{seed}"
-    )
-
-
-def ensure_demo_dataset(
-    cache_dir: Optional[PathLike] = None,
-    train_per_class: int = 200,
-    val_per_class: int = 60,
-    test_per_class: int = 60,
-    img_size: int = 48,
-    seed: int = 0,
-) -> Path:
-    """Return the path of a cached copy of the demo dataset, generating it once.
-
-    The cached folder name encodes every parameter and ``GENERATOR_VERSION``
-    (e.g. ``demo-v1-s48-n200-60-60-seed0``), so changed settings or a newer
-    generator never reuse stale data. Safe when several processes call it at
-    once: each generates into its own temporary directory beside the target,
-    writes the ``.complete`` marker last and atomically renames the directory
-    into place; a process that loses the race discards its copy and uses the
-    winner's. A target without the marker (left by a crash of an older version)
-    is removed and regenerated.
-
-    Args:
-        cache_dir: Directory holding cached datasets. Defaults to the
-            ``FER_DEMO_DIR`` environment variable, else ``~/.cache/fer_core/demo``.
-        train_per_class: Number of training images per class.
-        val_per_class: Number of validation images per class.
-        test_per_class: Number of test images per class.
-        img_size: Side length in pixels of the square grayscale images (>= 16).
-        seed: Non-negative integer seed.
-
-    Returns:
-        Path of the dataset root (containing ``train``, ``val`` and ``test``).
-
-    Raises:
-        ValueError: On invalid parameters (see ``make_demo_dataset``).
-        OSError: If the dataset cannot be written or moved into place.
-    """
-    _validate(train_per_class, val_per_class, test_per_class, img_size, seed)
-    parent = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
-    name = _cache_name(int(train_per_class), int(val_per_class), int(test_per_class), int(img_size), int(seed))
-    target = parent / name
-    if (target / COMPLETE_MARKER).is_file():
-        return target
-
-    parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not (target / COMPLETE_MARKER).is_file():
-        # Our renames only ever publish complete folders, so a marker-less
-        # target is debris from a crash (e.g. an older, non-atomic version).
-        # Move it aside atomically first so a concurrent caller never sees a
-        # half-deleted target, then delete it at leisure.
-        trash = Path(tempfile.mkdtemp(prefix=f".{name}.trash-", dir=str(parent)))
-        try:
-            os.rename(target, trash / "old")
-        except OSError:
-            pass  # another caller moved or replaced it first
-        shutil.rmtree(trash, ignore_errors=True)
-
-    # Generate beside the target (same filesystem) so the final rename is atomic.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(parent)))
-    try:
-        make_demo_dataset(tmp, train_per_class, val_per_class, test_per_class, img_size, seed)
-        # Marker last: its presence means every image is on disk.
-        (tmp / COMPLETE_MARKER).write_text(f"{name}\n", encoding="utf-8")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process published the target first (ENOTEMPTY/EEXIST on
-            # POSIX, FileExistsError on Windows): use its copy if complete.
-            if not (target / COMPLETE_MARKER).is_file():
-                raise
-    finally:
-        # After a successful rename tmp no longer exists; otherwise clean up.
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Command-line entry point: write the demo dataset to a directory.
-
-    Args:
-        argv: Argument list (defaults to ``sys.argv[1:]``).
-
-    Returns:
-        Process exit code (0 on success).
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m fer_core.demo",
-        description="Generate the procedural facial-expression demo dataset (ImageFolder layout).",
-    )
-    parser.add_argument("out_dir", help="output directory (created if missing)")
-    parser.add_argument("--train-per-class", type=int, default=200)
-    parser.add_argument("--val-per-class", type=int, default=60)
-    parser.add_argument("--test-per-class", type=int, default=60)
-    parser.add_argument("--img-size", type=int, default=48)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        root = make_demo_dataset(
-            args.out_dir,
-            train_per_class=args.train_per_class,
-            val_per_class=args.val_per_class,
-            test_per_class=args.test_per_class,
-            img_size=args.img_size,
-            seed=args.seed,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    print(root)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Prediction: images or photos in, the seven expression probabilities (and charts) out.
+
+Two layers:
+
+- ``Predictor.from_checkpoint(path).predict(images)``: face crops (paths, PIL images or uint8 arrays) in,
+  an N×7 probability array out, batched. Each image goes through the checkpoint's stored preprocessing
+  contract (size, grayscale, normalisation): a path is decoded by ``fer_core.data.decode_image``, the very
+  function that built the training and validation caches, and an in-memory image by ``data.to_model_array``,
+  which repeats its conversions.
+- ``Predictor.predict_files(paths)``: photos in, one ``ImageResult`` per file: the file is loaded robustly
+  (any mode, EXIF orientation, very large images reduced), faces are found (``fer_core.apps.faces``), each is
+  cropped with a margin and classified; with no face found the whole image is classified and the result
+  says so. A file that cannot be read becomes a result with ``error`` set, never an exception, so one bad
+  file does not stop a folder.
+
+This module is the inference: the ``Predictor`` and the results it yields. Expanding inputs and loading
+photos are in ``predict_inputs``; the per-image PNG (photo with boxes beside the probability bars) and a
+folder's overview are drawn by ``predict_plots``. The command line is ``sweeps/predict.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..checkpoint import load_model
+from ..data import CLASS_NAMES, decode_image, to_model_array
+from ..errors import CheckpointError, DataError
+from ..preprocess import Preprocess
+from ..runtime import Runtime, resolve_runtime
+from .faces import Box, FaceDetector, crop_face
+from .predict_inputs import array_to_image, load_image
+
+# The copy kept for the per-image PNG (and, smaller, for the contact sheet).
+DISPLAY_SIDE = 1024
+THUMB_SIDE = 256
+
+
+# ---------------------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FacePrediction:
+    """One classified region: ``box`` (x, y, w, h) in the upright original's pixels, None for the whole image."""
+
+    box: Box | None
+    probs: np.ndarray
+
+    @property
+    def index(self) -> int:
+        return int(np.argmax(self.probs))
+
+    @property
+    def score(self) -> float:
+        return float(np.max(self.probs))
+
+
+@dataclass
+class ImageResult:
+    """The prediction for one file.
+
+    ``faces`` holds one entry per face found, or a single whole-image entry (box None) when detection was
+    off or found nothing. ``image`` is an RGB copy at most ``DISPLAY_SIDE`` px for plotting and
+    ``thumbnail`` one of ``THUMB_SIDE`` px; both are scaled copies of the original of ``size`` (w, h).
+    """
+
+    path: str
+    size: tuple[int, int] | None = None
+    faces: list[FacePrediction] = field(default_factory=list)
+    detected: bool = False
+    error: str | None = None
+    image: np.ndarray | None = None
+    thumbnail: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def face_found(self) -> bool:
+        return any(f.box is not None for f in self.faces)
+
+    @property
+    def note(self) -> str:
+        if self.error:
+            return self.error
+        if not self.detected:
+            return "face detection off: whole image classified"
+        return (
+            f"{len(self.faces)} face(s) found" if self.face_found else "no face found: whole image classified"
+        )
+
+    def to_dict(self, class_names: Sequence[str] = CLASS_NAMES) -> dict:
+        """JSON-ready: path, size, faces (box, expression, probability, all probabilities), note, error."""
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "size": list(self.size) if self.size else None,
+            "face_found": self.face_found,
+            "note": self.note,
+            "error": self.error,
+            "faces": [
+                {
+                    "box": list(f.box) if f.box else None,
+                    "expression": class_names[f.index],
+                    "probability": round(f.score, 6),
+                    "probabilities": {c: round(float(v), 6) for c, v in zip(class_names, f.probs)},
+                }
+                for f in self.faces
+            ],
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the predictor
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """A trained checkpoint ready to classify face crops and photos.
+
+    Args:
+        model: the network in eval mode on ``runtime.device``.
+        preprocess: the checkpoint's preprocessing contract.
+        class_names: class names in output order.
+        runtime: device and precision.
+        batch_size: images per forward pass.
+        checkpoint: where the model came from (for messages).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Preprocess,
+        class_names: Sequence[str],
+        runtime: Runtime,
+        batch_size: int = 64,
+        checkpoint: str | None = None,
+    ):
+        self.model, self.preprocess, self.runtime = model, preprocess, runtime
+        self.class_names, self.batch_size, self.checkpoint = (
+            list(class_names),
+            max(1, int(batch_size)),
+            checkpoint,
+        )
+        self._detector: FaceDetector | None = None
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str = "auto", batch_size: int = 64
+    ) -> Predictor:
+        """Rebuild the model and preprocessing a fer_core checkpoint was trained with.
+
+        Args:
+            path: best.pt / last.pt written by fer_core.
+            device: auto, cpu, cuda or cuda:N.
+            batch_size: images per forward pass.
+
+        Raises:
+            CheckpointError: not a fer_core checkpoint, weights that do not fit its model, or a class set other
+                than the seven expressions.
+            ConfigError: an unknown or unavailable device.
+        """
+        runtime = resolve_runtime(device)
+        model, pre, classes, _ = load_model(path, runtime)
+        if tuple(classes) != CLASS_NAMES:
+            raise CheckpointError(
+                f"{path}: trained on classes {', '.join(classes)}, not the seven expressions "
+                f"({', '.join(CLASS_NAMES)}); pass a checkpoint trained on those"
+            )
+        return cls(model, pre, classes, runtime, batch_size, str(path))
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = FaceDetector()
+        return self._detector
+
+    # -- crops -> probabilities -----------------------------------------------------------------------------
+
+    def prepare(self, image) -> np.ndarray:
+        """One image (path, PIL image or numpy array) -> the uint8 model input.
+
+        Raises:
+            DataError: unreadable file or unusable array.
+        """
+        s, gray = self.preprocess.img_size, self.preprocess.grayscale
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    return decode_image(image, s, gray)  # exactly training's decoder
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                load_image(image)  # raises the one-line reason for the usual failures
+                raise DataError(
+                    f"{image}: cannot decode the image ({e}); re-export or replace the file"
+                ) from None
+        if isinstance(image, Image.Image):
+            return to_model_array(image, s, gray)
+        return to_model_array(array_to_image(image), s, gray)
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Prepared uint8 inputs (N×S×S or N×S×S×3) -> N×C float32 probabilities, ``batch_size`` at a time."""
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(batch), self.batch_size):
+                x = self.preprocess(
+                    torch.from_numpy(np.ascontiguousarray(batch[start : start + self.batch_size])),
+                    self.runtime,
+                )
+                with self.runtime.autocast():
+                    logits = self.model(x).float()
+                out.append(logits.softmax(1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def predict(self, images) -> np.ndarray:
+        """Classify face crops.
+
+        Args:
+            images: one image or a sequence of them; each a path, a PIL image or a numpy array (H×W, H×W×3,
+                H×W×4; any size, resized like training). An N×H×W or N×H×W×3 uint8 array is a batch.
+
+        Returns:
+            N×7 float32 probabilities, rows in input order, columns in ``class_names`` order.
+
+        Raises:
+            DataError: an image cannot be read (use ``predict_files`` to collect per-file errors instead).
+        """
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        elif isinstance(images, np.ndarray) and (
+            images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (3, 4))
+        ):
+            images = [images]  # one H×W or H×W×C image, not a batch
+        elif not isinstance(images, np.ndarray):
+            images = list(images)
+        return self.predict_batch(
+            np.stack([self.prepare(im) for im in images]) if len(images) else np.zeros((0,))
+        )
+
+    # -- photos -> results ----------------------------------------------------------------------------------
+
+    def _load_file(self, path, detect: bool, margin: float) -> tuple[ImageResult, list[np.ndarray]]:
+        """Load, detect and crop one file: (result without probabilities, model inputs)."""
+        result = ImageResult(str(path), detected=detect)
+        try:
+            im, result.size, rotated = load_image(path)
+        except DataError as e:
+            result.error = str(e)
+            return result, []
+        rgb = np.asarray(im)
+        scale = result.size[0] / rgb.shape[1]  # loaded pixels -> original pixels
+        boxes = self.detector(rgb) if detect else []
+        s, gray = self.preprocess.img_size, self.preprocess.grayscale
+        if boxes:
+            inputs = [to_model_array(Image.fromarray(crop_face(rgb, b, margin)), s, gray) for b in boxes]
+            result.faces = [FacePrediction(tuple(int(round(v * scale)) for v in b), None) for b in boxes]
+        else:
+            # No crop: the file itself is the input, so take training's decoder on it (unless EXIF turned it,
+            # which that decoder ignores).
+            try:
+                inputs = [to_model_array(im, s, gray) if rotated else self.prepare(path)]
+            except DataError as e:
+                result.error = str(e)
+                return result, []
+            result.faces = [FacePrediction(None, None)]
+        disp = im.copy()
+        disp.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.BICUBIC)
+        result.image = np.asarray(disp)
+        disp.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BICUBIC)
+        result.thumbnail = np.asarray(disp)
+        return result, inputs
+
+    def predict_files(
+        self, paths: Iterable[str | os.PathLike], detect: bool = True, margin: float = 0.1, chunk: int = 16
+    ) -> Iterator[ImageResult]:
+        """Classify every face in every file; yields one ``ImageResult`` per path, in order.
+
+        Files are read ``chunk`` at a time and all their faces classified in shared batches. A file that
+        cannot be read yields a result whose ``error`` names it and the reason; the rest go on.
+
+        Args:
+            paths: image files.
+            detect: find faces (False: each file is already a face crop).
+            margin: fraction of a face box added on each side before cropping.
+            chunk: files held in memory at once.
+        """
+        paths = list(paths)
+        for start in range(0, len(paths), max(1, chunk)):
+            loaded = [self._load_file(p, detect, margin) for p in paths[start : start + chunk]]
+            inputs = [x for _, xs in loaded for x in xs]
+            probs = iter(self.predict_batch(np.stack(inputs)) if inputs else [])
+            for result, _xs in loaded:
+                for face in result.faces:
+                    face.probs = next(probs)
+                yield result
+
+    def predict_file(self, path: str | os.PathLike, detect: bool = True, margin: float = 0.1) -> ImageResult:
+        """``predict_files`` for one file."""
+        return next(self.predict_files([path], detect, margin))

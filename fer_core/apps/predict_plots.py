@@ -1,0 +1,166 @@
+"""The prediction PNGs: one photo with its face boxes beside its probability bars, and a folder's overview.
+
+Drawing only: they take the ``ImageResult`` objects ``Predictor.predict_files`` yields and write PNGs
+with the project's save rule (``figures.save_png``). Kept out of ``predict`` so the inference API stays
+free of matplotlib; matplotlib and the shared figure pieces are imported only when a plot is drawn, for
+servers that never plot.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..data import CLASS_NAMES
+
+if TYPE_CHECKING:
+    from .predict import ImageResult
+
+_BOX = "#ffd400"
+
+
+def _draw_boxes(
+    ax,
+    result: ImageResult,
+    shape: tuple[int, ...],
+    class_names: Sequence[str],
+    labels: bool = True,
+    fontsize: float = 8.0,
+) -> None:
+    """Face boxes (scaled from original pixels to the shown copy) with their number and top expression."""
+    from matplotlib import patches, patheffects
+
+    if not result.size:
+        return
+    k = shape[1] / result.size[0]
+    outline = [patheffects.withStroke(linewidth=3.2, foreground="black")]
+    for i, f in enumerate(result.faces, 1):
+        if f.box is None:
+            continue
+        x, y, w, h = (v * k for v in f.box)
+        rect = patches.Rectangle((x, y), w, h, fill=False, edgecolor=_BOX, linewidth=2.0)
+        rect.set_path_effects(outline)
+        ax.add_patch(rect)
+        if labels:
+            ax.text(
+                x,
+                max(y - 3, 0),
+                f"{i}: {class_names[f.index]} {f.score:.2f}",
+                color=_BOX,
+                fontsize=fontsize,
+                fontweight="bold",
+                va="bottom",
+                ha="left",
+                path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")],
+            )
+
+
+def plot_prediction(
+    result: ImageResult, path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES, max_faces: int = 6
+) -> Path:
+    """The image with its face boxes beside one probability bar chart per face.
+
+    Args:
+        result: a successful ``ImageResult`` (with ``image``).
+        path: PNG to write (folders are created).
+        class_names: names in probability order.
+        max_faces: charts drawn at most (every face is boxed; the rest are in the table/CSV).
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib.pyplot as plt
+
+    from .figures import draw_probability_bars, save_png  # matplotlib only when plotting
+
+    faces = result.faces[:max_faces]
+    n = max(1, len(faces))
+    img = result.image
+    aspect = img.shape[1] / img.shape[0]
+    img_w = min(6.0, max(3.0, 3.6 * aspect))
+    fig = plt.figure(figsize=(img_w + 3.4, max(3.2, 1.75 * n + 0.6)), layout="constrained")
+    gs = fig.add_gridspec(n, 2, width_ratios=[img_w, 3.4])
+    ax_img = fig.add_subplot(gs[:, 0])
+    ax_img.imshow(img)
+    ax_img.set_xticks([])
+    ax_img.set_yticks([])
+    _draw_boxes(ax_img, result, img.shape, class_names)
+    for i, f in enumerate(faces):
+        ax = fig.add_subplot(gs[i, 1])
+        draw_probability_bars(ax, f.probs, list(class_names))
+        who = f"face {i + 1}" if f.box is not None else "whole image"
+        ax.set_title(
+            f"{who}: {class_names[f.index]} ({f.score:.0%})", fontsize=9, loc="left", fontweight="bold"
+        )
+    more = (
+        f"; {len(result.faces) - len(faces)} more face(s) in the table"
+        if len(result.faces) > len(faces)
+        else ""
+    )
+    fig.suptitle(f"{Path(result.path).name}: {result.note}{more}", fontsize=10)
+    return save_png(fig, path)  # the one save rule (tight box, white background, figure closed)
+
+
+def plot_contact_sheet(
+    results: Sequence[ImageResult],
+    path: str | os.PathLike,
+    class_names: Sequence[str] = CLASS_NAMES,
+    max_items: int = 60,
+    cols: int = 6,
+) -> Path:
+    """One overview of many predictions: each image with its boxes and top expression; failures greyed.
+
+    Args:
+        results: ``ImageResult`` objects (with ``thumbnail`` when successful).
+        path: PNG to write.
+        class_names: names in probability order.
+        max_items: images shown at most (the first ones).
+        cols: images per row.
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib.pyplot as plt
+
+    from .figures import save_png
+
+    items = list(results)[:max_items]
+    cols = max(1, min(cols, len(items)))
+    rows = max(1, math.ceil(len(items) / cols))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.3 * cols, 2.55 * rows), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, items):
+        name = Path(r.path).name
+        name = name if len(name) <= 28 else name[:12] + "…" + name[-15:]
+        if not r.ok or r.thumbnail is None:
+            # The reason without the path (it is the title) and without the fix (the summary has it).
+            why = (r.error or "").removeprefix(f"{r.path}: ").split(";")[0].split(" (")[0]
+            ax.text(
+                0.5,
+                0.5,
+                "failed\n" + textwrap.fill(why, 24),
+                ha="center",
+                va="center",
+                color="#c62828",
+                fontsize=8,
+                transform=ax.transAxes,
+            )
+            ax.set_title(name, fontsize=7.5, color="0.4")
+            continue
+        ax.imshow(r.thumbnail)
+        _draw_boxes(ax, r, r.thumbnail.shape, class_names, labels=len(r.faces) > 1, fontsize=6)
+        top = r.faces[0]
+        extra = f" +{len(r.faces) - 1} face(s)" if len(r.faces) > 1 else ("" if r.face_found else " (whole)")
+        ax.set_title(f"{name}\n{class_names[top.index]} {top.score:.2f}{extra}", fontsize=7.5)
+    total = len(list(results))
+    fig.suptitle(
+        f"{total} image(s)" + (f", first {len(items)} shown" if total > len(items) else ""), fontsize=10
+    )
+    return save_png(fig, path)

@@ -1,0 +1,1 @@
+"""Developer tools: the speed benchmark (``python -m fer_core.tools.bench``)."""

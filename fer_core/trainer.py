@@ -1,0 +1,327 @@
+"""One run's training state: data, model, optimizer, schedule, EMA, and one epoch at a time.
+
+``fer_core.train.train`` drives it (standalone and in every sweep trial); the benchmark and tests reach
+its loader and step directly. It also saves and restores the exact state a bit-identical resume needs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from . import engine
+from .augment import build_train_transform
+from .checkpoint import (
+    load_checkpoint,
+    nonfinite_weights,
+)
+from .config import (
+    FIELDS,
+    TrainConfig,
+    config_to_dict,
+    resolve_normalize,
+)
+from .data import SplitData
+from .dataset import EpochSampler, FerDataset, iter_batches, stratified_indices
+from .decode_cache import load_split
+from .ema import ModelEma
+from .errors import CheckpointError, DivergedError, FerError
+from .metrics import ROW_VAL_KEYS, lower_is_better
+from .mixing import BatchMixer
+from .model import build_model, normalization
+from .preprocess import Preprocess
+from .runtime import Runtime, resolve_runtime, worker_init
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up from ~0 to 1, then cosine down to ``min_ratio``.
+
+    Kept by hand rather than timm's CosineLRScheduler: that one warms up from ``warmup_lr_init`` at
+    update 0 and counts its cosine differently, so it would change every figure measured with this
+    schedule; a stateless LambdaLR also resumes exactly from the optimizer step count alone."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD (Nesterov) from timm's factory, which leaves norms and biases out of weight decay
+    (decaying BN scales only hurts)."""
+    return create_optimizer_v2(
+        model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+    )
+
+
+def _check_resume_compatible(state: dict, cfg: TrainConfig, path) -> None:
+    old = state["config"]
+    for key in (
+        "model",
+        "img_size",
+        "grayscale",
+        "normalize",
+        "dedupe",
+        "epochs",
+        "batch_size",
+        "steps_per_epoch",
+        "max_train_samples",
+        "seed",
+    ):
+        if old.get(key, FIELDS[key].default) != getattr(cfg, key):  # keys added later: their default
+            raise CheckpointError(
+                f"{path}: cannot resume, '{key}' was {old.get(key)!r} and is now {getattr(cfg, key)!r}; "
+                "resume with the same config or start a new run in another --out folder"
+            )
+
+
+class Trainer:
+    """Holds one run's pieces; ``train()`` below is the public entry. Split out so tests and the
+    benchmark can reach the loader and step without re-implementing them."""
+
+    def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
+        self.cfg = cfg
+        self.runtime = runtime or resolve_runtime(
+            cfg.device,
+            cfg.precision,
+            cfg.channels_last,
+            cfg.threads,
+            cfg.num_workers,
+            cfg.compile,
+            cfg.eval_batch_size,
+        )
+        seed_everything(cfg.seed)
+        common = dict(
+            img_size=cfg.img_size, grayscale=cfg.grayscale, strict=cfg.strict, cache_dir=cfg.cache_dir or None
+        )
+        self.train_data: SplitData = load_split(cfg.data, "train", **common)
+        self.val_data: SplitData = load_split(cfg.data, "val", **common)
+        self.class_names = list(self.train_data.classes)
+        self.dropped_duplicates = (
+            self._cross_split_duplicates(common) if cfg.dedupe == "cross_split" else np.empty(0, np.int64)
+        )
+        pool = np.setdiff1d(np.arange(len(self.train_data)), self.dropped_duplicates)
+        self.train_idx = pool[stratified_indices(self.train_data.labels[pool], cfg.max_train_samples)]
+        self.val_idx = stratified_indices(self.val_data.labels, cfg.max_val_samples)
+        self.model = build_model(
+            cfg.model,
+            len(self.class_names),
+            cfg.pretrained,
+            cfg.weights or None,
+            cfg.drop_rate,
+            cfg.drop_path_rate,
+            cfg.bn_momentum,
+        )
+        mean, std = normalization(self.model)
+        self.preprocess = Preprocess(
+            cfg.img_size, cfg.grayscale, mean, std, per_image=resolve_normalize(cfg) == "per_image"
+        )
+        self.model.to(self.runtime.device)
+        if self.runtime.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # The compiled wrapper shares the model's parameters: checkpoints and evaluation use the plain
+        # module (eval mode would trigger a second compilation for no gain in a pass this short).
+        self.train_model = torch.compile(self.model) if self.runtime.compile else self.model
+        self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.mixer = BatchMixer(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+        n = len(self.train_idx)
+        if n < cfg.batch_size and not cfg.steps_per_epoch:
+            raise FerError(
+                f"key 'batch_size' = {cfg.batch_size} exceeds the {n} training images; lower batch_size or add data"
+            )
+        self.steps_per_epoch = cfg.steps_per_epoch or n // cfg.batch_size
+        self.sampler = EpochSampler(n, cfg.seed, self.steps_per_epoch * cfg.batch_size)
+        transform = build_train_transform(cfg.aug_strength, cfg.img_size, cfg.seed)
+        dataset = FerDataset(self.train_data, self.train_idx, transform, cfg.seed)
+        w = self.runtime.num_workers
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=w,
+            drop_last=True,
+            pin_memory=self.runtime.pin_memory,
+            persistent_workers=w > 0,
+            prefetch_factor=4 if w > 0 else None,
+            worker_init_fn=worker_init if w > 0 else None,
+        )
+        self.optimizer = build_optimizer(self.model, cfg)
+        total = cfg.epochs * self.steps_per_epoch
+        warm = min(total, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total, warm, cfg.min_lr_ratio)
+        )
+        self.scaler = torch.amp.GradScaler() if self.runtime.amp_dtype is torch.float16 else None
+        counts = np.bincount(self.train_data.labels[self.train_idx], minlength=len(self.class_names))
+        weights = engine.class_weights(counts, cfg.class_weighting)
+        self.loss_fn = nn.CrossEntropyLoss(
+            weight=None if weights is None else weights.to(self.runtime.device),
+            label_smoothing=cfg.label_smoothing,
+        )
+        self.epoch, self.best, self.history = 0, None, []
+        self.best_val: dict | None = None  # full val metrics (confusion matrix included) of the best epoch
+
+    def _cross_split_duplicates(self, common: dict) -> np.ndarray:
+        """dedupe: cross_split: train rows that duplicate a val (or test) image, which would otherwise leak
+        the answer to the evaluation. The audit finds them; the data files are left as they are."""
+        from .duplicates import cross_split_duplicates
+
+        others = [self.val_data]
+        if (Path(self.cfg.data) / "test").is_dir():
+            others.append(load_split(self.cfg.data, "test", **common))
+        return np.asarray(cross_split_duplicates(self.train_data, others), dtype=np.int64)
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": self.epoch,
+            "best_metric": self.best,
+            "best_metric_name": self.cfg.best_metric,
+            "config": config_to_dict(self.cfg),
+            "class_names": self.class_names,
+            "preprocess": self.preprocess.to_dict(),
+            "history": self.history,
+            "ema": self.ema.checkpoint_state() if self.ema else None,
+        }
+
+    def restore(self, path) -> None:
+        state = load_checkpoint(path, map_location=self.runtime.device)
+        if float(state["preprocess"].get("blur_sigma", 0.0)) > 0:
+            raise CheckpointError(
+                f"{path}: cannot resume, this run was trained with an input blur that fer_core no longer "
+                "applies; start a new run in another --out folder"
+            )
+        _check_resume_compatible(state, self.cfg, path)
+        if list(state["class_names"]) != self.class_names:
+            raise CheckpointError(
+                f"{path}: classes {state['class_names']} differ from the data's {self.class_names}; start a new run"
+            )
+        old_pre = Preprocess.from_dict(state["preprocess"], source=str(path))
+        if old_pre != self.preprocess:
+            raise CheckpointError(
+                f"{path}: cannot resume, the input preprocessing was {old_pre.to_dict()} and is now "
+                f"{self.preprocess.to_dict()} (the data changed?); start a new run in another --out folder"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_checkpoint_state(state["ema"])
+        self.epoch, self.best, self.history = (
+            int(state["epoch"]),
+            state["best_metric"],
+            list(state["history"]),
+        )
+
+    def evaluate(
+        self, data: SplitData | None = None, indices=None, prefix: str = "val_", return_probs: bool = False
+    ) -> dict:
+        data = data if data is not None else self.val_data
+        indices = (
+            indices
+            if indices is not None
+            else (self.val_idx if data is self.val_data else np.arange(len(data)))
+        )
+        return engine.evaluate(
+            self.eval_model,
+            iter_batches(data, indices, self.runtime.eval_batch_size),
+            self.preprocess,
+            self.runtime,
+            self.class_names,
+            prefix=prefix,
+            return_probs=return_probs,
+            tta_flip=self.cfg.tta_flip,
+        )
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and deployed: the EMA when it is on, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _is_better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if lower_is_better(self.cfg.best_metric) else value > self.best
+
+    def train_pass(self, max_steps: int = 0, progress: bool = False, desc: str = "train") -> dict:
+        """One pass of the training loader (at most ``max_steps`` steps); the benchmark times this too."""
+        return engine.train_one_epoch(
+            self.train_model,
+            self.loader,
+            self.optimizer,
+            self.scheduler,
+            self.loss_fn,
+            self.preprocess,
+            self.runtime,
+            self.scaler,
+            self.cfg.grad_clip,
+            progress,
+            desc,
+            mixer=self.mixer,
+            ema=self.ema,
+            max_steps=max_steps,
+        )
+
+    def _check_finite(self, row: dict) -> None:
+        """Stop before a diverged epoch is saved. NaN weights still give a finite accuracy (argmax of NaN
+        picks class 0), so without this a broken model could be written as best.pt; raising here leaves
+        the previous epoch's checkpoints as the last ones written."""
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        for name, module in (
+            ("weights", self.model),
+            ("averaged weights", self.ema.module if self.ema else None),
+        ):
+            if module is not None and nonfinite_weights(module.state_dict())[0]:
+                bad.insert(0, name)
+        if bad:
+            raise DivergedError(
+                f"{self.cfg.out}: epoch {self.epoch} diverged (non-finite {', '.join(bad)}); it was not saved, "
+                "the checkpoints of the epochs before it are kept; lower lr or set grad_clip"
+            )
+
+    def run_epoch(self) -> dict:
+        """Train and validate the next epoch; returns its metrics row."""
+        self.epoch += 1
+        # Reseeding per epoch (dropout, drop-path, loader) makes epoch k identical whether resumed or not.
+        torch.manual_seed(self.cfg.seed * 1_000 + self.epoch)
+        self.sampler.set_epoch(self.epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        tm = self.train_pass(progress=self.cfg.progress, desc=f"epoch {self.epoch}/{self.cfg.epochs}")
+        vm = self.evaluate()
+        row = {
+            "epoch": self.epoch,
+            "lr": lr,
+            **tm,
+            **{k: vm[k] for k in ROW_VAL_KEYS if k in vm},
+            "device": str(self.runtime.device),
+        }  # where it trained: a sweep's report names it per trial
+        self._check_finite(row)
+        row["is_best"] = self._is_better(row[self.cfg.best_metric])
+        if row["is_best"]:
+            self.best = row[self.cfg.best_metric]
+            self.best_val = vm
+        self.history.append(row)
+        return row

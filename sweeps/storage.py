@@ -1,0 +1,151 @@
+"""``--storage`` as a URI (``s3://bucket/prefix``, ``gs://...``): checked before Ray starts, and the report
+copied there at the end, so that everything a cluster produced outlives the cluster (``ray down``).
+
+Ray resolves such a URI with ``pyarrow.fs.FileSystem.from_uri``; so does this module, so both reach the
+same server with the same credentials. For S3 that means the usual AWS variables: ``AWS_ACCESS_KEY_ID``
+/ ``AWS_SECRET_ACCESS_KEY`` (or a profile or instance role), and ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``) for an S3-compatible server such as MinIO, Ceph or moto.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from fer_core.errors import FerError
+
+# Bounds for the driver's own requests (the check and the report upload). pyarrow's defaults wait ~100 s
+# per request on a server that accepts connections but never answers, and retry; these give up within
+# ~20 s. request_timeout is curl's "no byte for this long", not a cap on a whole upload, so large files
+# are unaffected.
+CONNECT_TIMEOUT_S = 5
+REQUEST_TIMEOUT_S = 10
+MAX_ATTEMPTS = 2
+
+
+def open_storage(uri: str, what: str = "--storage"):
+    """The pyarrow filesystem and path of ``uri``, as Ray resolves them, with bounded timeouts for S3.
+
+    Raises:
+        FerError: the URI holds query parameters, or pyarrow cannot make a filesystem of it.
+    """
+    import pyarrow.fs as pafs
+
+    if "?" in uri:
+        # The experiment name is appended to the URI (STORAGE/NAME), which would land inside the query.
+        raise FerError(
+            f"{what} {uri}: query parameters ('?...') are not supported here; give an S3-compatible "
+            "server's address in AWS_ENDPOINT_URL instead (e.g. AWS_ENDPOINT_URL=http://HOST:9000)"
+        )
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError, ImportError) as e:
+        raise FerError(
+            f"{what} {uri}: not a storage pyarrow can open ({_one_line(e)}); pass a folder or an "
+            "s3://bucket/prefix or gs://bucket/prefix URI"
+        ) from None
+    if isinstance(fs, pafs.S3FileSystem):
+        # Rebuilt from its own pickled options (endpoint, region, credentials as from_uri resolved them),
+        # with the timeouts and retries that from_uri cannot take.
+        _, (options,) = fs.__reduce__()
+        options.update(
+            region=options["region"] or fs.region,  # the region the client resolved, when not given
+            connect_timeout=CONNECT_TIMEOUT_S,
+            request_timeout=REQUEST_TIMEOUT_S,
+        )
+        fs = pafs.S3FileSystem(
+            **options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS)
+        )
+    return fs, path.rstrip("/")
+
+
+def check_uri_writable(uri: str, what: str = "--storage") -> None:
+    """Write and delete a small probe object under ``uri``: bucket, server and credentials all work.
+
+    Raises:
+        FerError: in one line, with the likely cause and its fix.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = open_storage(uri, what)
+    probe = f"{path}/.fer-write-probe-{uuid.uuid4().hex}"
+    try:
+        if isinstance(
+            fs, pafs.LocalFileSystem
+        ):  # file://: a folder to create, as Ray will (object stores have none)
+            fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"probe")
+        fs.delete_file(probe)
+    except OSError as e:
+        raise FerError(f"{what} {uri}: cannot write there: {_cause(e)} ({_one_line(e)})") from None
+
+
+def upload_report(storage: str, name: str, report_dir: Path) -> str | None:
+    """Copy the driver's report folder to STORAGE/NAME/report when the storage is a URI.
+
+    Args:
+        storage: ``--storage``; a local path needs nothing (the report was written there).
+        name: the experiment name.
+        report_dir: the report folder on the driver (``runs/NAME/report``).
+
+    Returns:
+        The report's URI, or None for a local storage.
+
+    Raises:
+        FerError: the upload failed (the local report is complete).
+    """
+    import pyarrow.fs as pafs
+
+    if "://" not in storage:
+        return None
+    fs, path = open_storage(storage)
+    dest = f"{storage.rstrip('/')}/{name}/report"
+    try:
+        pafs.copy_files(
+            str(Path(report_dir).resolve()),
+            f"{path}/{name}/report",
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
+    except OSError as e:
+        raise FerError(
+            f"{dest}: the report could not be copied there: {_cause(e)} ({_one_line(e)}); it is complete "
+            f"in {report_dir} on this machine"
+        ) from None
+    print(f"[sweeps] report copied to {dest}", flush=True)
+    return dest
+
+
+def _cause(e: Exception) -> str:
+    """The likely cause of a pyarrow storage error, and what to do about it."""
+    text = str(e)
+    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+        return "the bucket does not exist; create it or fix --storage"
+    if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not resolve" in text:
+        return "the storage server cannot be reached; check the network, and AWS_ENDPOINT_URL for an S3-compatible server"
+    if any(
+        k in text
+        for k in (
+            "ACCESS_DENIED",
+            "AccessDenied",
+            "INVALID_ACCESS_KEY",
+            "SIGNATURE_DOES_NOT_MATCH",
+            "SignatureDoesNotMatch",
+            "EXPIRED_TOKEN",
+            "INVALID_CLIENT_TOKEN",
+            "credentials",
+            "Forbidden",
+            "HTTP status 403",
+        )
+    ):
+        return (
+            "no credentials allowed to write there; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
+            "or an instance role) to ones that may write to this bucket"
+        )
+    return "check the URI, the server and the credentials"
+
+
+def _one_line(e: Exception, limit: int = 240) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
