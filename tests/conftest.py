@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from fer_core.apps.demo import make_demo_dataset
+# OpenMP threads that wait by sleeping instead of spinning. On a 2-core machine that other processes also
+# load, torch's default (spinning) made a 3-step demo training take 12-63 s instead of 1.5-2 s. Set before
+# torch is first imported; the CLI, sweep and Ray processes the tests start inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from fer_core.apps.demo import make_demo_dataset  # noqa: E402  (imports torch: after the line above)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FER_SHARED", REPO.parent / "shared"))
@@ -79,9 +84,10 @@ def demo_copy(demo_root, tmp_path) -> Path:
 def tiny_config(data, out, **kw) -> dict:
     """A config that trains in seconds on the small demo set (real model, real loop).
 
-    One torch thread: on a 2-core machine that other processes also load, a batch of 8 at 32 px trained
-    with 2 threads spends its time waiting for the second thread (measured: 12-23 s per run instead of
-    1.5 s; the same 1.5 s either way when the machine is idle)."""
+    One torch thread: such small batches gain nothing from a second one, and two wait for each other when
+    another process keeps a core of a 2-core machine busy (measured, this config: 1.0-1.5 s with one
+    thread, idle or busy; with two on a busy machine, ~2 s with the passive OpenMP wait above, 12-63 s
+    without it)."""
     cfg = dict(
         data=str(data),
         out=str(out),

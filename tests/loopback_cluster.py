@@ -118,13 +118,16 @@ class LoopbackCluster:
         """NodeID -> resources of the alive nodes (asked from a separate driver process)."""
         code = (
             f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
-            "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
+            "print('NODES', json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
         )
         r = subprocess.run(
             [sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120
         )
         assert r.returncode == 0, r.stderr[-3000:]
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        # Ray may log to stdout around the print (a loaded machine, a slow shutdown): take the marked line.
+        line = next((x for x in r.stdout.splitlines() if x.startswith("NODES ")), None)
+        assert line is not None, r.stdout[-3000:] + r.stderr[-3000:]
+        return json.loads(line[len("NODES ") :])
 
     def stop(self) -> None:
         """SIGKILL every process of this cluster (an unclean stop: no ``ray stop``) and wait for them."""

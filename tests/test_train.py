@@ -89,7 +89,6 @@ def test_without_kept_checkpoints_each_lives_until_reported_and_none_is_left(dem
     assert all(Path(kept[f"{k}_checkpoint"]).is_file() for k in ("best", "last"))
 
 
-@pytest.mark.slow  # kill/resume: two 3-epoch runs per case
 @pytest.mark.parametrize(
     "extra",
     [{}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_prob": 0.8, "ema_decay": 0.9}],
