@@ -236,6 +236,7 @@ class SignStateCallback(tune.Callback):
         """Args: name: the experiment's name (``RunConfig.name``)."""
         self._name = name
         self._staging = None
+        self._remote = None  # (filesystem, experiment path) of the storage
         self._session = None
         self._files: dict = {}
 
@@ -248,7 +249,9 @@ class SignStateCallback(tune.Callback):
     def _find_staging(self, trials) -> None:
         # Tune tells a callback its staging folder only through a trial's storage context.
         if self._staging is None and trials:
-            self._staging = trials[0].storage.experiment_driver_staging_path
+            storage = trials[0].storage
+            self._staging = storage.experiment_driver_staging_path
+            self._remote = (storage.storage_filesystem, storage.experiment_fs_path)
 
     def on_step_begin(self, iteration, trials, **info):
         self._find_staging(trials)
@@ -296,7 +299,15 @@ class SignStateCallback(tune.Callback):
             rel = path.relative_to(root).as_posix()
             if path.is_file() and covered(rel) and not path.name.startswith((".", "tmp-")):
                 _merge(self._files, rel, _sha(path.read_bytes()))
-        target = root / f"{MANIFEST_PREFIX}{self._session}.json"
+        name = f"{MANIFEST_PREFIX}{self._session}.json"
+        if self._remote is not None:
+            # Straight to storage, before Tune uploads the state just hashed: whenever a driver dies, every
+            # state file in storage is already signed there. (Through the staging folder, a slow upload could
+            # carry a new state file up before the manifest that signs it.)
+            fs, path = self._remote
+            _write(fs, f"{path}/{name}", _manifest_bytes(key, self._files))
+            return
+        target = root / name  # no trial known yet: the manifest travels with the state it signs
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(_manifest_bytes(key, self._files))
         os.replace(tmp, target)  # the uploader never sees half a manifest
