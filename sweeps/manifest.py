@@ -120,9 +120,9 @@ def _manifest_bytes(key: bytes, files: dict) -> bytes:
 
 
 def _fs(uri: str):
-    import pyarrow.fs
+    from .storage import open_storage  # the driver's one way to open storage (bounded S3 timeouts)
 
-    return pyarrow.fs.FileSystem.from_uri(uri)
+    return open_storage(uri)
 
 
 def _read(fs, path: str) -> bytes:
@@ -239,6 +239,7 @@ class SignStateCallback(tune.Callback):
         self._remote = None  # (filesystem, experiment path) of the storage
         self._session = None
         self._files: dict = {}
+        self._seen: dict = {}  # path -> (mtime, size) when last hashed
 
     def __getstate__(self):  # tuner.pkl holds the RunConfig, callbacks included: keep paths and hashes out
         return {"name": self._name}
@@ -298,7 +299,10 @@ class SignStateCallback(tune.Callback):
         for path in root.rglob("*"):
             rel = path.relative_to(root).as_posix()
             if path.is_file() and covered(rel) and not path.name.startswith((".", "tmp-")):
-                _merge(self._files, rel, _sha(path.read_bytes()))
+                stamp = (path.stat().st_mtime_ns, path.stat().st_size)
+                if self._seen.get(rel) != stamp:  # a file unchanged since the last save is not read again
+                    self._seen[rel] = stamp
+                    _merge(self._files, rel, _sha(path.read_bytes()))
         name = f"{MANIFEST_PREFIX}{self._session}.json"
         if self._remote is not None:
             # Straight to storage, before Tune uploads the state just hashed: whenever a driver dies, every

@@ -64,9 +64,9 @@ def record_of(s: SweepSettings) -> dict:
 
 
 def _fs(uri: str):
-    import pyarrow.fs
+    from .storage import open_storage  # the driver's one way to open storage (bounded S3 timeouts)
 
-    return pyarrow.fs.FileSystem.from_uri(uri)
+    return open_storage(uri)
 
 
 def write_record(exp: str, s: SweepSettings) -> None:
