@@ -25,6 +25,11 @@ from .settings import SweepSettings, settings_from_raw
 RECORD = "fer_sweep.json"
 # Read only by the retrain and the report, after the sweep: safe to change until the retrain starts.
 RETRAIN_KEYS = ("retrain_epochs", "ensemble_top_k", "retrain.")
+# Where results are also sent, not what the experiment is: a resume may change them.
+NOT_COMPARED = ("tracking", "tracking_uri")
+# What a time budget decided when the experiment started (sweeps/budget.py): kept from the record on a
+# resume with the same budget, since the command line still carries the YAML's values.
+PLANNED = ("num_samples", "retrain_epochs")
 
 
 def _plain(value):
@@ -37,7 +42,7 @@ def flat_settings(s: SweepSettings) -> dict:
     out = {"data": s.data}
     for f in dataclasses.fields(s):
         value = getattr(s, f.name)
-        if f.name in ("name", "storage", "data", "source", "raw"):
+        if f.name in ("name", "storage", "data", "source", "raw", *NOT_COMPARED):
             continue
         if f.name == "train":
             out.update({f"train.{k}": v for k, v in config_to_dict(value).items()})
@@ -61,6 +66,15 @@ def record_of(s: SweepSettings) -> dict:
     if s.retrain.get("weights"):
         raw.setdefault("retrain", {})["weights"] = s.retrain["weights"]
     return {"version": 1, "raw": _plain(raw), "flat": flat_settings(s)}
+
+
+def pin_planned(s: SweepSettings) -> None:
+    """Write the sizing a time budget decided (trials, ASHA's max_t, retrain epochs) into the raw mapping
+    the record keeps, so that a bare ``--resume`` continues that plan instead of planning again."""
+    s.raw = copy.deepcopy(s.raw)
+    s.raw["num_samples"], s.raw["retrain_epochs"] = s.num_samples, s.retrain_epochs
+    scheduler = s.raw.get("scheduler") if isinstance(s.raw.get("scheduler"), dict) else {}
+    s.raw["scheduler"] = {**scheduler, "max_epochs": s.scheduler.max_epochs}
 
 
 def _fs(uri: str):
@@ -125,6 +139,11 @@ def resume_settings(
     saved.name, saved.storage = given.name, given.storage
     if bare:
         return saved, []
+    if saved.time_budget and given.time_budget == saved.time_budget:
+        for key in PLANNED:
+            setattr(given, key, getattr(saved, key))
+        given.scheduler.max_epochs = saved.scheduler.max_epochs
+        pin_planned(given)
     # A key this version has and the record lacks (added since the experiment started) had its default then.
     old = {**flat_settings(SweepSettings()), **rec["flat"]}
     new = flat_settings(given)

@@ -19,6 +19,7 @@ from fer_core.evaluate import ensemble_metrics, evaluate_checkpoint
 from fer_core.runtime import resolve_runtime
 
 from . import plots
+from .progress import Steps
 from .settings import SweepSettings
 from .space import to_optuna
 from .summary import write_markdown, write_trials_csv
@@ -61,6 +62,7 @@ def write_report(
     finals: list,
     wall_s: float,
     audit: dict | None = None,
+    timing: dict | None = None,
 ) -> Path:
     """Write report/ for the sweep, the retrained winner and (with several members) their ensemble.
 
@@ -73,7 +75,11 @@ def write_report(
         wall_s: seconds since the sweep started (the report states it).
         audit: the dataset audit's findings (``fer_core.audit.audit_dataset``): written to ``audit.json``,
             summarised in ``report.md``.
+        timing: the phases' seconds so far and the time budget's plan, if any (``metrics.json``'s
+            ``timing``; ``report.md``'s "Time" section).
     """
+    step = Steps("report", 5 if len(members) > 1 else 4)
+    step("checkpoint and scores on " + ("val and test" if (Path(data) / "test").is_dir() else "val"))
     best, final = members[0], finals[0]
     storage = settings.storage
     root = (
@@ -111,6 +117,7 @@ def write_report(
         "search_seed": settings.seed,
         "data": data,
         "dedupe": state["config"].get("dedupe", "none"),
+        **({"timing": timing} if timing else {}),
         "trials": {
             "total": len(trials),
             "failed": int((trials["status"] == "ERROR").sum()),
@@ -130,6 +137,8 @@ def write_report(
         metrics["ensemble_skipped"] = (
             f"{len(members) - len(ok)} of {len(members)} member retrains failed; an ensemble needs two"
         )
+    if len(members) > 1:
+        step("ensemble members' scores")
     if len(ok) > 1:
         ens_dir = out / "ensemble"
         ens_dir.mkdir(exist_ok=True)
@@ -162,6 +171,7 @@ def write_report(
             scores[sp][0].pop(key, None)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
+    step("training curves, confusion matrix, per-class accuracy")
     history = final.metrics_dataframe
     viz.plot_training_curves(
         [] if history is None else history.to_dict("records"), out / "training_curves.png"
@@ -175,10 +185,12 @@ def write_report(
     viz.plot_per_class_accuracy(
         val["val_per_class_recall"], out / "per_class_accuracy.png", support=val["val_support"]
     )
+    step("hyperparameter plots")
     study, plot_notes = plots.build_study(
         trials, to_optuna(settings.search_space), settings.mode, settings.scheduler.max_epochs
     )
     plot_notes += plots.write_plots(study, settings.metric, out)
+    step("sample predictions, trials.csv, report.md")
     split = load_split(data, "val", state["config"]["img_size"], state["config"]["grayscale"])
     pick = _sample_indices(labels, probs)
     viz.plot_sample_predictions(

@@ -2,6 +2,9 @@
 
     python sweeps/run.py                                     # demo data, sweeps/configs/default.yaml
     python sweeps/run.py --config sweeps/configs/fer2013.yaml --data /path/to/fer2013
+    python sweeps/run.py --time-budget 30m ...               # size trials and retrain to finish in 30 minutes
+    python sweeps/run.py --dry-run ...                       # print the plan and its estimated time, train nothing
+    python sweeps/run.py --tracking mlflow ...               # also log trials and report to MLflow (./mlruns)
     python sweeps/run.py --resume --name NAME                # continue an interrupted sweep
     python sweeps/run.py --address auto ...                  # on a Ray cluster's head node
     python sweeps/run.py --address HOST:PORT --cluster-config cluster.yaml ...   # plan for its autoscaled workers
@@ -22,9 +25,11 @@ from fer_core.config import parse_overrides
 from fer_core.errors import FerError
 from sweeps.paths import check_cache, check_name, check_writable, experiment_uri
 from sweeps.placement import announce_plan, cluster_config_path, cluster_nodes, make_plan
+from sweeps.planning import budget_verdict, expected_epochs, plan_for_time, print_dry_run, resize_retrain
 from sweeps.record import resume_settings, write_record
-from sweeps.settings import SweepSettings, load_settings
+from sweeps.settings import TRACKERS, SweepSettings, load_settings
 from sweeps.storage import upload_report
+from sweeps.tracking import check_tracking, log_report, tracking_callbacks, tracking_uri
 from sweeps.tuning import retrain, run_sweep
 
 
@@ -61,6 +66,29 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="continue the interrupted experiment STORAGE/NAME (searcher state and finished trials kept)",
     )
     p.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="finish the whole job (search, retrain, report) within this wall time, e.g. 30m, 2h, 1h30m: "
+        "trials, ASHA's max epochs and the retrain are sized from a probe on this machine "
+        "(YAML: time_budget; num_samples, scheduler.max_epochs and retrain_epochs, when set, are upper bounds)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (data, resources, search space, ASHA rungs, retrain, output, estimated time from a "
+        "short probe) and exit without training",
+    )
+    p.add_argument(
+        "--tracking",
+        choices=TRACKERS,
+        help="also log each trial's params and epoch metrics, and the report, to MLflow (YAML: tracking)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (implies --tracking mlflow); default: a local ./mlruns folder, no server",
+    )
+    p.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
@@ -71,7 +99,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def resolve_settings(args) -> SweepSettings:
     """YAML + command line -> checked settings (no Ray needed; every error is a one-line FerError)."""
-    settings = load_settings(args.config, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    for flag, key in (
+        ("time_budget", "time_budget"),
+        ("tracking", "tracking"),
+        ("tracking_uri", "tracking_uri"),
+    ):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    if getattr(args, "tracking_uri", None):
+        overrides.setdefault("tracking", "mlflow")
+    settings = load_settings(args.config, overrides)
     for key in ("data", "storage", "name"):
         if getattr(args, key) is not None:  # an empty --name is refused below, not ignored
             setattr(settings, key, getattr(args, key))
@@ -158,8 +196,18 @@ def settings_for_resume(settings: SweepSettings, args) -> SweepSettings:
     from ray import tune
 
     exp = experiment_uri(settings)
-    bare = args.config is None and args.data is None and not args.overrides
+    bare = args.config is None and args.data is None and not args.overrides and args.time_budget is None
+    tracking = (settings.tracking, settings.tracking_uri)
     settings, applied = resume_settings(settings, exp, bare, tune.Tuner.can_restore(f"{exp}/retrain"))
+    if args.tracking is not None or args.tracking_uri is not None:  # not part of the experiment's identity
+        settings.tracking, settings.tracking_uri = tracking
+    if settings.time_budget:
+        print(
+            f"[sweeps] the experiment was sized for a time budget of {settings.time_budget} when it started; "
+            f"the resume continues that plan ({settings.num_samples} trials, at most "
+            f"{settings.scheduler.max_epochs} epochs, retrain {settings.retrain_epochs} epochs) without a new deadline",
+            flush=True,
+        )
     if bare:
         print(f"[sweeps] resuming {exp} with the settings it was started with", flush=True)
     for change in applied:
@@ -175,6 +223,8 @@ def keep_local_ray_on_loopback() -> None:
     loopback address for everything, which is all a single-machine sweep needs.
     """
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray reports usage statistics to its makers by default; a local sweep talks to nothing but itself.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def init_ray(address: str | None) -> None:
@@ -205,22 +255,21 @@ def run_audit(settings: SweepSettings, data: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    t0 = time.monotonic()  # a time budget counts from here: the whole command
     # intermixed: key=value items may stand before and after --flags
     args = build_arg_parser().parse_intermixed_args(argv)
     if not args.address:
         keep_local_ray_on_loopback()
-    t0 = time.perf_counter()
     try:
         settings = resolve_settings(args)
         check_writable(settings.storage, "--storage")
         check_experiment(settings, args.resume)
         if args.resume:
             settings = settings_for_resume(settings, args)
+        check_tracking(settings)
         data = prepare_data(settings)
         check_cache(settings, data)
         findings = run_audit(settings, data)
-        if not args.resume:  # signed, so a resume can trust it: --resume alone continues these settings
-            write_record(experiment_uri(settings), settings)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -228,14 +277,39 @@ def main(argv: list[str] | None = None) -> int:
 
     from sweeps import report, summary
     from sweeps import trials as trial_table
+    from sweeps.progress import EpochProgress, Phases
+
+    phases = Phases(t0)
 
     init_ray(args.address)
     try:
         # Planned once, before anything is submitted: a request no node can ever hold fails here in one line.
         cluster_config = cluster_config_path(args.address, args.cluster_config)
-        plan = make_plan(settings, cluster_nodes(cluster_config))
+        nodes = cluster_nodes(cluster_config)
+        plan = make_plan(settings, nodes)
+        budget = None
+        if args.dry_run or (settings.time_budget and not args.resume):
+            budget, plan, est = plan_for_time(settings, data, plan, nodes, t0, args.time_budget is not None)
+        if args.dry_run:
+            print_dry_run(settings, data, findings, plan, est, budget, experiment_uri(settings), t0)
+            return 0
+        if not args.resume:  # signed, so a resume can trust it: --resume alone continues these settings
+            write_record(experiment_uri(settings), settings)
         announce_plan(plan, args.address, cluster_config)
-        results = run_sweep(settings, data, args.resume, plan)
+        phases.end("start-up" + (" and probe" if budget else ""))
+        deadline = time.time() + budget.sweep_s if budget else None
+        results = run_sweep(
+            settings,
+            data,
+            args.resume,
+            plan,
+            time_budget_s=budget.sweep_s if budget else None,
+            callbacks=[
+                EpochProgress("search", expected_epochs(settings), deadline),
+                *tracking_callbacks(settings, "sweep"),
+            ],
+        )
+        sweep_s = phases.end("search")
         trials = trial_table.collect_trials(results, settings)
         members = trial_table.top_trials(trials, settings, max(1, settings.ensemble_top_k))
         if not members:
@@ -243,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
                 "error: every trial failed; see the errors listed above and in the trial folders",
                 file=sys.stderr,
             )
-            summary.print_summary(trials, settings, None)
+            summary.print_summary(trials, settings, None, phases.line())
             return 1
+        retrain_budget_s = None
+        if budget:
+            retrain_budget_s = resize_retrain(settings, data, budget, results, members, plan, sweep_s, t0)
         best = members[0]
         print(
             f"[sweeps] best trial {best['trial_id']}: {settings.metric} {best['best']:.4f} with {best['params']}; "
@@ -256,12 +333,38 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
-        finals = retrain(settings, data, [t["params"] for t in members], plan)
+        finals = retrain(
+            settings,
+            data,
+            [t["params"] for t in members],
+            plan,
+            time_budget_s=retrain_budget_s,
+            callbacks=[
+                EpochProgress("retrain", len(members) * settings.retrain_epochs),
+                *tracking_callbacks(settings, "retrain"),
+            ],
+        )
+        phases.end("retrain")
         if finals[0].error:
             print(f"error: the retrain of the winner failed: {finals[0].error}", file=sys.stderr)
             return 1
-        out = report.write_report(settings, data, trials, members, finals, time.perf_counter() - t0, findings)
-        summary.print_summary(trials, settings, out)
+        timing = {
+            "phases": phases.to_dict(),
+            **({"plan": budget.lines(), "budget": budget.to_dict()} if budget else {}),
+        }
+        out = report.write_report(
+            settings, data, trials, members, finals, phases.total, findings, timing=timing
+        )
+        run_id = log_report(settings, out, best, finals[0].metrics.get("trial_id", ""))
+        if run_id:
+            print(
+                f"[sweeps] MLflow: experiment {settings.name!r} at {tracking_uri(settings)}; the winner's "
+                f"report is attached to run {run_id}",
+                flush=True,
+            )
+        phases.end("report")
+        summary.write_timing(out, phases.to_dict())
+        summary.print_summary(trials, settings, out, phases.line() + budget_verdict(budget, phases.total))
         upload_report(
             settings.storage, settings.name, out
         )  # a URI storage keeps the report too: it outlives the cluster

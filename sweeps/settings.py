@@ -3,7 +3,8 @@
 A sweep YAML has these top-level keys (all optional except search_space)::
 
     name, storage, data, metric, mode, num_samples, max_concurrent_trials, seed, max_failures,
-    retrain_epochs, ensemble_top_k, resources: {cpus_per_trial, gpus_per_trial},
+    retrain_epochs, ensemble_top_k, time_budget (e.g. 30m: sizes trials and retrain, sweeps/budget.py),
+    tracking (none | mlflow), tracking_uri, resources: {cpus_per_trial, gpus_per_trial},
     scheduler: {max_epochs, grace_period, reduction_factor}, demo: {...}, train: {TrainConfig keys},
     search_space: {...}, initial_points: [{param: value, ...}, ...], retrain: {TrainConfig keys}
 """
@@ -23,6 +24,7 @@ from fer_core.metrics import SELECTABLE, lower_is_better
 from .space import Param, parse_space
 
 METRICS = SELECTABLE
+TRACKERS = ("none", "mlflow")
 
 
 @dataclass
@@ -63,6 +65,14 @@ class SweepSettings:
     max_failures: int = 1  # retries per trial (from its last checkpoint) before it counts as failed
     retrain_epochs: int = 10
     ensemble_top_k: int = 0
+    # The whole job's wall-clock budget ("30m", "2h"): trials, ASHA's max_t and the retrain are sized to it
+    # from a probe on this machine (sweeps/budget.py); num_samples, scheduler.max_epochs and retrain_epochs,
+    # when given, are upper bounds. Empty: no budget, those keys are used as they are.
+    time_budget: str = ""
+    # Experiment tracking besides Ray's own files: "mlflow" logs each trial's params and epoch metrics, and the
+    # report, to tracking_uri (empty: a local ./mlruns folder; sweeps/tracking.py).
+    tracking: str = "none"
+    tracking_uri: str = ""
     resources: Resources = field(default_factory=Resources)
     scheduler: Scheduler = field(default_factory=Scheduler)
     demo: Demo = field(default_factory=Demo)
@@ -89,6 +99,9 @@ _SCALARS = {
     "max_failures": int,
     "retrain_epochs": int,
     "ensemble_top_k": int,
+    "time_budget": str,
+    "tracking": str,
+    "tracking_uri": str,
 }
 _SECTIONS = {"resources": Resources, "scheduler": Scheduler, "demo": Demo}
 TOP_KEYS = set(_SCALARS) | set(_SECTIONS) | {"train", "search_space", "initial_points", "retrain"}
@@ -228,6 +241,12 @@ def settings_from_raw(raw: dict, src: str) -> SweepSettings:
 def _check(s: SweepSettings, points, src: str) -> None:
     if s.metric not in METRICS:
         raise ConfigError(f"{src}: 'metric' = {s.metric!r} is not one of {', '.join(METRICS)}")
+    if s.time_budget:
+        from .budget import parse_duration
+
+        parse_duration(s.time_budget, f"{src}: 'time_budget'")
+    if s.tracking not in TRACKERS:
+        raise ConfigError(f"{src}: 'tracking' = {s.tracking!r} is not one of {', '.join(TRACKERS)}")
     if s.mode not in ("max", "min"):
         raise ConfigError(f"{src}: 'mode' must be max or min, got {s.mode!r}")
     if lower_is_better(s.metric) != (s.mode == "min"):

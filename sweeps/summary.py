@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from .budget import fmt_duration
 from .settings import SweepSettings
 from .trials import device_lines, ranked
 
@@ -47,7 +48,13 @@ def _trial_table(trials: pd.DataFrame, settings: SweepSettings, limit: int | Non
     """The ranked trials as a markdown table (pandas' to_markdown needs the tabulate package)."""
     r = _with_params(trials, settings).iloc[:limit]
     status = np.where(
-        r["status"] == "ERROR", "failed", np.where(r["stopped_early"], "stopped early (ASHA)", "completed")
+        r["status"] == "ERROR",
+        "failed",
+        np.where(
+            r["epochs"] == 0,  # stopped by a time limit before its first epoch ended
+            "stopped before an epoch",
+            np.where(r["stopped_early"], "stopped early (ASHA)", "completed"),
+        ),
     )
     shown = pd.concat(
         [
@@ -85,6 +92,34 @@ def _audit_lines(audit: dict | None, dedupe: str) -> list[str]:
     if audit is not None:
         lines += [f"- {line}" for line in summarize(audit)] + ["", "Full findings: `audit.json`."]
     return lines
+
+
+def _time_lines(timing: dict | None) -> list[str]:
+    """report.md's "Time" section: the time budget's plan (when there was one) and each phase's time."""
+    if not timing:
+        return []
+    lines = ["", "## Time", ""]
+    if timing.get("plan"):
+        lines += [f"    {line}" for line in timing["plan"]] + [""]
+    phases = timing.get("phases", {})
+    lines += ["| phase | time |", "|---|---|"]
+    lines += [f"| {k} | {fmt_duration(v)} |" for k, v in phases.items() if k != "total"]
+    return lines + [_REPORT_ROW]
+
+
+_REPORT_ROW = "| report | (being written) |"
+
+
+def write_timing(report_dir: Path, phases: dict) -> None:
+    """Add the finished phases' times (the report's and the total included) to ``metrics.json`` and to
+    ``report.md``'s time table, once the report is written."""
+    path = report_dir / "metrics.json"
+    m = json.loads(path.read_text())
+    m.setdefault("timing", {})["phases"] = phases
+    path.write_text(json.dumps(m, indent=1))
+    md = report_dir / "report.md"
+    rows = f"| report | {fmt_duration(phases['report'])} |\n| total | {fmt_duration(phases['total'])} |"
+    md.write_text(md.read_text().replace(_REPORT_ROW, rows))
 
 
 def write_markdown(
@@ -139,11 +174,12 @@ def write_markdown(
         f"{m['trials']['total']} trials: {m['trials']['total'] - m['trials']['failed'] - m['trials']['stopped_early']} ran to the end, "
         f"{m['trials']['stopped_early']} stopped early by ASHA, {m['trials']['failed']} failed.",
         *[f"\n{line}" for line in device_lines(trials)],
+        *_time_lines(m.get("timing")),
         "",
         "## Winner, retrained from scratch",
         "",
         f"Trial `{best['trial_id']}` ({settings.metric} {best['best']:.4f} during the sweep), retrained for "
-        f"{settings.retrain_epochs} epochs with seed {m['seed']}: `best.pt`, config in `best_config.yaml`.",
+        f"{m['retrain_epochs']} epochs with seed {m['seed']}: `best.pt`, config in `best_config.yaml`.",
         "",
         f"Seeds: training {m['seed']}, search (TPE) {settings.seed}. "
         f"TTA \"flip\" averages each image's and its mirror image's probabilities.",
@@ -193,8 +229,10 @@ def write_markdown(
     path.write_text("\n".join(lines) + "\n")
 
 
-def print_summary(trials: pd.DataFrame, settings: SweepSettings, report_dir: Path | None) -> None:
-    """The end-of-run summary on stdout: top trials, failures, where the report is."""
+def print_summary(
+    trials: pd.DataFrame, settings: SweepSettings, report_dir: Path | None, time_line: str = ""
+) -> None:
+    """The end-of-run summary on stdout: top trials, failures, where the report is, the time per phase."""
     print("\nTop trials:")
     print("\n".join(_trial_table(trials, settings, limit=5)))
     for t in trials[trials["status"] == "ERROR"].to_dict("records"):
@@ -215,3 +253,5 @@ def print_summary(trials: pd.DataFrame, settings: SweepSettings, report_dir: Pat
                 f"macro-F1 {e['val_macro_f1']:.4f}"
             )
         print(f"Report: {report_dir / 'report.md'}")
+    if time_line:
+        print(time_line)

@@ -33,6 +33,13 @@ def fit_signed(tuner, exp: str, resumed: bool):
     return tuner.fit()
 
 
+def deadline(seconds: float | None, whole_run: bool = True):
+    """A stopper for a time limit (None without one); see ``sweeps.progress.Deadline``."""
+    from sweeps.progress import Deadline
+
+    return Deadline(seconds, whole_run) if seconds else None
+
+
 def make_trainable(base: dict, resources: dict, members: list[dict] | None = None):
     from ray import tune
 
@@ -41,7 +48,14 @@ def make_trainable(base: dict, resources: dict, members: list[dict] | None = Non
     return tune.with_resources(tune.with_parameters(fer_trainable, base=base, members=members), resources)
 
 
-def run_sweep(settings: SweepSettings, data: str, resume: bool, plan=None):
+def run_sweep(
+    settings: SweepSettings,
+    data: str,
+    resume: bool,
+    plan=None,
+    time_budget_s: float | None = None,
+    callbacks: list | None = None,
+):
     """Run (or resume) the search; returns Ray's ResultGrid.
 
     Args:
@@ -49,6 +63,9 @@ def run_sweep(settings: SweepSettings, data: str, resume: bool, plan=None):
         data: dataset root.
         resume: continue the experiment in storage.
         plan: the per-node plan (``make_plan``); None: planned from the nodes that are up.
+        time_budget_s: the search stops after this many seconds (a time budget's share), if given, once
+            some trial has reported an epoch (``sweeps.progress.Deadline``).
+        callbacks: further Tune callbacks (progress, tracking); a restored run keeps those it started with.
     """
     import optuna
     from ray import tune
@@ -104,18 +121,25 @@ def run_sweep(settings: SweepSettings, data: str, resume: bool, plan=None):
             run_config=tune.RunConfig(
                 name=settings.name,
                 storage_path=storage_uri(settings.storage),
+                stop=deadline(time_budget_s),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only last.pt is needed to resume
-                callbacks=[
-                    SignStateCallback(settings.name)
-                ],  # what --resume will unpickle is signed as Tune saves it
+                # what --resume will unpickle is signed as Tune saves it
+                callbacks=[SignStateCallback(settings.name), *(callbacks or [])],
                 verbose=1,  # the trial status table and start/stop lines, not every epoch's full result
             ),
         )
     return fit_signed(tuner, exp, resume)
 
 
-def retrain(settings: SweepSettings, data: str, members: list[dict], plan=None) -> list:
+def retrain(
+    settings: SweepSettings,
+    data: str,
+    members: list[dict],
+    plan=None,
+    time_budget_s: float | None = None,
+    callbacks: list | None = None,
+) -> list:
     """Retrain the winning parameters (and, for an ensemble, the next best) from scratch for
     ``retrain_epochs``, as one Tune run with a trial per member.
 
@@ -128,6 +152,9 @@ def retrain(settings: SweepSettings, data: str, members: list[dict], plan=None) 
         data: dataset root.
         members: parameter dicts, the winner's first.
         plan: the sweep's per-node plan (``make_plan``); None: planned from the nodes that are up.
+        time_budget_s: past this many seconds each member stops at the end of its next epoch (a time
+            budget's safety net).
+        callbacks: further Tune callbacks (progress, tracking).
 
     Returns:
         Ray Results in the order of ``members``.
@@ -152,14 +179,19 @@ def retrain(settings: SweepSettings, data: str, members: list[dict], plan=None) 
         tuner = tune.Tuner(
             trainable,
             param_space={"member": tune.grid_search(list(range(len(members))))},
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=min(concurrent, len(members))),
+            tune_config=tune.TuneConfig(
+                num_samples=1,
+                max_concurrent_trials=min(concurrent, len(members)),
+            ),
             run_config=tune.RunConfig(
                 name="retrain",
+                # Each member stops at an epoch's end, with its checkpoint: the report needs one.
+                stop=deadline(time_budget_s, whole_run=False),
                 storage_path=root,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=1,
-                callbacks=[SignStateCallback("retrain")],
+                callbacks=[SignStateCallback("retrain"), *(callbacks or [])],
             ),
         )
     results = list(fit_signed(tuner, exp, resumed))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import save_checkpoint
 from ..config import make_config
 
 SEED_WORKERS = 2  # what the seed notebooks pass to DataLoader
@@ -156,6 +157,8 @@ def bench_fer_core(
     warmup: int,
     steps: int,
     overrides: dict | None = None,
+    eval_images: int = 0,
+    chunks: int = 1,
 ) -> dict:
     """(b) fer_core's training path exactly as a trial builds it (``Trainer``), timed for ``steps`` steps.
 
@@ -165,6 +168,10 @@ def bench_fer_core(
         img_size, batch_size: as in the trial config.
         warmup, steps: untimed and timed steps.
         overrides: further TrainConfig keys (e.g. channels_last=off to measure one choice).
+        eval_images: also time what an epoch does besides training, for the sweep's time budget
+            (sweeps/budget.py): the validation pass (``Trainer.evaluate``, with the config's flip TTA) on
+            this many val images, ``eval_images_per_s``, and writing the epoch's checkpoint, ``checkpoint_s``.
+        chunks: time the steps in this many consecutive passes; ``best_images_per_s`` is the fastest.
     """
     from ..trainer import Trainer
 
@@ -195,15 +202,39 @@ def bench_fer_core(
                 trainer.train_pass(max_steps=warmup)
             warm_s = time.perf_counter() - t1
             trainer.sampler.set_epoch(2)
-            m = trainer.train_pass(max_steps=steps)
+            # In chunks when asked: the fastest chunk is the rate a slow spell of a shared machine (or
+            # Ray's own start-up beside a probe) did not touch; "images_per_s" is still all steps.
+            parts = [trainer.train_pass(max_steps=n) for n in _split(steps, chunks)]
+        m = {
+            "images_per_s": sum(p["train_images"] for p in parts) / sum(p["epoch_seconds"] for p in parts),
+            "best_images_per_s": max(p["images_per_s"] for p in parts),
+        }
+        timed_eval = {}
+        if eval_images:
+            idx = trainer.val_idx[:eval_images]
+            t2 = time.perf_counter()
+            trainer.evaluate(indices=idx)
+            t3 = time.perf_counter()
+            save_checkpoint(trainer.state(), Path(out) / "last.pt")
+            timed_eval = {
+                "eval_images_per_s": len(idx) / (t3 - t2),
+                "checkpoint_s": time.perf_counter() - t3,
+            }
         return {
-            "images_per_s": m["images_per_s"],
+            **timed_eval,
+            **m,
             "warmup_s": warm_s,
             "setup_s": setup_s,
             "peak_memory_bytes": mem.peak,
             "runtime": rt.describe(),
             "train_images": len(trainer.train_idx),
         }
+
+
+def _split(steps: int, chunks: int) -> list[int]:
+    """``steps`` as ``chunks`` near-equal positive parts (fewer when there are fewer steps)."""
+    chunks = max(1, min(chunks, steps))
+    return [steps // chunks + (i < steps % chunks) for i in range(chunks)]
 
 
 def bench_compute(

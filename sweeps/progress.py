@@ -1,0 +1,130 @@
+"""Progress lines with an ETA for the long phases (search, retrain, report), and the time each phase took.
+
+Ray's status table says what runs, not when it will end; these lines say that, from the rate measured so far.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ray.tune import Callback
+from ray.tune.stopper import Stopper
+
+from .budget import fmt_duration
+
+
+class Phases:
+    """Wall time per phase of one command, in order (``lines``/``to_dict`` for the summary and report)."""
+
+    def __init__(self, t0: float | None = None):
+        self.t0 = time.monotonic() if t0 is None else t0
+        self._mark, self.seconds = self.t0, {}
+
+    def end(self, name: str) -> float:
+        """Close phase ``name`` now (it began where the previous one ended); returns its seconds."""
+        now = time.monotonic()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
+        self._mark = now
+        return self.seconds[name]
+
+    @property
+    def total(self) -> float:
+        return time.monotonic() - self.t0
+
+    def to_dict(self) -> dict:
+        return {**{k: round(v, 1) for k, v in self.seconds.items()}, "total": round(self.total, 1)}
+
+    def line(self) -> str:
+        parts = [f"{k} {fmt_duration(v)}" for k, v in self.seconds.items()]
+        return "Time: " + ", ".join(parts) + f"; total {fmt_duration(self.total)}"
+
+
+class EpochProgress(Callback):
+    """A Tune callback printing ``[sweeps] retrain: 5/12 epochs, 40s elapsed, ETA 56s`` as epochs report.
+
+    Args:
+        phase: what is running ("search", "retrain").
+        total_epochs: epochs expected over all trials (an estimate for an ASHA search).
+        deadline: a wall-clock ``time.time()`` the phase is stopped at (Tune's time budget), or None.
+        every_s: at most one line per this many seconds (and always the last epoch's).
+    """
+
+    def __init__(self, phase: str, total_epochs: float, deadline: float | None = None, every_s: float = 15.0):
+        self.phase, self.total, self.deadline, self.every_s = phase, total_epochs, deadline, every_s
+        self.setup()
+
+    def setup(self, **info) -> None:
+        # Called by Tune when fit() starts, also after a restore: the clock starts here.
+        self.t0, self.done, self.last = time.time(), 0, 0.0
+        if self.deadline is not None and self.deadline < self.t0:  # a resumed run: that budget is spent
+            self.deadline = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.done += 1
+        now = time.time()
+        total = max(self.total, self.done)
+        if now - self.last < self.every_s and self.done < total:
+            return
+        self.last = now
+        eta = (total - self.done) * (now - self.t0) / self.done
+        if self.deadline is not None:
+            eta = min(eta, max(0.0, self.deadline - now))
+        approx = "~" if self.total != int(self.total) or self.deadline else ""
+        print(
+            f"[sweeps] {self.phase}: {self.done}/{approx}{int(round(total))} epochs, "
+            f"{fmt_duration(now - self.t0)} elapsed, ETA {approx}{fmt_duration(eta)}",
+            flush=True,
+        )
+
+
+class Steps:
+    """``[sweeps] report 2/5: plots (12s elapsed, ETA 18s)`` for a phase of known steps.
+
+    Args:
+        phase: the phase's name.
+        total: its number of steps.
+    """
+
+    def __init__(self, phase: str, total: int):
+        self.phase, self.total, self.done, self.t0 = phase, total, 0, time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        elapsed = time.monotonic() - self.t0
+        eta = f", ETA {fmt_duration(elapsed / self.done * (self.total - self.done))}" if self.done else ""
+        self.done += 1
+        print(
+            f"[sweeps] {self.phase} {self.done}/{self.total}: {what} ({fmt_duration(elapsed)} elapsed{eta})",
+            flush=True,
+        )
+
+
+class Deadline(Stopper):
+    """Stops a Tune run ``seconds`` after it starts, but never before some trial has reported an epoch.
+
+    Tune's own ``time_budget_s`` stops at the second even when nothing has finished: on a machine slower
+    than the probe measured, a search could end with no trial result (nothing to retrain) and a retrain
+    with no checkpoint. Here the run waits for the first epoch (a small overrun, said in the summary,
+    instead of a run with no result). Past the deadline each trial stops as its next epoch is reported,
+    with that epoch's checkpoint; with ``whole_run`` (the search) the run also stops at once, dropping
+    the epochs in flight. Only the process that set it enforces it: a resumed run (which Tune restores
+    with the stopper it pickled) continues without the old deadline.
+
+    Args:
+        seconds: how long the run may take.
+        whole_run: stop every trial at the deadline, not only each at its next reported epoch.
+    """
+
+    def __init__(self, seconds: float, whole_run: bool = True):
+        self.deadline, self.pid, self.reported = time.time() + seconds, os.getpid(), False
+        self.whole_run = whole_run
+
+    def _past(self) -> bool:
+        return self.pid == os.getpid() and self.reported and time.time() >= self.deadline
+
+    def __call__(self, trial_id, result) -> bool:
+        self.reported = True
+        return self._past()
+
+    def stop_all(self) -> bool:
+        return self.whole_run and self._past()

@@ -1,0 +1,190 @@
+"""The time budget's arithmetic (sweeps/budget.py) and its settings: durations, ASHA's expected length,
+the plan's split of a budget, the refusal of one that fits nothing, and resuming a budgeted sweep."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fer_core.config import config_to_dict
+from fer_core.errors import ConfigError, FerError
+from fer_core.trainer import Trainer
+from sweeps.budget import (
+    Caps,
+    Counts,
+    Estimate,
+    asha_epochs,
+    count_images,
+    epoch_images,
+    margin_for,
+    measured_retrain_epoch_s,
+    parse_duration,
+    plan_budget,
+    probe_params,
+    steps_cost_alike,
+)
+from sweeps.planning import asha_rungs
+from sweeps.record import RECORD, pin_planned, resume_settings, write_record
+from sweeps.settings import load_settings
+
+from .conftest import REPO
+
+CONFIGS = REPO / "sweeps" / "configs"
+
+
+def test_durations_need_a_unit_and_name_the_flag():
+    assert parse_duration("90s", "x") == 90
+    assert parse_duration("30m", "x") == 1800
+    assert parse_duration("1h30m", "x") == 5400
+    assert parse_duration("2.5h", "x") == 9000
+    for bad in ("30", "abc", "0m", "", "5 minutes", "m30"):
+        with pytest.raises(FerError) as e:
+            parse_duration(bad, "--time-budget")
+        assert str(e.value).startswith("--time-budget: ") and "\n" not in str(e.value)
+
+
+def test_a_bad_time_budget_or_tracker_in_yaml_is_refused_naming_the_key():
+    with pytest.raises(FerError, match="'time_budget'.*30 minutes"):
+        load_settings(None, {"time_budget": "30 minutes"})
+    with pytest.raises(ConfigError, match="'tracking' = 'wandb' is not one of none, mlflow"):
+        load_settings(None, {"tracking": "wandb"})
+    assert load_settings(None, {"time_budget": "6m"}).time_budget == "6m"
+
+
+def test_asha_expected_epochs_and_rungs():
+    assert asha_epochs(1, 1, 2) == 1
+    assert asha_epochs(3, 1, 2) == pytest.approx(1 + 0.5 + 0.25)  # rungs 1, 2, 3
+    assert asha_epochs(30, 5, 3) == pytest.approx(5 + 10 / 3 + 15 / 9)  # rungs 5, 15, 30
+    assert asha_rungs(3, 1, 2) == [1, 2, 3]
+    assert asha_rungs(30, 5, 3) == [5, 15, 30]
+
+
+def test_the_probe_trains_at_the_middle_of_the_space():
+    s = load_settings(None, {})
+    p = probe_params(s.search_space)
+    assert p["batch_size"] == 32 and p["lr"] == pytest.approx((3e-4 * 1e-2) ** 0.5)
+    assert p["aug_strength"] == pytest.approx(0.4)
+
+
+def test_epoch_images_follow_the_trainer(demo_root):
+    """The plan's epoch length is the one Trainer actually runs (subset, batches, val subset)."""
+    counts = count_images(str(demo_root))
+    for cfg in (
+        {"batch_size": 32, "max_train_samples": 100, "max_val_samples": 50},
+        {"batch_size": 16, "steps_per_epoch": 5},
+    ):
+        t = Trainer_for(demo_root, cfg)
+        train, val = epoch_images({**cfg, "tta_flip": False}, counts)
+        assert train == t.steps_per_epoch * cfg["batch_size"] and val == len(t.val_idx)
+
+
+def Trainer_for(root, cfg):  # noqa: N802 - reads as the class it builds
+    from fer_core.config import make_config
+
+    return Trainer(make_config({"data": str(root), "img_size": 48, "progress": False, **cfg}))
+
+
+EST = Estimate(trial_epoch_s=6.0, retrain_epoch_s=7.0, report_s=10.0, start_s=5.0)
+
+
+def _fits(plan, budget_s):
+    """Everything the plan sets aside, start to end, stays inside the budget."""
+    return (
+        plan.elapsed_s + plan.sweep_s + plan.retrain_s + plan.report_s + 2 * EST.start_s + plan.margin_s
+        <= budget_s + 1e-6
+    )
+
+
+def test_a_longer_budget_buys_a_longer_retrain_and_more_search():
+    s = load_settings(None, {})
+    short = plan_budget(120, 20, EST, s, 1, Caps(), "--time-budget")
+    long = plan_budget(360, 20, EST, s, 1, Caps(), "--time-budget")
+    assert _fits(short, 120) and _fits(long, 360)
+    assert long.retrain_epochs > short.retrain_epochs >= 1
+    assert long.num_samples >= short.num_samples >= 1
+    assert short.sweep_s > 0 and long.sweep_s > short.sweep_s
+    assert long.margin_s == margin_for(360) == 36
+    # Two slots run trials side by side: the same search time holds about twice the trials.
+    wide = plan_budget(360, 20, EST, s, 2, Caps(), "--time-budget")
+    assert wide.num_samples >= 2 * long.num_samples - 1
+
+
+def test_explicit_sizes_are_upper_bounds_and_leftover_time_goes_to_the_retrain():
+    s = load_settings(None, {"num_samples": 2, "retrain_epochs": 80})
+    caps = Caps.from_settings(s)
+    assert (caps.num_samples, caps.retrain_epochs, caps.max_epochs) == (2, 80, 3)
+    free = plan_budget(600, 20, EST, load_settings(None, {}), 1, Caps(), "x")
+    capped = plan_budget(600, 20, EST, s, 1, caps, "x")
+    assert capped.num_samples == 2 and capped.retrain_epochs > free.retrain_epochs and _fits(capped, 600)
+    assert any("num_samples caps" in n for n in capped.notes)
+
+
+def test_a_budget_that_fits_nothing_is_refused_in_one_line():
+    s = load_settings(None, {})
+    with pytest.raises(FerError) as e:
+        plan_budget(40, 20, EST, s, 1, Caps(), "--time-budget")
+    msg = str(e.value)
+    assert msg.startswith("--time-budget: 40s cannot fit one useful trial") and "give at least" in msg
+    assert "\n" not in msg
+
+
+def test_the_retrain_epoch_is_measured_from_the_winners_trial():
+    counts = Counts(train=1000, val=200)
+    base = {"batch_size": 50, "max_train_samples": 500, "max_val_samples": 100, "steps_per_epoch": 0}
+    retrain = {**base, "max_train_samples": 0, "max_val_samples": 0}
+    # 3 epochs of 20 s each: 10 s training 500 images (50 img/s), 10 s validating 100 and saving.
+    last = {"training_iteration": 3, "time_total_s": 60.0, "images_per_s": 50.0, "epoch_seconds": 10.0}
+    got = measured_retrain_epoch_s(last, {}, counts, base, retrain)
+    assert got == pytest.approx(1000 / 50 + 10 * 200 / 100)
+    assert measured_retrain_epoch_s({}, {}, counts, base, retrain) is None
+
+
+def test_a_budgeted_sweep_resumes_with_its_plan(tmp_path):
+    """The record keeps what the budget decided; the same command with --resume continues it, another
+    budget is refused (the trials already run were sized for the first)."""
+    exp = str(tmp_path / "exp")
+    started = load_settings(None, {"time_budget": "6m"})
+    started.num_samples, started.retrain_epochs = 3, 9
+    started.scheduler.max_epochs = 2
+    pin_planned(started)
+    write_record(exp, started)
+    assert json.loads((tmp_path / "exp" / RECORD).read_text())["flat"]["num_samples"] == 3
+
+    again, applied = resume_settings(load_settings(None, {"time_budget": "6m"}), exp, False, False)
+    assert (again.num_samples, again.retrain_epochs, again.scheduler.max_epochs, applied) == (3, 9, 2, [])
+    bare, _ = resume_settings(load_settings(None, {}), exp, True, False)
+    assert (bare.num_samples, bare.time_budget) == (3, "6m")
+    with pytest.raises(FerError, match=r"time_budget \(\"6m\" -> \"2m\"\)"):
+        resume_settings(load_settings(None, {"time_budget": "2m"}), exp, False, False)
+
+
+def test_the_retrain_is_probed_too_when_its_steps_cost_otherwise():
+    """fer2013-cpu.yaml's retrain keeps an EMA of the weights the trials do not: its steps are slower, so
+    the probe times both configs and the winner's measured rate is scaled by their ratio."""
+    s = load_settings(CONFIGS / "fer2013-cpu.yaml", {"weights": ""})
+    trial = config_to_dict(s.train)
+    retrain = {**trial, **s.retrain}
+    assert not steps_cost_alike(trial, retrain)
+    sizes_only = {**trial, "max_train_samples": 0, "steps_per_epoch": 0, "epochs": 9, "tta_flip": False}
+    assert steps_cost_alike(trial, sizes_only)
+    counts = Counts(train=1000, val=200)
+    base = {"batch_size": 50, "max_train_samples": 500, "max_val_samples": 100, "steps_per_epoch": 0}
+    last = {"training_iteration": 3, "time_total_s": 60.0, "images_per_s": 50.0, "epoch_seconds": 10.0}
+    slower = measured_retrain_epoch_s(last, {}, counts, base, {**base, "max_train_samples": 0}, speed=0.8)
+    assert slower == pytest.approx(1000 / 40 + 10 * 100 / 100)
+
+
+def test_the_search_deadline_waits_for_a_first_epoch_and_binds_only_its_own_process():
+    from sweeps.progress import Deadline
+
+    d = Deadline(0.0)
+    assert not d.stop_all()  # past the deadline, but no trial has reported: a run with no result is worse
+    assert d("t1", {"training_iteration": 1}) is True and d.stop_all()
+    d.pid = -1  # restored by a resumed run in another process: the old deadline no longer binds
+    assert not d.stop_all() and d("t1", {}) is False
+    assert not Deadline(3600)("t1", {}) and not Deadline(3600).stop_all()
+    # The retrain's: each trial stops at its next reported epoch (with that epoch's checkpoint), the run
+    # is not cut mid-epoch.
+    r = Deadline(0.0, whole_run=False)
+    assert r("t1", {}) is True and not r.stop_all()
