@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         out = report.write_report(
             settings, data, trials, members, finals, phases.total, findings, timing=timing
         )
+        phases.end("report")
+        summary.write_timing(out, phases.to_dict())
+        # After the timing is in: the artifacts are the report as it stays.
         run_id = log_report(settings, out, best, finals[0].metrics.get("trial_id", ""))
         if run_id:
             print(
@@ -362,8 +365,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"report is attached to run {run_id}",
                 flush=True,
             )
-        phases.end("report")
-        summary.write_timing(out, phases.to_dict())
         summary.print_summary(trials, settings, out, phases.line() + budget_verdict(budget, phases.total))
         upload_report(
             settings.storage, settings.name, out

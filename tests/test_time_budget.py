@@ -52,7 +52,7 @@ def test_a_budgeted_sweep_plans_reports_and_keeps_its_budget(budgeted):
     assert "ETA" in r.stdout.split("[sweeps] retrain: ")[1].splitlines()[0]
 
 
-def test_mlflow_holds_each_trials_params_and_epochs_and_the_report(budgeted):
+def test_mlflow_holds_each_trials_params_and_epochs_and_the_report(budgeted, tmp_path):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
@@ -88,6 +88,10 @@ def test_mlflow_holds_each_trials_params_and_epochs_and_the_report(budgeted):
         "report/confusion_matrix.png",
     } <= files
     assert (mlruns / "mlflow.db").is_file() and (mlruns / "artifacts").is_dir()
+    # The report as it stays: attached after its time table is complete.
+    md = client.download_artifacts(run.info.run_id, "report/report.md", str(tmp_path))
+    text = open(md).read()
+    assert "| total | " in text and "(being written)" not in text
 
 
 def test_tensorboard_reads_each_trials_epoch_metrics(budgeted):
