@@ -115,16 +115,28 @@ def epoch_images(cfg: dict, counts: Counts) -> tuple[int, int]:
     return steps * batch, val * (2 if cfg.get("tta_flip") else 1)  # flip TTA runs the model twice
 
 
+def asha_rungs(max_t: int, grace: int, rf: float) -> list[int]:
+    """The epochs at which ASHA compares trials (its milestones ``grace * rf**k`` below ``max_t``), then
+    ``max_t``."""
+    rungs, k = [], 0
+    while grace * rf**k < max_t:
+        rungs.append(int(grace * rf**k))
+        k += 1
+    return rungs + [max_t]
+
+
 def asha_epochs(max_t: int, grace: int, rf: float) -> float:
-    """Expected epochs per trial under ASHA: all reach ``grace``, 1/rf of them the next rung (grace*rf),
-    1/rf^2 the one after, ..., up to ``max_t``."""
-    total, fraction, rung = float(grace), 1.0, grace
-    while rung < max_t:
-        nxt = min(max_t, int(math.ceil(rung * rf)))
-        fraction /= rf
-        total += fraction * (nxt - rung)
-        rung = nxt
-    return total
+    """Expected epochs per trial under ASHA: all reach the first rung, 1/rf of them the next, 1/rf^2 the
+    one after, ..., up to ``max_t``."""
+    rungs = asha_rungs(max_t, grace, rf)
+    return rungs[0] + sum((b - a) / rf ** (i + 1) for i, (a, b) in enumerate(zip(rungs, rungs[1:])))
+
+
+def trial_s(est, scheduler, max_t: int | None = None) -> float:
+    """A trial's expected seconds: its start, and ASHA's expected epochs at ``max_t`` (default: the
+    scheduler's)."""
+    epochs = asha_epochs(max_t or scheduler.max_epochs, scheduler.grace_period, scheduler.reduction_factor)
+    return est.start_s + epochs * est.trial_epoch_s
 
 
 @dataclass
@@ -268,6 +280,7 @@ class Estimate:
     retrain_epoch_s: float
     report_s: float
     start_s: float
+    counts: Counts  # images per split, counted once for the probe and reused by every later estimate
     retrain_speed: float = 1.0  # a retrain step's speed over a trial step's (the probe's two rates)
 
 
@@ -293,6 +306,7 @@ def estimate(settings, probe: Probe, counts: Counts, base: dict, retrain_base: d
         retrain_epoch_s=epoch_s(retrain_base, probe.retrain_images_per_s),
         report_s=report_images / probe.eval_images_per_s + REPORT_PLOTS_S,
         start_s=probe.start_s,
+        counts=counts,
         retrain_speed=probe.retrain_images_per_s / probe.train_images_per_s,
     )
 
@@ -420,10 +434,7 @@ def plan_budget(
     want = max(4, 2 * slots)
 
     def trials(max_t: int) -> int:
-        per_trial = (
-            est.start_s + asha_epochs(max_t, sch.grace_period, sch.reduction_factor) * est.trial_epoch_s
-        )
-        return int(sweep_s * slots // per_trial)
+        return int(sweep_s * slots // trial_s(est, sch, max_t))
 
     max_t = max(caps.max_epochs, sch.grace_period)
     while max_t > sch.grace_period and trials(max_t) < want:
@@ -431,9 +442,7 @@ def plan_budget(
     n = max(1, min(caps.num_samples, trials(max_t)))
     notes = []
     if trials(max_t) > caps.num_samples:  # the search ends early: give the retrain what it leaves
-        used = math.ceil(n / slots) * (
-            est.start_s + asha_epochs(max_t, sch.grace_period, sch.reduction_factor) * est.trial_epoch_s
-        )
+        used = math.ceil(n / slots) * trial_s(est, sch, max_t)
         extra = int(min(caps.retrain_epochs - retrain_epochs, max(0, (sweep_s - used) // retrain_epoch)))
         if extra > 0:
             retrain_epochs += extra

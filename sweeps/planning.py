@@ -12,6 +12,7 @@ import time
 from .budget import (
     Caps,
     asha_epochs,
+    asha_rungs,
     count_images,
     estimate,
     fmt_duration,
@@ -21,6 +22,7 @@ from .budget import (
     plan_budget,
     run_probe,
     size_retrain,
+    trial_s,
 )
 from .placement import make_plan
 from .record import pin_planned, write_record
@@ -122,7 +124,7 @@ def resize_retrain(
         measured_retrain_epoch_s(
             winner.metrics,
             members[0]["params"],
-            count_images(data),
+            budget.est.counts,
             base,
             retrain_base,
             budget.est.retrain_speed,
@@ -156,15 +158,6 @@ def budget_verdict(budget, total_s: float) -> str:
     )
 
 
-def asha_rungs(max_t: int, grace: int, rf: float) -> list[int]:
-    """The epochs at which ASHA compares trials (its milestones below ``max_t``), then ``max_t``."""
-    rungs, k = [], 0
-    while grace * rf**k < max_t:
-        rungs.append(int(grace * rf**k))
-        k += 1
-    return rungs + [max_t]
-
-
 def _space_line(p) -> str:
     if p.kind == "choice":
         return f"{p.name}: choice of {list(p.values)}"
@@ -186,13 +179,10 @@ def print_dry_run(settings, data: str, findings: dict, plan, est, budget, exp: s
         exp: where the experiment would be written.
         t0: ``time.monotonic()`` when the command started.
     """
-    counts = count_images(data)
+    counts = est.counts
     sch = settings.scheduler
     slots = max(1, plan.concurrent)
-    per_trial = (
-        est.start_s + asha_epochs(sch.max_epochs, sch.grace_period, sch.reduction_factor) * est.trial_epoch_s
-    )
-    search_s = math.ceil(settings.num_samples / slots) * per_trial
+    search_s = math.ceil(settings.num_samples / slots) * trial_s(est, sch)
     members = max(1, settings.ensemble_top_k)
     waves = math.ceil(members / min(slots, members))
     retrain_s = waves * (est.start_s + settings.retrain_epochs * est.retrain_epoch_s)

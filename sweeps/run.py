@@ -100,13 +100,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def resolve_settings(args) -> SweepSettings:
     """YAML + command line -> checked settings (no Ray needed; every error is a one-line FerError)."""
     overrides = parse_overrides(args.overrides)
-    for flag, key in (
-        ("time_budget", "time_budget"),
-        ("tracking", "tracking"),
-        ("tracking_uri", "tracking_uri"),
-    ):
-        if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
+    for key in ("time_budget", "tracking", "tracking_uri"):  # flags that are also YAML keys
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
     if getattr(args, "tracking_uri", None):
         overrides.setdefault("tracking", "mlflow")
     settings = load_settings(args.config, overrides)

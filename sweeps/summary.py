@@ -47,14 +47,11 @@ def _fmt(v) -> str:
 def _trial_table(trials: pd.DataFrame, settings: SweepSettings, limit: int | None = None) -> list[str]:
     """The ranked trials as a markdown table (pandas' to_markdown needs the tabulate package)."""
     r = _with_params(trials, settings).iloc[:limit]
-    status = np.where(
-        r["status"] == "ERROR",
-        "failed",
-        np.where(
-            r["epochs"] == 0,  # stopped by a time limit before its first epoch ended
-            "stopped before an epoch",
-            np.where(r["stopped_early"], "stopped early (ASHA)", "completed"),
-        ),
+    status = np.select(
+        # epochs == 0: a time limit stopped it before its first epoch ended
+        [r["status"] == "ERROR", r["epochs"] == 0, r["stopped_early"]],
+        ["failed", "stopped before an epoch", "stopped early (ASHA)"],
+        default="completed",
     )
     shown = pd.concat(
         [

@@ -62,16 +62,26 @@ def _mlflow():
 
 
 def check_tracking(settings) -> None:
-    """Fail before anything runs when MLflow tracking is asked for and its client is missing."""
-    if settings.tracking == "mlflow":
-        _mlflow()
+    """Before anything runs: with MLflow tracking, import the client and open (or create) the experiment
+    in the store, so a missing client or an unusable ``tracking_uri`` is one line, not a trace mid-sweep."""
+    if settings.tracking != "mlflow":
+        return
+    _mlflow()
+    try:
+        _ensure_experiment(settings)
+    except Exception as e:  # noqa: BLE001 - MLflow raises many kinds (database, HTTP, permissions)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise FerError(
+            f"tracking_uri {tracking_uri(settings)}: MLflow cannot open it ({first}); give a reachable "
+            "--tracking-uri or leave it empty for the local ./mlruns folder"
+        ) from None
 
 
 def tracking_callbacks(settings, phase: str) -> list:
     """Tune callbacks that log the trials of ``phase`` ("sweep" or "retrain"); none without tracking."""
     if settings.tracking != "mlflow":
         return []
-    _ensure_experiment(settings)
+    _mlflow()  # the experiment exists: check_tracking made it before Ray started
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     return [

@@ -15,6 +15,7 @@ from sweeps.budget import (
     Counts,
     Estimate,
     asha_epochs,
+    asha_rungs,
     count_images,
     epoch_images,
     margin_for,
@@ -24,7 +25,6 @@ from sweeps.budget import (
     probe_params,
     steps_cost_alike,
 )
-from sweeps.planning import asha_rungs
 from sweeps.record import RECORD, pin_planned, resume_settings, write_record
 from sweeps.settings import load_settings
 
@@ -85,7 +85,7 @@ def Trainer_for(root, cfg):  # noqa: N802 - reads as the class it builds
     return Trainer(make_config({"data": str(root), "img_size": 48, "progress": False, **cfg}))
 
 
-EST = Estimate(trial_epoch_s=6.0, retrain_epoch_s=7.0, report_s=10.0, start_s=5.0)
+EST = Estimate(trial_epoch_s=6.0, retrain_epoch_s=7.0, report_s=10.0, start_s=5.0, counts=Counts(700, 210))
 
 
 def _fits(plan, budget_s):
@@ -188,3 +188,18 @@ def test_the_search_deadline_waits_for_a_first_epoch_and_binds_only_its_own_proc
     # is not cut mid-epoch.
     r = Deadline(0.0, whole_run=False)
     assert r("t1", {}) is True and not r.stop_all()
+
+
+def test_an_unusable_tracking_uri_is_one_line_before_anything_runs(tmp_path):
+    from sweeps.tracking import check_tracking
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    s = load_settings(None, {"tracking_uri": f"sqlite:///{blocked}/sub/mlflow.db", "tracking": "mlflow"})
+    with pytest.raises(FerError) as e:
+        check_tracking(s)
+    assert str(e.value).startswith(f"tracking_uri sqlite:///{blocked}/sub/mlflow.db: MLflow cannot open it")
+    assert "\n" not in str(e.value)
+    ok = load_settings(None, {"tracking_uri": str(tmp_path / "mlruns"), "tracking": "mlflow"})
+    check_tracking(ok)  # the local default's shape: a folder, created with its store
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
