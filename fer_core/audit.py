@@ -114,7 +114,12 @@ def audit_dataset(
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found; pass the folder that holds train/ and val/")
     names = [s for s in SPLITS if s != "test" or (root / "test").is_dir()]
-    data = {s: load_split(root, s, img_size, grayscale, strict, cache_dir) for s in names}
+    data = {
+        s: load_split(
+            root=root, split=s, img_size=img_size, grayscale=grayscale, strict=strict, cache_dir=cache_dir
+        )
+        for s in names
+    }
     lap("load")
     classes = data["train"].classes
     stats = {s: image_stats(d.images) for s, d in data.items()}

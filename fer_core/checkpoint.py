@@ -58,7 +58,6 @@ def remove_stale_temporaries(folder: str | os.PathLike, names=("last.pt", "best.
     d = Path(folder)
     if not d.is_dir():
         return []
-    # Files from before the .tmp suffix have the same prefix and a random tail only.
     stale = [f for n in names for f in d.glob(f".{n}.*") if f.is_file()]
     for f in stale:
         f.unlink(missing_ok=True)
@@ -170,12 +169,10 @@ def load_model(path, runtime: Runtime | None = None):
     runtime = runtime or resolve_runtime()
     state = load_checkpoint(path)
     cfg = state["config"]
-    model = build_model(
-        cfg["model"], num_classes=len(state["class_names"]), drop_rate=cfg.get("drop_rate", 0.0)
-    )
+    model = build_model(cfg["model"], num_classes=len(state["class_names"]), drop_rate=cfg["drop_rate"])
     # A run with weight averaging was evaluated (and chose best.pt) with the EMA weights, so those are
     # what a checkpoint deploys; the raw weights stay in "model" for resuming.
-    weights = state["ema"]["module"] if state.get("ema") else state["model"]
+    weights = state["ema"]["module"] if state["ema"] else state["model"]
     check_finite_weights(weights, path)  # evaluate, predict and export all load through here
     try:
         model.load_state_dict(weights)
@@ -188,7 +185,7 @@ def load_model(path, runtime: Runtime | None = None):
         model.to(memory_format=torch.channels_last)
     return (
         model,
-        Preprocess.from_dict(state["preprocess"], source=str(path)),
+        Preprocess.from_dict(state["preprocess"]),
         list(state["class_names"]),
         state,
     )

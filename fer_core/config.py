@@ -176,7 +176,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N.")
     precision: str = _opt(
         "auto",
-        "auto (bf16 autocast on CUDA that supports it, fp16 on older CUDA, fp32 on CPU), fp32, bf16 or fp16.",
+        "auto (bf16 autocast on CUDA that supports it, fp16 on CUDA without bf16, fp32 on CPU), fp32, bf16 or fp16.",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
     channels_last: str = _opt(
@@ -211,10 +211,22 @@ _HINTS = typing.get_type_hints(TrainConfig)
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert ``value`` to the declared type of ``key`` or raise a one-line ConfigError."""
-    typ = _HINTS[key]
+    """Convert ``value`` to the declared type of TrainConfig's ``key`` or raise a one-line ConfigError."""
     meta = FIELDS[key].metadata
-    where = f"{source}: key '{key}'"
+    return coerce(
+        value,
+        _HINTS[key],
+        f"{source}: key '{key}'",
+        choices=meta["choices"],
+        low=meta["low"],
+        high=meta["high"],
+        example=FIELDS[key].default,
+    )
+
+
+def coerce(value: Any, typ: type, where: str, *, choices=None, low=None, high=None, example=None) -> Any:
+    """Convert ``value`` (from YAML or a ``key=value`` string) to ``typ`` (bool, int, float or str) and check
+    it against ``choices`` and ``[low, high]``; raise a one-line ConfigError naming ``where`` otherwise."""
     if typ is bool:
         if isinstance(value, bool):
             out = value
@@ -237,41 +249,35 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         try:
             # YAML reads "1e-3" (no dot) as a string, so numbers arrive as text too.
             num = float(value) if isinstance(value, str) else value
-            out = typ(num)
-            if typ is int and float(num) != out:
+            finite = math.isfinite(num)
+            out = typ(num) if finite else num
+            if typ is int and finite and float(num) != out:
                 raise ValueError
-        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
+        except (TypeError, ValueError):
             raise ConfigError(
                 f"{where} must be {'an integer' if typ is int else 'a number'}, got {value!r}"
             ) from None
         # NaN passes every range check (all comparisons are false) and inf passes open ones; either would
         # train a model of NaN weights or fail deep inside torch, so both stop here.
-        if not math.isfinite(out):
-            raise ConfigError(
-                f"{where} must be a finite number, got {value!r}; give a plain number such as {FIELDS[key].default!r}"
-            )
-        if meta["low"] is not None and out < meta["low"] or meta["high"] is not None and out > meta["high"]:
-            raise ConfigError(
-                f"{where} = {out} is outside [{meta['low']}, {meta['high'] if meta['high'] is not None else 'inf'}]"
-            )
+        if not finite:
+            hint = f"; give a plain number such as {example!r}" if example is not None else ""
+            kind = "integer" if typ is int else "number"
+            raise ConfigError(f"{where} must be a finite {kind}, got {value!r}{hint}")
+        if low is not None and out < low or high is not None and out > high:
+            if high is None:
+                raise ConfigError(f"{where} must be >= {low}, got {out}")
+            raise ConfigError(f"{where} = {out} is outside [{low}, {high}]")
     else:
         if value is None:
             value = ""
-        if isinstance(value, bool) and meta["choices"] and "on" in meta["choices"]:
+        if isinstance(value, bool) and choices and "on" in choices:
             value = "on" if value else "off"  # YAML reads a bare on/off as a boolean
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         out = str(value)
-    if meta["choices"] and out not in meta["choices"]:
-        raise ConfigError(f"{where} = {out!r} is not one of {', '.join(meta['choices'])}")
+    if choices and out not in choices:
+        raise ConfigError(f"{where} = {out!r} is not one of {', '.join(choices)}")
     return out
-
-
-# Keys that existed once: a config that still sets one gets told what became of it, not "unknown key".
-REMOVED_KEYS = {
-    "blur_sigma": "the input blur was removed from the preprocessing (it altered every image the model sees); "
-    "delete the key, and run python -m fer_core.audit DATA to compare your splits' sharpness",
-}
 
 
 def resolve_normalize(cfg: TrainConfig) -> str:
@@ -285,8 +291,6 @@ def resolve_normalize(cfg: TrainConfig) -> str:
 
 def unknown_key_error(key: str, source: str, known) -> ConfigError:
     """A ConfigError for an unknown key, suggesting the closest known one."""
-    if key in REMOVED_KEYS:
-        return ConfigError(f"{source}: key '{key}' no longer exists: {REMOVED_KEYS[key]}")
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(sorted(known))}"
     return ConfigError(f"{source}: unknown key '{key}'{hint}")

@@ -52,9 +52,7 @@ class SplitData:
     labels: np.ndarray
     paths: list[str]
     skipped: list[str]
-    sizes: list | None = (
-        None  # (width, height) of each original file, when known (caches before it lack them)
-    )
+    sizes: list[tuple[int, int]]  # (width, height) of each original file
 
     def __len__(self) -> int:
         return len(self.labels)

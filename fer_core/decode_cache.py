@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
-def _warn_odd_sizes(where: Path, paths: Sequence[str], sizes: Sequence | None, img_size: int) -> None:
-    odd = odd_sizes(paths, sizes or [], img_size)
+def _warn_odd_sizes(where: Path, paths: Sequence[str], sizes: Sequence, img_size: int) -> None:
+    odd = odd_sizes(paths, sizes, img_size)
     if odd:
         shown = "; ".join(f"{p} ({w}x{h})" for p, (w, h) in odd[:20]) + (" ..." if len(odd) > 20 else "")
         warnings.warn(
@@ -162,7 +162,7 @@ def _read_cache(npy: Path, meta_path: Path, where: Path, img_size: int, strict: 
             f"{where}: skipped {len(meta['skipped'])} corrupt or truncated image(s): {'; '.join(meta['skipped'][:20])}",
             stacklevel=3,
         )
-    sizes = meta.get("sizes")  # absent in caches written before sizes were recorded
+    sizes = [tuple(s) for s in meta["sizes"]]
     _warn_odd_sizes(where, meta["paths"], sizes, img_size)
     # mmap: trials on one node share the page cache instead of each holding a copy.
     images = np.load(npy, mmap_mode="r")
@@ -173,5 +173,5 @@ def _read_cache(npy: Path, meta_path: Path, where: Path, img_size: int, strict: 
         np.asarray(meta["labels"], dtype=np.int64),
         meta["paths"],
         meta["skipped"],
-        [tuple(s) for s in sizes] if sizes else None,
+        sizes,
     )

@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass; ``train.py`` wires them together."""
+"""One training epoch and one evaluation pass: the step loops the Trainer (``fer_core.trainer``) runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .errors import DivergedError
 from .metrics import confusion_matrix, summarize
@@ -19,8 +20,6 @@ from .runtime import Runtime
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm import tqdm
-
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
@@ -55,7 +54,7 @@ def train_one_epoch(
         desc: bar label.
         mixer: a ``mixing.BatchMixer`` (mixup / CutMix), or None.
         ema: a ``ema.ModelEma`` updated after every optimizer step, or None.
-        max_steps: stop after this many steps (0 = the whole loader; the benchmark uses it).
+        max_steps: stop after this many steps (0 = the whole loader; ``fer_core.timing`` times such passes).
 
     Returns:
         {"train_loss", "train_accuracy", "train_images", "train_steps", "epoch_seconds", "images_per_s"},

@@ -26,4 +26,4 @@ class CheckpointError(FerError):
 class DivergedError(FerError, FloatingPointError):
     """Training produced a non-finite loss, weight or metric (lower the learning rate or clip gradients).
 
-    Also a FloatingPointError, which is what a divergence raised before it was a user-facing error."""
+    Also a FloatingPointError, so code that catches numeric failures as such catches it too."""

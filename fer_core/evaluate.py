@@ -81,14 +81,23 @@ def evaluate_checkpoint(
     runtime = runtime or resolve_runtime()
     model, pre, classes, state = load_model(path, runtime)
     _check_same_classes(path, classes, Path(data) / split)
-    split_data = load_split(data, split, pre.img_size, pre.grayscale, cache_dir=cache_dir, classes=classes)
-    batches = iter_batches(split_data, np.arange(len(split_data)), batch_size or runtime.eval_batch_size)
+    split_data = load_split(
+        root=data,
+        split=split,
+        img_size=pre.img_size,
+        grayscale=pre.grayscale,
+        cache_dir=cache_dir,
+        classes=classes,
+    )
+    batches = iter_batches(
+        split_data, np.arange(len(split_data)), batch_size=batch_size or runtime.eval_batch_size
+    )
     out = engine.evaluate(
-        model,
-        batches,
-        pre,
-        runtime,
-        classes,
+        model=model,
+        batches=batches,
+        preprocess=pre,
+        runtime=runtime,
+        class_names=classes,
         prefix=f"{split}_",
         return_probs=return_probs,
         tta_flip=tta_flip,
@@ -138,10 +147,10 @@ def main(argv=None) -> int:
             )
         m = evaluate_checkpoint(
             args.checkpoint,
-            args.data,
-            args.split,
-            args.batch_size,
-            resolve_runtime(args.device),
+            data=args.data,
+            split=args.split,
+            batch_size=args.batch_size,
+            runtime=resolve_runtime(args.device),
             tta_flip=args.tta,
         )
     except FerError as e:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
@@ -93,8 +94,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{p}: weights file not found; check the 'weights' path")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             sd = load_file(str(p))
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)

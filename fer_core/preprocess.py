@@ -7,7 +7,6 @@ user to type sizes or means again.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,27 +30,23 @@ class Preprocess:
     std: tuple[float, float, float]
     per_image: bool = False
 
+    def __post_init__(self) -> None:
+        # The normalisation tensors per device (``_constants``): not a field, so equality, hashing and
+        # ``to_dict`` see the contract alone.
+        object.__setattr__(self, "_by_device", {})
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "checkpoint") -> Preprocess:
-        """The contract stored in a checkpoint. Checkpoints of fer_core versions with an input blur
-        (``blur_sigma``) still load: the blur is no longer applied, and a warning says so, because the
-        model was trained on blurred inputs and may score differently on sharp ones."""
-        sigma = float(d.get("blur_sigma", 0.0))
-        if sigma > 0:
-            warnings.warn(
-                f"{source}: trained with an input blur of {sigma:g} px, which fer_core no longer applies; "
-                "its accuracy on sharp images may differ from its recorded metrics: retrain it to be sure",
-                stacklevel=2,
-            )
+    def from_dict(cls, d: dict) -> Preprocess:
+        """The contract as ``to_dict`` wrote it into a checkpoint."""
         return cls(
-            int(d["img_size"]),
-            bool(d["grayscale"]),
-            tuple(d["mean"]),
-            tuple(d["std"]),
-            bool(d.get("per_image", False)),
+            img_size=int(d["img_size"]),
+            grayscale=bool(d["grayscale"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            per_image=bool(d["per_image"]),
         )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +65,23 @@ class Preprocess:
             m = x.mean(dim=(1, 2, 3), keepdim=True)
             sd = ((x - m) ** 2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
             return (x - m) / sd.clamp_min(1.0)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * 255.0
+        mean, std = self._constants(x.device)
         return (x - mean) / std
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean`` and ``std`` as 1×3×1×1 tensors on the 0..255 scale, built on ``device`` at its first use
+        and kept: built from the Python tuples on every call they would be a host-to-device copy per
+        training step on CUDA. Built outside inference mode, so a tensor made during prediction also
+        serves training and export."""
+        cached = self._by_device.get(device)
+        if cached is None:
+            with torch.inference_mode(False):
+                cached = (
+                    torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * 255.0,
+                    torch.tensor(self.std, device=device).view(1, 3, 1, 1) * 255.0,
+                )
+            self._by_device[device] = cached
+        return cached
 
     def __call__(self, images: torch.Tensor, runtime: Runtime | None = None) -> torch.Tensor:
         """uint8 batch -> normalised float B×3×H×W on the runtime's device (channels_last when it says so)."""

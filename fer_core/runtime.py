@@ -1,7 +1,7 @@
 """The one place that decides device, precision, memory format, threads and data-loader workers.
 
-Nothing else in the project names "cuda": code asks a ``Runtime`` for its device, autocast context and
-how to move a batch.
+Training, evaluation and prediction ask a ``Runtime`` for their device, autocast context and how to move
+a batch.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+import cv2
 import torch
 
 from .errors import ConfigError
@@ -23,17 +24,18 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class Runtime:
-    """Resolved execution settings for one process."""
+    """Resolved execution settings for one process: ``plan_runtime`` decides them, ``resolve_runtime`` also
+    applies the process-wide ones."""
 
     device: torch.device
     amp_dtype: torch.dtype | None  # None = fp32
     channels_last: bool
+    compile: bool
     num_workers: int
     threads: int
-    compile: bool = False
-    eval_batch_size: int = 256
+    eval_batch_size: int
 
     @property
     def pin_memory(self) -> bool:
@@ -59,21 +61,8 @@ class Runtime:
         )
 
 
-@dataclass(frozen=True)
-class RuntimePlan:
-    """The decisions of ``resolve_runtime`` before any are applied: a pure function of the machine, so
-    tests on a CPU-only machine can check what a GPU run would use."""
-
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-    compile: bool
-    num_workers: int
-    threads: int
-    eval_batch_size: int
-
-
 def plan_runtime(
-    device_type: str,
+    device: torch.device | str,
     cpus: int,
     bf16_supported: bool,
     precision: str = "auto",
@@ -82,8 +71,10 @@ def plan_runtime(
     threads: int = 0,
     num_workers: int = -1,
     eval_batch_size: int = 0,
-) -> RuntimePlan:
-    """Decide precision, memory format, compilation, threads, workers and eval batch for a device.
+) -> Runtime:
+    """Decide precision, memory format, compilation, threads, workers and eval batch for a device, without
+    touching it: a pure function of the machine, so tests on a CPU-only machine can check what a GPU run
+    would use.
 
     Each "auto" is the measured winner (``python -m fer_core.tools.bench``; figures in the README):
 
@@ -98,7 +89,7 @@ def plan_runtime(
     - eval batch: 1024 on CUDA, 256 on CPU (no gradients; larger batches only add latency on a CPU).
 
     Args:
-        device_type: "cpu" or "cuda".
+        device: the device ("cpu", "cuda" or "cuda:N").
         cpus: CPUs this process may use.
         bf16_supported: whether the CUDA device supports bf16.
         precision, channels_last, compile: config strings ("auto" or an explicit choice).
@@ -109,7 +100,8 @@ def plan_runtime(
     Raises:
         ConfigError: fp16 asked for on a CPU.
     """
-    cuda = device_type == "cuda"
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     if precision == "auto":
         amp = (torch.bfloat16 if bf16_supported else torch.float16) if cuda else None
     else:
@@ -123,8 +115,14 @@ def plan_runtime(
     share = min(cpus, threads) if threads else cpus
     if num_workers < 0:
         num_workers = min(8, max(1, share - 1)) if cuda else 0
-    return RuntimePlan(
-        amp, cl, comp, num_workers, threads or cpus, eval_batch_size or (1024 if cuda else 256)
+    return Runtime(
+        device=device,
+        amp_dtype=amp,
+        channels_last=cl,
+        compile=comp,
+        num_workers=num_workers,
+        threads=threads or cpus,
+        eval_batch_size=eval_batch_size or (1024 if cuda else 256),
     )
 
 
@@ -136,16 +134,12 @@ def limit_threads(n: int) -> None:
         n: threads per pool (the process's CPU share).
     """
     torch.set_num_threads(n)
+    # The inter-op pool may be sized once per process, before any inter-op work: a later call keeps the
+    # first size.
     try:
         torch.set_num_interop_threads(n)
-    except (
-        RuntimeError
-    ):  # allowed once per process, before any inter-op work: a later call keeps the first size
+    except RuntimeError:
         pass
-    try:
-        import cv2
-    except ImportError:
-        return
     cv2.setNumThreads(n)
 
 
@@ -190,28 +184,20 @@ def resolve_runtime(
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"key 'device' = {device!r} but no CUDA GPU is visible; use device=auto or cpu")
     cuda = dev.type == "cuda"
-    plan = plan_runtime(
-        dev.type,
-        available_cpus(),
-        cuda and torch.cuda.is_bf16_supported(),
-        precision,
-        channels_last,
-        compile,
-        threads,
-        num_workers,
-        eval_batch_size,
+    runtime = plan_runtime(
+        dev,
+        cpus=available_cpus(),
+        bf16_supported=cuda and torch.cuda.is_bf16_supported(),
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
+        threads=threads,
+        num_workers=num_workers,
+        eval_batch_size=eval_batch_size,
     )
-    limit_threads(plan.threads)
+    limit_threads(runtime.threads)
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed input size, so autotuning pays off after step one
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(
-        dev,
-        plan.amp_dtype,
-        plan.channels_last,
-        plan.num_workers,
-        plan.threads,
-        plan.compile,
-        plan.eval_batch_size,
-    )
+    return runtime

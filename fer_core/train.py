@@ -1,6 +1,9 @@
-"""The one training function, used standalone and by every sweep trial, and its CLI.
+"""``train()``, the function every run goes through (the standalone CLI and every sweep trial), and that CLI.
 
-python -m fer_core.train --data DIR --epochs N --out DIR [--config file.yaml] [key=value ...]
+``train`` runs a ``fer_core.trainer.Trainer`` epoch by epoch and owns what a run leaves in its output
+folder: the audit, config.yaml, the epoch log, the checkpoints, resuming, and the report callback.
+
+    python -m fer_core.train --data DIR --epochs N --out DIR [--config file.yaml] [key=value ...]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .audit import audit_dataset, summarize
 from .checkpoint import (
     copy_checkpoint,
     remove_stale_temporaries,
@@ -49,8 +53,6 @@ def _summary_line(row: dict, epochs: int, best_name: str, best) -> str:
 def run_audit(cfg: TrainConfig, prefix: str = "[fer_core]") -> dict:
     """Audit ``cfg.data`` at the size and colour mode training decodes it (sharing its image cache) and print
     the summary, warnings included; returns the findings for an ``audit.json``."""
-    from .audit import audit_dataset, summarize
-
     findings = audit_dataset(
         cfg.data,
         img_size=cfg.img_size,

@@ -1,7 +1,8 @@
-"""One run's training state: data, model, optimizer, schedule, EMA, and one epoch at a time.
+"""The Trainer: one run's state (data, model, optimizer, schedule, EMA) and its epoch loop and checkpoints.
 
-``fer_core.train.train`` drives it (standalone and in every sweep trial); the benchmark and tests reach
-its loader and step directly. It also saves and restores the exact state a bit-identical resume needs.
+A ``Trainer`` loads the data, builds the model and optimizer, runs one epoch at a time (a training pass,
+then validation) and gives and restores the exact state a bit-identical resume needs. ``fer_core.train``
+owns the run around it (files, logs, resume, the report callback); ``fer_core.timing`` times its passes.
 """
 
 from __future__ import annotations
@@ -18,19 +19,12 @@ from torch import nn
 
 from . import engine
 from .augment import build_train_transform
-from .checkpoint import (
-    load_checkpoint,
-    nonfinite_weights,
-)
-from .config import (
-    FIELDS,
-    TrainConfig,
-    config_to_dict,
-    resolve_normalize,
-)
+from .checkpoint import load_checkpoint, nonfinite_weights
+from .config import TrainConfig, config_to_dict, resolve_normalize
 from .data import SplitData
 from .dataset import EpochSampler, FerDataset, iter_batches, stratified_indices
 from .decode_cache import load_split
+from .duplicates import cross_split_duplicates
 from .ema import ModelEma
 from .errors import CheckpointError, DivergedError, FerError
 from .metrics import ROW_VAL_KEYS, lower_is_better
@@ -67,7 +61,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     """AdamW / Adam / SGD (Nesterov) from timm's factory, which leaves norms and biases out of weight decay
     (decaying BN scales only hurts)."""
     return create_optimizer_v2(
-        model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+        model_or_params=model,
+        opt=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
     )
 
 
@@ -85,34 +83,39 @@ def _check_resume_compatible(state: dict, cfg: TrainConfig, path) -> None:
         "max_train_samples",
         "seed",
     ):
-        if old.get(key, FIELDS[key].default) != getattr(cfg, key):  # keys added later: their default
+        if old[key] != getattr(cfg, key):
             raise CheckpointError(
-                f"{path}: cannot resume, '{key}' was {old.get(key)!r} and is now {getattr(cfg, key)!r}; "
+                f"{path}: cannot resume, '{key}' was {old[key]!r} and is now {getattr(cfg, key)!r}; "
                 "resume with the same config or start a new run in another --out folder"
             )
 
 
 class Trainer:
-    """Holds one run's pieces; ``train()`` below is the public entry. Split out so tests and the
-    benchmark can reach the loader and step without re-implementing them."""
+    """One run's pieces, built from its config: ``fer_core.train.train`` runs it epoch by epoch, and
+    ``fer_core.timing`` times its passes.
+
+    Args:
+        cfg: the run's config.
+        runtime: device settings (default: resolved from ``cfg``).
+    """
 
     def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
         self.cfg = cfg
         self.runtime = runtime or resolve_runtime(
-            cfg.device,
-            cfg.precision,
-            cfg.channels_last,
-            cfg.threads,
-            cfg.num_workers,
-            cfg.compile,
-            cfg.eval_batch_size,
+            device=cfg.device,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            threads=cfg.threads,
+            num_workers=cfg.num_workers,
+            compile=cfg.compile,
+            eval_batch_size=cfg.eval_batch_size,
         )
         seed_everything(cfg.seed)
         common = dict(
             img_size=cfg.img_size, grayscale=cfg.grayscale, strict=cfg.strict, cache_dir=cfg.cache_dir or None
         )
-        self.train_data: SplitData = load_split(cfg.data, "train", **common)
-        self.val_data: SplitData = load_split(cfg.data, "val", **common)
+        self.train_data: SplitData = load_split(root=cfg.data, split="train", **common)
+        self.val_data: SplitData = load_split(root=cfg.data, split="val", **common)
         self.class_names = list(self.train_data.classes)
         self.dropped_duplicates = (
             self._cross_split_duplicates(common) if cfg.dedupe == "cross_split" else np.empty(0, np.int64)
@@ -121,17 +124,21 @@ class Trainer:
         self.train_idx = pool[stratified_indices(self.train_data.labels[pool], cfg.max_train_samples)]
         self.val_idx = stratified_indices(self.val_data.labels, cfg.max_val_samples)
         self.model = build_model(
-            cfg.model,
-            len(self.class_names),
-            cfg.pretrained,
-            cfg.weights or None,
-            cfg.drop_rate,
-            cfg.drop_path_rate,
-            cfg.bn_momentum,
+            name=cfg.model,
+            num_classes=len(self.class_names),
+            pretrained=cfg.pretrained,
+            weights=cfg.weights or None,
+            drop_rate=cfg.drop_rate,
+            drop_path_rate=cfg.drop_path_rate,
+            bn_momentum=cfg.bn_momentum,
         )
         mean, std = normalization(self.model)
         self.preprocess = Preprocess(
-            cfg.img_size, cfg.grayscale, mean, std, per_image=resolve_normalize(cfg) == "per_image"
+            img_size=cfg.img_size,
+            grayscale=cfg.grayscale,
+            mean=mean,
+            std=std,
+            per_image=resolve_normalize(cfg) == "per_image",
         )
         self.model.to(self.runtime.device)
         if self.runtime.channels_last:
@@ -139,17 +146,17 @@ class Trainer:
         # The compiled wrapper shares the model's parameters: checkpoints and evaluation use the plain
         # module (eval mode would trigger a second compilation for no gain in a pass this short).
         self.train_model = torch.compile(self.model) if self.runtime.compile else self.model
-        self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.mixer = BatchMixer(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+        self.ema = ModelEma(self.model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.mixer = BatchMixer(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob)
         n = len(self.train_idx)
         if n < cfg.batch_size and not cfg.steps_per_epoch:
             raise FerError(
                 f"key 'batch_size' = {cfg.batch_size} exceeds the {n} training images; lower batch_size or add data"
             )
         self.steps_per_epoch = cfg.steps_per_epoch or n // cfg.batch_size
-        self.sampler = EpochSampler(n, cfg.seed, self.steps_per_epoch * cfg.batch_size)
-        transform = build_train_transform(cfg.aug_strength, cfg.img_size, cfg.seed)
-        dataset = FerDataset(self.train_data, self.train_idx, transform, cfg.seed)
+        self.sampler = EpochSampler(n, seed=cfg.seed, num_samples=self.steps_per_epoch * cfg.batch_size)
+        transform = build_train_transform(strength=cfg.aug_strength, img_size=cfg.img_size, seed=cfg.seed)
+        dataset = FerDataset(self.train_data, self.train_idx, transform=transform, seed=cfg.seed)
         w = self.runtime.num_workers
         self.loader = torch.utils.data.DataLoader(
             dataset,
@@ -162,15 +169,16 @@ class Trainer:
             prefetch_factor=4 if w > 0 else None,
             worker_init_fn=worker_init if w > 0 else None,
         )
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(model=self.model, cfg=cfg)
         total = cfg.epochs * self.steps_per_epoch
         warm = min(total, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(total, warm, cfg.min_lr_ratio)
+            self.optimizer,
+            lr_lambda=warmup_cosine(total_steps=total, warmup_steps=warm, min_ratio=cfg.min_lr_ratio),
         )
         self.scaler = torch.amp.GradScaler() if self.runtime.amp_dtype is torch.float16 else None
         counts = np.bincount(self.train_data.labels[self.train_idx], minlength=len(self.class_names))
-        weights = engine.class_weights(counts, cfg.class_weighting)
+        weights = engine.class_weights(counts, mode=cfg.class_weighting)
         self.loss_fn = nn.CrossEntropyLoss(
             weight=None if weights is None else weights.to(self.runtime.device),
             label_smoothing=cfg.label_smoothing,
@@ -181,11 +189,9 @@ class Trainer:
     def _cross_split_duplicates(self, common: dict) -> np.ndarray:
         """dedupe: cross_split: train rows that duplicate a val (or test) image, which would otherwise leak
         the answer to the evaluation. The audit finds them; the data files are left as they are."""
-        from .duplicates import cross_split_duplicates
-
         others = [self.val_data]
         if (Path(self.cfg.data) / "test").is_dir():
-            others.append(load_split(self.cfg.data, "test", **common))
+            others.append(load_split(root=self.cfg.data, split="test", **common))
         return np.asarray(cross_split_duplicates(self.train_data, others), dtype=np.int64)
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -207,17 +213,12 @@ class Trainer:
 
     def restore(self, path) -> None:
         state = load_checkpoint(path, map_location=self.runtime.device)
-        if float(state["preprocess"].get("blur_sigma", 0.0)) > 0:
-            raise CheckpointError(
-                f"{path}: cannot resume, this run was trained with an input blur that fer_core no longer "
-                "applies; start a new run in another --out folder"
-            )
         _check_resume_compatible(state, self.cfg, path)
         if list(state["class_names"]) != self.class_names:
             raise CheckpointError(
                 f"{path}: classes {state['class_names']} differ from the data's {self.class_names}; start a new run"
             )
-        old_pre = Preprocess.from_dict(state["preprocess"], source=str(path))
+        old_pre = Preprocess.from_dict(state["preprocess"])
         if old_pre != self.preprocess:
             raise CheckpointError(
                 f"{path}: cannot resume, the input preprocessing was {old_pre.to_dict()} and is now "
@@ -226,9 +227,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
+        if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema"):
+        if self.ema is not None and state["ema"]:
             self.ema.load_checkpoint_state(state["ema"])
         self.epoch, self.best, self.history = (
             int(state["epoch"]),
@@ -246,11 +247,11 @@ class Trainer:
             else (self.val_idx if data is self.val_data else np.arange(len(data)))
         )
         return engine.evaluate(
-            self.eval_model,
-            iter_batches(data, indices, self.runtime.eval_batch_size),
-            self.preprocess,
-            self.runtime,
-            self.class_names,
+            model=self.eval_model,
+            batches=iter_batches(data, indices, batch_size=self.runtime.eval_batch_size),
+            preprocess=self.preprocess,
+            runtime=self.runtime,
+            class_names=self.class_names,
             prefix=prefix,
             return_probs=return_probs,
             tta_flip=self.cfg.tta_flip,
@@ -267,19 +268,19 @@ class Trainer:
         return value < self.best if lower_is_better(self.cfg.best_metric) else value > self.best
 
     def train_pass(self, max_steps: int = 0, progress: bool = False, desc: str = "train") -> dict:
-        """One pass of the training loader (at most ``max_steps`` steps); the benchmark times this too."""
+        """One pass of the training loader (at most ``max_steps`` steps; ``fer_core.timing`` times it)."""
         return engine.train_one_epoch(
-            self.train_model,
-            self.loader,
-            self.optimizer,
-            self.scheduler,
-            self.loss_fn,
-            self.preprocess,
-            self.runtime,
-            self.scaler,
-            self.cfg.grad_clip,
-            progress,
-            desc,
+            model=self.train_model,
+            loader=self.loader,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            loss_fn=self.loss_fn,
+            preprocess=self.preprocess,
+            runtime=self.runtime,
+            scaler=self.scaler,
+            grad_clip=self.cfg.grad_clip,
+            progress=progress,
+            desc=desc,
             mixer=self.mixer,
             ema=self.ema,
             max_steps=max_steps,

@@ -1,332 +1,36 @@
-"""Signed manifests of experiment state: ``--resume`` runs no code that this sweep did not write.
-
-Resuming makes Ray unpickle files from the experiment folder (``tuner.pkl``, the searcher and
-experiment-state files, a failed trial's ``error.pkl``). Anyone who can write to that folder (a shared
-bucket, an NFS path) could otherwise run code as the user who resumes. So every such file the sweep
-writes is listed, with its SHA-256, in a manifest keyed with a secret that never leaves the driver's
-home (``~/.config/fer-sweep/experiment.key``, mode 0600; ``$FER_SWEEP_KEY_FILE`` to put it elsewhere),
-and ``verify_experiment`` checks every such file against the manifests before Ray reads any of them.
-
-Who writes what:
-- the driver signs ``tuner.pkl`` and the sweep record (``fer_sweep.json``) right after it writes them
-  (``sign_files`` -> ``fer_manifest-driver.json``);
-- Ray writes the rest, in its driver staging folder, then uploads it; ``SignStateCallback`` runs right
-  after each such save (Tune calls a callback's ``get_state`` last in its save) and signs what is in
-  the staging folder (``fer_manifest-<session>.json``), which goes up in the same upload.
-Each manifest keeps the recent hashes of each file, so a copy in storage that lags the staging folder
-by an upload still verifies.
-
-Trained weights are not covered: checkpoints are loaded without unpickling code (``torch.load``
-with ``weights_only=True``), whoever wrote them.
-"""
+"""``python -m sweeps.manifest verify|sign|key``: check, trust or key an experiment folder's signed state."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
-import json
-import os
-import secrets
-import stat
 import sys
-import time
-import uuid
 from pathlib import Path
 
-from ray import tune
-
 from fer_core.errors import FerError
-
-MANIFEST_PREFIX = "fer_manifest-"
-KEY_ENV = "FER_SWEEP_KEY_FILE"
-DEFAULT_KEY = "~/.config/fer-sweep/experiment.key"
-HISTORY = 200  # hashes kept per file: state is re-saved every ~10 s, and storage may lag by an upload or two
-NESTED = ("retrain",)  # experiments inside the sweep's folder, verified on their own
-
-
-def key_file() -> Path:
-    return Path(os.environ.get(KEY_ENV) or DEFAULT_KEY).expanduser()
-
-
-def load_key(create: bool) -> bytes:
-    """The user's signing key; created (0600, in a 0700 folder) on first use when ``create``.
-
-    Raises:
-        FerError: the file is missing (and not to be created), unreadable, or readable by others.
-    """
-    path = key_file()
-    if not path.exists():
-        if not create:
-            raise FerError(
-                f"{path}: no experiment key on this machine, so nothing here was signed by it; resume on "
-                f"the machine that started the sweep, or copy its key there (mode 600, or set ${KEY_ENV})"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:  # O_EXCL: two drivers starting at once must not each write a different key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-        except FileExistsError:
-            pass
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise FerError(
-            f"{path}: the experiment key is readable by others (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {path}"
-        )
-    try:
-        key = bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError) as e:
-        raise FerError(
-            f"{path}: not a readable experiment key ({e}); delete it to make a new one "
-            "(experiments signed with the old key then need re-signing)"
-        ) from None
-    if len(key) < 16:
-        raise FerError(f"{path}: the experiment key is too short; delete it to make a new one")
-    return key
-
-
-def _mac(key: bytes, files: dict) -> str:
-    return hmac.new(key, json.dumps(files, sort_keys=True).encode(), hashlib.sha256).hexdigest()
-
-
-def covered(rel: str) -> bool:
-    """Files Ray deserialises on resume: the experiment's top-level .json/.pkl (it downloads and reads
-    those) and any .pkl in a trial folder (``error.pkl``, ``params.pkl``)."""
-    name = rel.rsplit("/", 1)[-1]
-    if name.startswith(MANIFEST_PREFIX):
-        return False
-    return name.endswith(".pkl") or ("/" not in rel and name.endswith(".json"))
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _merge(into: dict, path: str, digest: str) -> None:
-    seen = into.setdefault(path, [])
-    if digest in seen:
-        seen.remove(digest)
-    seen.append(digest)
-    del seen[:-HISTORY]
-
-
-def _manifest_bytes(key: bytes, files: dict) -> bytes:
-    return json.dumps({"version": 1, "files": files, "mac": _mac(key, files)}, sort_keys=True).encode()
-
-
-# ---- storage side (local paths and URIs, through pyarrow like Ray) ----
-
-
-def _fs(uri: str):
-    from .storage import open_storage  # the driver's one way to open storage (bounded S3 timeouts)
-
-    return open_storage(uri)
-
-
-def _read(fs, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return f.readall()
-
-
-def _write(fs, path: str, data: bytes) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(data)
-
-
-def _listing(fs, root: str) -> list[str]:
-    import pyarrow.fs
-
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
-    rels = [os.path.relpath(i.path, root) for i in infos if i.type == pyarrow.fs.FileType.File]
-    return [r for r in rels if r.split("/", 1)[0] not in NESTED or "/" not in r]
-
-
-def read_manifests(fs, root: str, key: bytes, rels: list[str]) -> dict:
-    """path -> accepted hashes, from every manifest at the top of ``root``; a forged one is refused."""
-    accepted: dict = {}
-    for rel in rels:
-        if "/" in rel or not rel.startswith(MANIFEST_PREFIX):
-            continue
-        try:
-            doc = json.loads(_read(fs, f"{root}/{rel}"))
-            files, mac = doc["files"], doc["mac"]
-        except (ValueError, KeyError, TypeError):
-            raise FerError(
-                f"{root}/{rel}: not a manifest this sweep wrote; the experiment folder was modified, "
-                "so --resume will not load it"
-            ) from None
-        if not hmac.compare_digest(_mac(key, files), str(mac)):
-            raise FerError(
-                f"{root}/{rel}: manifest signature does not match this machine's key; the experiment "
-                "folder was modified, or signed elsewhere, so --resume will not load it"
-            )
-        for path, digests in files.items():
-            for d in digests:
-                _merge(accepted, path, d)
-    return accepted
-
-
-def sign_files(uri: str, rels: list[str]) -> None:
-    """Add the current contents of ``rels`` (paths inside the experiment ``uri``) to the driver's manifest."""
-    fs, root = _fs(uri)
-    key = load_key(create=True)
-    target = f"{root}/{MANIFEST_PREFIX}driver.json"
-    files = read_manifests(fs, root, key, [f"{MANIFEST_PREFIX}driver.json"]) if _exists(fs, target) else {}
-    for rel in rels:
-        _merge(files, rel, _sha(_read(fs, f"{root}/{rel}")))
-    _write(fs, target, _manifest_bytes(key, files))
-
-
-def _exists(fs, path: str) -> bool:
-    import pyarrow.fs
-
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
-def verify_experiment(uri: str) -> None:
-    """Check every file Ray would deserialise on resume against the signed manifests; before Ray starts.
-
-    Args:
-        uri: the experiment folder (a local path or a storage URI).
-
-    Raises:
-        FerError: a file is unsigned or changed, a manifest is forged, or no manifest exists (one line).
-    """
-    fs, root = _fs(uri)
-    rels = _listing(fs, root)
-    if not any(r.startswith(MANIFEST_PREFIX) for r in rels):
-        raise FerError(
-            f"{uri}: experiment state is not signed (started by an older fer-sweep or by something "
-            "else), so --resume will not load it; if you trust every file in it: "
-            f"python -m sweeps.manifest sign {uri}"
-        )
-    accepted = read_manifests(fs, root, load_key(create=False), rels)
-    for rel in sorted(rels):
-        if covered(rel) and _sha(_read(fs, f"{root}/{rel}")) not in accepted.get(rel, ()):
-            raise FerError(
-                f"{uri}/{rel}: {'changed after' if rel in accepted else 'not written by'} the sweep "
-                f"(its hash is not in the signed manifest), so --resume will not load it; if you "
-                f"trust every file in the folder: python -m sweeps.manifest sign {uri}"
-            )
-
-
-def sign_experiment(uri: str) -> int:
-    """Sign every covered file as it is now (the user vouches for the folder). Returns how many."""
-    fs, root = _fs(uri)
-    rels = [r for r in _listing(fs, root) if covered(r)]
-    sign_files(uri, rels)
-    return len(rels)
-
-
-# ---- Ray side: sign what Tune saves, as it saves it ----
-
-
-class SignStateCallback(tune.Callback):
-    """Signs the experiment state Tune writes to its driver staging folder, right after each save.
-
-    Tune's save writes the experiment state, then the searcher state, then asks each callback for its
-    state: ``get_state`` is the first moment everything of that save is on disk, and the upload of the
-    staging folder that follows takes the manifest along. This callback keeps no state of its own
-    (it returns None), and the key is read per save, so it is never pickled into ``tuner.pkl``.
-    """
-
-    def __init__(self, name: str):
-        """Args: name: the experiment's name (``RunConfig.name``)."""
-        self._name = name
-        self._staging = None
-        self._remote = None  # (filesystem, experiment path) of the storage
-        self._session = None
-        self._files: dict = {}
-        self._seen: dict = {}  # path -> (mtime, size) when last hashed
-
-    def __getstate__(self):  # tuner.pkl holds the RunConfig, callbacks included: keep paths and hashes out
-        return {"name": self._name}
-
-    def __setstate__(self, state):
-        self.__init__(state["name"])
-
-    def _find_staging(self, trials) -> None:
-        # Tune tells a callback its staging folder only through a trial's storage context.
-        if self._staging is None and trials:
-            storage = trials[0].storage
-            self._staging = storage.experiment_driver_staging_path
-            self._remote = (storage.storage_filesystem, storage.experiment_fs_path)
-
-    def on_step_begin(self, iteration, trials, **info):
-        self._find_staging(trials)
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._find_staging(trials)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        # Tune has just written the trial's error.pkl: sign it now, not at the next save.
-        self._find_staging(trials)
-        self.get_state()
-
-    def _staging_of_this_save(self) -> None:
-        # A resumed experiment whose trials are all done saves before any callback hears of a trial: the
-        # staging folder is then the one of this experiment's name holding the state file just written.
-        import glob
-
-        from ray.train.constants import _get_ray_train_session_dir
-
-        pattern = f"{_get_ray_train_session_dir()}/*/{glob.escape(self._name)}/driver_artifacts/experiment_state-*.json"
-        found = glob.glob(pattern)
-        if found:
-            self._staging = os.path.dirname(max(found, key=os.path.getmtime))
-
-    def get_state(self):
-        if self._staging is None:
-            self._staging_of_this_save()
-        if self._staging and os.path.isdir(self._staging):
-            try:
-                self._sign_staging()
-            except Exception as e:  # noqa: BLE001 - a failed signature must not stop the sweep; resume says so
-                print(
-                    f"[sweeps] WARNING: could not sign the experiment state ({e}); --resume will refuse "
-                    "the unsigned files",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        return None
-
-    def _sign_staging(self) -> None:
-        key = load_key(create=True)
-        self._session = self._session or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        root = Path(self._staging)
-        for path in root.rglob("*"):
-            rel = path.relative_to(root).as_posix()
-            if path.is_file() and covered(rel) and not path.name.startswith((".", "tmp-")):
-                stamp = (path.stat().st_mtime_ns, path.stat().st_size)
-                if self._seen.get(rel) != stamp:  # a file unchanged since the last save is not read again
-                    self._seen[rel] = stamp
-                    _merge(self._files, rel, _sha(path.read_bytes()))
-        name = f"{MANIFEST_PREFIX}{self._session}.json"
-        if self._remote is not None:
-            # Straight to storage, before Tune uploads the state just hashed: whenever a driver dies, every
-            # state file in storage is already signed there. (Through the staging folder, a slow upload could
-            # carry a new state file up before the manifest that signs it.)
-            fs, path = self._remote
-            _write(fs, f"{path}/{name}", _manifest_bytes(key, self._files))
-            return
-        target = root / name  # no trial known yet: the manifest travels with the state it signs
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(_manifest_bytes(key, self._files))
-        os.replace(tmp, target)  # the uploader never sees half a manifest
+from sweeps.state.signing import key_file, load_key, sign_experiment, verify_experiment
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m sweeps.manifest",
-        description="Check or (after you have inspected it) re-sign an experiment folder's state.",
+        description="Check or (after you have inspected it) re-sign an experiment folder's state; "
+        "'key' creates your signing key (if missing) and prints its path, e.g. before `ray up` copies it.",
     )
-    p.add_argument("action", choices=("verify", "sign"))
-    p.add_argument("experiment", help="STORAGE/NAME (a folder or a storage URI)")
+    p.add_argument("action", choices=("verify", "sign", "key"))
+    p.add_argument("experiment", nargs="?", help="STORAGE/NAME (a folder or a storage URI)")
     args = p.parse_args(argv)
-    uri = args.experiment if "://" in args.experiment else str(Path(args.experiment).expanduser().resolve())
+    if args.action != "key" and not args.experiment:
+        p.error(
+            f"{args.action} needs the experiment folder: python -m sweeps.manifest {args.action} STORAGE/NAME"
+        )
     try:
+        if args.action == "key":
+            load_key(create=True)
+            print(key_file())
+            return 0
+        uri = (
+            args.experiment if "://" in args.experiment else str(Path(args.experiment).expanduser().resolve())
+        )
         if args.action == "sign":
             print(f"signed {sign_experiment(uri)} file(s) in {uri} with {key_file()}")
         else:

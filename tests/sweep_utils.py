@@ -14,6 +14,7 @@ from .conftest import REPO
 
 # Tiny but real: 4 trials of the real trainable on 32 px demo faces, ASHA over 2 epochs.
 TINY = [
+    "time_budget=",  # the demo YAML's time budget off: these tests size their sweeps themselves
     "demo.train_per_class=12",
     "demo.val_per_class=4",
     "demo.test_per_class=4",

@@ -1,16 +1,17 @@
-"""The time budget's arithmetic (sweeps/budget.py) and its settings: durations, ASHA's expected length,
-the plan's split of a budget, the refusal of one that fits nothing, and resuming a budgeted sweep."""
+"""The time budget's arithmetic (sweeps/plan/budget.py) and its settings: durations, ASHA's expected
+length, the budget's split, the refusal of one that fits nothing, and resuming a budgeted sweep."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 
 import pytest
 
 from fer_core.config import config_to_dict
 from fer_core.errors import ConfigError, FerError
 from fer_core.trainer import Trainer
-from sweeps.budget import (
+from sweeps.config.settings import load_settings
+from sweeps.plan.budget import (
     Caps,
     Counts,
     Estimate,
@@ -21,12 +22,10 @@ from sweeps.budget import (
     margin_for,
     measured_retrain_epoch_s,
     parse_duration,
-    plan_budget,
-    probe_params,
-    steps_cost_alike,
+    split_budget,
 )
-from sweeps.record import RECORD, pin_planned, resume_settings, write_record
-from sweeps.settings import load_settings
+from sweeps.plan.probe import probe_params, steps_cost_alike
+from sweeps.state.record import read_record, resume_settings, write_record
 
 from .conftest import REPO
 
@@ -88,25 +87,40 @@ def Trainer_for(root, cfg):  # noqa: N802 - reads as the class it builds
 EST = Estimate(trial_epoch_s=6.0, retrain_epoch_s=7.0, report_s=10.0, start_s=5.0, counts=Counts(700, 210))
 
 
-def _fits(plan, budget_s):
-    """Everything the plan sets aside, start to end, stays inside the budget."""
+def _split(settings, budget_s, concurrent=1):
+    return split_budget(
+        settings, budget_s=budget_s, elapsed_s=20, est=EST, concurrent=concurrent, source="--time-budget"
+    )
+
+
+def _uncapped(**overrides):
+    """Settings whose sizes were all left to the budget (the demo YAML sets them, and so caps them)."""
+    return dataclasses.replace(load_settings(None, overrides), given=frozenset())
+
+
+def _fits(budget, budget_s):
+    """Everything the budget sets aside, start to end, stays inside it."""
     return (
-        plan.elapsed_s + plan.sweep_s + plan.retrain_s + plan.report_s + 2 * EST.start_s + plan.margin_s
+        budget.elapsed_s
+        + budget.sweep_s
+        + budget.retrain_s
+        + budget.est.report_s
+        + 2 * EST.start_s
+        + budget.margin_s
         <= budget_s + 1e-6
     )
 
 
 def test_a_longer_budget_buys_a_longer_retrain_and_more_search():
-    s = load_settings(None, {})
-    short = plan_budget(120, 20, EST, s, 1, Caps(), "--time-budget")
-    long = plan_budget(360, 20, EST, s, 1, Caps(), "--time-budget")
+    s = _uncapped()
+    short, long = _split(s, 120), _split(s, 360)
     assert _fits(short, 120) and _fits(long, 360)
     assert long.retrain_epochs > short.retrain_epochs >= 1
     assert long.num_samples >= short.num_samples >= 1
     assert short.sweep_s > 0 and long.sweep_s > short.sweep_s
     assert long.margin_s == margin_for(360) == 36
     # Two slots run trials side by side: the same search time holds about twice the trials.
-    wide = plan_budget(360, 20, EST, s, 2, Caps(), "--time-budget")
+    wide = _split(s, 360, concurrent=2)
     assert wide.num_samples >= 2 * long.num_samples - 1
 
 
@@ -114,19 +128,22 @@ def test_explicit_sizes_are_upper_bounds_and_leftover_time_goes_to_the_retrain()
     s = load_settings(None, {"num_samples": 2, "retrain_epochs": 80})
     caps = Caps.from_settings(s)
     assert (caps.num_samples, caps.retrain_epochs, caps.max_epochs) == (2, 80, 3)
-    free = plan_budget(600, 20, EST, load_settings(None, {}), 1, Caps(), "x")
-    capped = plan_budget(600, 20, EST, s, 1, caps, "x")
+    assert Caps.from_settings(_uncapped()) == Caps()  # sizes the command did not give are not caps
+    free, capped = _split(_uncapped(), 600), _split(s, 600)
     assert capped.num_samples == 2 and capped.retrain_epochs > free.retrain_epochs and _fits(capped, 600)
     assert any("num_samples caps" in n for n in capped.notes)
 
 
 def test_a_budget_that_fits_nothing_is_refused_in_one_line():
-    s = load_settings(None, {})
+    s = _uncapped()
     with pytest.raises(FerError) as e:
-        plan_budget(40, 20, EST, s, 1, Caps(), "--time-budget")
+        _split(s, 40)
     msg = str(e.value)
     assert msg.startswith("--time-budget: 40s cannot fit one useful trial") and "give at least" in msg
     assert "\n" not in msg
+    # The smallest budget it names does fit.
+    least = parse_duration(msg.split("give at least ")[1].split(",")[0], "x")
+    assert _fits(_split(s, least), least)
 
 
 def test_the_retrain_epoch_is_measured_from_the_winners_trial():
@@ -145,11 +162,14 @@ def test_a_budgeted_sweep_resumes_with_its_plan(tmp_path):
     budget is refused (the trials already run were sized for the first)."""
     exp = str(tmp_path / "exp")
     started = load_settings(None, {"time_budget": "6m"})
-    started.num_samples, started.retrain_epochs = 3, 9
-    started.scheduler.max_epochs = 2
-    pin_planned(started)
+    started = dataclasses.replace(
+        started,
+        num_samples=3,
+        retrain_epochs=9,
+        scheduler=dataclasses.replace(started.scheduler, max_epochs=2),
+    )
     write_record(exp, started)
-    assert json.loads((tmp_path / "exp" / RECORD).read_text())["flat"]["num_samples"] == 3
+    assert read_record(exp).num_samples == 3
 
     again, applied = resume_settings(load_settings(None, {"time_budget": "6m"}), exp, False, False)
     assert (again.num_samples, again.retrain_epochs, again.scheduler.max_epochs, applied) == (3, 9, 2, [])
@@ -175,23 +195,8 @@ def test_the_retrain_is_probed_too_when_its_steps_cost_otherwise():
     assert slower == pytest.approx(1000 / 40 + 10 * 100 / 100)
 
 
-def test_the_search_deadline_waits_for_a_first_epoch_and_binds_only_its_own_process():
-    from sweeps.progress import Deadline
-
-    d = Deadline(0.0)
-    assert not d.stop_all()  # past the deadline, but no trial has reported: a run with no result is worse
-    assert d("t1", {"training_iteration": 1}) is True and d.stop_all()
-    d.pid = -1  # restored by a resumed run in another process: the old deadline no longer binds
-    assert not d.stop_all() and d("t1", {}) is False
-    assert not Deadline(3600)("t1", {}) and not Deadline(3600).stop_all()
-    # The retrain's: each trial stops at its next reported epoch (with that epoch's checkpoint), the run
-    # is not cut mid-epoch.
-    r = Deadline(0.0, whole_run=False)
-    assert r("t1", {}) is True and not r.stop_all()
-
-
 def test_an_unusable_tracking_uri_is_one_line_before_anything_runs(tmp_path):
-    from sweeps.tracking import check_tracking
+    from sweeps.tune.tracking import check_tracking
 
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")

@@ -213,8 +213,8 @@ def _load(*args, **kw):
 
 
 def test_a_complete_read_only_cache_is_usable(open_tmp):
-    """Before: load_split opened its lock file for writing in the cache folder, so a shared or read-only
-    cache failed with PermissionError even when it held everything."""
+    """A shared or read-only cache that holds everything is read without its lock file (which cannot be
+    opened for writing there); one that lacks the split is a one-line error."""
     root, cache = open_tmp / "data", open_tmp / "cache"
     assert len(load_split(root, "val", 32, cache_dir=cache)) == 28  # decoded into the cache
     os.chmod(cache, 0o555)
@@ -232,11 +232,11 @@ def test_an_unreadable_image_or_folder_is_permission_denied_not_corrupt(open_tmp
     os.chmod(cache, 0o777)
     img = sorted((root / "train" / "fear").iterdir())[0]
     os.chmod(img, 0o000)
-    with pytest.raises(DataError) as e:  # before: skipped with a warning that called it corrupt
+    with pytest.raises(DataError) as e:  # an error naming the permission, not a "corrupt" file skipped
         _as_nobody(_load, root, "train", 32, cache_dir=cache)
     assert f"{img}: permission denied" in _one_line(e) and "corrupt" not in str(e.value)
     os.chmod(root / "val" / "sad", 0o000)
-    with pytest.raises(DataError) as e:  # before: "class folder is empty"
+    with pytest.raises(DataError) as e:  # not "class folder is empty"
         _as_nobody(_load, root, "val", 32, cache_dir=cache)
     assert f"{root / 'val' / 'sad'}: permission denied" in _one_line(e)
 

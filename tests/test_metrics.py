@@ -47,8 +47,8 @@ def test_confusion_matrix_of_no_samples_is_all_zero():
     "labels, preds", [([0, 1], [0, 3]), ([0, 1], [0, -1]), ([3, 1], [0, 1]), ([0, 1], [0])]
 )
 def test_confusion_matrix_refuses_labels_outside_the_classes(labels, preds):
-    """Before: a prediction of class 3 with 3 classes was counted in the next row's first cell (true class
-    1, predicted 0) without a word, or failed with a reshape error in the last row."""
+    """A label or prediction outside 0..n-1 is refused, not counted in a neighbouring cell (class 3 of 3
+    would land in the next row's first cell) or failed on with a reshape error."""
     with pytest.raises(ValueError):
         confusion_matrix(np.array(labels), np.array(preds), 3)
 

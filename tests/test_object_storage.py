@@ -47,7 +47,7 @@ def sweep_cmd(name: str, *extra: str, storage: str = f"s3://{BUCKET}/sweeps") ->
 
 
 def run(s3: S3, name: str, *extra: str, timeout: int = 900, **kw) -> subprocess.CompletedProcess:
-    # cwd: the driver's copy of a URI storage's report goes to ./runs/NAME/report, here inside tmp_path
+    # cwd: the driver's copy of a URI storage's report goes to ./fer-sweep-reports/, here inside tmp_path
     return subprocess.run(
         sweep_cmd(name, *extra, **kw), cwd=s3.tmp, capture_output=True, text=True, timeout=timeout, env=s3.env
     )
@@ -96,8 +96,10 @@ def assert_nothing_lost(s3: S3, exp: str, done_before: set, rows_before: dict, t
 
 
 def assert_report_in_both_places(s3: S3, exp: str, name: str, out: str) -> None:
-    """README: a URI storage's report is written on the driver (runs/NAME/report) and copied to STORAGE/NAME/report."""
-    local = s3.tmp / "runs" / name / "report"
+    """A URI storage's report is written on the driver, in ./fer-sweep-reports/ mirroring the URI (never in a
+    local experiment's runs/NAME/report), and copied to STORAGE/NAME/report."""
+    local = s3.tmp / "fer-sweep-reports" / "s3" / BUCKET / "sweeps" / name / "report"
+    assert not (s3.tmp / "runs").exists()
     uploaded = set(s3.files(f"{exp}/report"))
     for f in REPORT:
         assert (local / f).is_file(), f
@@ -118,8 +120,8 @@ def test_storage_check_names_the_problem_in_one_line(s3, monkeypatch):
     from moto.core.authorization import enable_iam_authentication
 
     from fer_core.errors import FerError
-    from sweeps import storage
-    from sweeps.paths import check_writable
+    from sweeps.state import storage
+    from sweeps.state.storage import check_writable
 
     for k, v in s3.env.items():
         if k.startswith("AWS_"):

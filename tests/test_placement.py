@@ -1,38 +1,47 @@
-"""Per-node trial planning (sweeps/placement.py), as a pure function of node sizes: no Ray needed."""
+"""Per-node trial placement (sweeps/plan/resources.py), as a pure function of node sizes: no Ray needed."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import yaml
 
 from fer_core.errors import FerError
-from sweeps.placement import NodeShape as N
-from sweeps.placement import load_node_types, node_types_from_config, nodes_from_ray, plan_trials
+from sweeps.config.settings import load_settings
+from sweeps.plan.resources import NodeShape as N
+from sweeps.plan.resources import (
+    load_node_types,
+    node_types_from_config,
+    nodes_from_ray,
+    place,
+    place_trials,
+)
 
 from .conftest import REPO
 
 
 def test_two_one_cpu_nodes_get_one_cpu_trials_on_each():
     """The issue's case: auto on two 1-CPU nodes asked for the cluster total (2 CPUs) that no node has."""
-    plan = plan_trials([N("head", 1, head=True), N("worker", 1)])
-    assert plan.resources == {"cpu": 1, "gpu": 0.0}
-    assert plan.concurrent == 2
-    assert [k for _, k in plan.per_node] == [1, 1]
+    placed = place([N("head", 1, head=True), N("worker", 1)])
+    assert placed.resources == {"cpu": 1, "gpu": 0.0}
+    assert placed.concurrent == 2
+    assert [k for _, k in placed.per_node] == [1, 1]
 
 
 def test_auto_cpus_fit_the_smallest_usable_node_and_bigger_nodes_take_more():
-    plan = plan_trials([N("small", 2), N("big", 16)])
-    assert plan.cpus == 2  # the 2-CPU node takes one trial; 4-wide trials would leave it idle
-    assert [k for _, k in plan.per_node] == [1, 8] and plan.concurrent == 9
-    assert plan_trials([N("a", 16), N("b", 16)]).resources == {"cpu": 4, "gpu": 0.0}  # at most 4 wide
+    placed = place([N("small", 2), N("big", 16)])
+    assert placed.cpus == 2  # the 2-CPU node takes one trial; 4-wide trials would leave it idle
+    assert [k for _, k in placed.per_node] == [1, 8] and placed.concurrent == 9
+    assert place([N("a", 16), N("b", 16)]).resources == {"cpu": 4, "gpu": 0.0}  # at most 4 wide
 
 
 def test_gpu_trials_go_to_gpu_nodes_only_with_their_cpus_split_per_gpu_share():
     nodes = [N("head", 8, head=True), N("gpu1", 4, 1), N("gpu2", 16, 2)]
-    plan = plan_trials(nodes)  # auto: one GPU per trial
-    assert plan.resources == {"cpu": 4, "gpu": 1.0}
-    assert [k for _, k in plan.per_node] == [0, 1, 2]
-    half = plan_trials(nodes, gpus_per_trial=0.5)
+    placed = place(nodes)  # auto: one GPU per trial
+    assert placed.resources == {"cpu": 4, "gpu": 1.0}
+    assert [k for _, k in placed.per_node] == [0, 1, 2]
+    half = place(nodes, gpus_per_trial=0.5)
     assert half.resources == {"cpu": 2, "gpu": 0.5} and [k for _, k in half.per_node] == [0, 2, 4]
     assert "(no GPU)" in half.lines()[1]
 
@@ -40,18 +49,34 @@ def test_gpu_trials_go_to_gpu_nodes_only_with_their_cpus_split_per_gpu_share():
 def test_autoscaled_gpu_type_is_planned_before_any_gpu_is_up():
     """cluster.yaml's shape: a head with no CPUs for trials and GPU workers from 0: GPU trials, not CPU ones."""
     nodes = [N("head", 0, head=True), N("gpu_worker", 4, 1, count=4, launchable=True)]
-    plan = plan_trials(nodes)
-    assert plan.resources == {"cpu": 4, "gpu": 1.0} and plan.concurrent == 4
-    assert "node type gpu_worker (autoscaled, up to 4)" in "\n".join(plan.lines())
+    placed = place(nodes)
+    assert placed.resources == {"cpu": 4, "gpu": 1.0} and placed.concurrent == 4
+    assert "node type gpu_worker (autoscaled, up to 4)" in "\n".join(placed.lines())
     # Once two workers are up, they are not counted twice.
     up = nodes + [N("w1", 4, 1), N("w2", 4, 1)]
-    assert plan_trials(up).concurrent == 4
+    assert place(up).concurrent == 4
+
+
+def test_the_settings_resources_cap_and_trial_count_decide_the_placement():
+    s = load_settings(REPO / "sweeps" / "configs" / "default.yaml", {"num_samples": 8})
+    one = [N("local", 2)]
+    assert (place_trials(s, one).resources, place_trials(s, one).concurrent) == ({"cpu": 2, "gpu": 0.0}, 1)
+    assert place_trials(s, [N("local", 16)]).resources == {"cpu": 4, "gpu": 0.0}
+    gpus = place_trials(s, [N("local", 16, 2)])
+    assert (gpus.resources, gpus.concurrent) == ({"cpu": 8, "gpu": 1.0}, 2)
+    shared = dataclasses.replace(s, resources=dataclasses.replace(s.resources, gpus_per_trial=0.25))
+    quarter = place_trials(shared, [N("local", 16, 2)])  # four trials share each GPU
+    assert (quarter.resources, quarter.concurrent) == ({"cpu": 2, "gpu": 0.25}, 8)
+    few = dataclasses.replace(shared, num_samples=3, max_concurrent_trials=0)
+    assert place_trials(few, [N("local", 16, 2)]).concurrent == 3  # no more at once than trials
+    capped = dataclasses.replace(s, max_concurrent_trials=2)
+    assert place_trials(capped, [N("local", 16)]).resources == {"cpu": 8, "gpu": 0.0}
 
 
 def test_concurrency_caps():
     nodes = [N("a", 16)]
-    assert plan_trials(nodes, num_samples=2).concurrent == 2
-    capped = plan_trials(nodes, max_concurrent=2)  # two trials at once share the node's CPUs
+    assert place(nodes, num_samples=2).concurrent == 2
+    capped = place(nodes, max_concurrent=2)  # two trials at once share the node's CPUs
     assert capped.resources == {"cpu": 8, "gpu": 0.0} and capped.concurrent == 2
 
 
@@ -79,18 +104,18 @@ def test_concurrency_caps():
 )
 def test_requests_no_node_can_hold_fail_in_one_line_naming_both_sides(kwargs, nodes, expected):
     with pytest.raises(FerError) as e:
-        plan_trials(nodes, **kwargs)
+        place(nodes, **kwargs)
     msg = str(e.value)
     assert expected in msg and "\n" not in msg
     assert nodes[0].describe() in msg  # what the nodes have
 
 
 def test_cpu_only_plan_on_a_gpu_cluster_is_warned_about():
-    plan = plan_trials(
+    placed = place(
         [N("head", 4, head=True), N("gpu_worker", 4, 1, count=2, launchable=True)], gpus_per_trial=0
     )
-    assert plan.gpus == 0 and any("trains on CPU while the GPUs stay idle" in w for w in plan.warnings)
-    assert not plan_trials([N("a", 4)]).warnings
+    assert placed.gpus == 0 and any("trains on CPU while the GPUs stay idle" in w for w in placed.warnings)
+    assert not place([N("a", 4)]).warnings
 
 
 def test_nodes_from_ray_keeps_alive_nodes_and_marks_the_head():
@@ -124,8 +149,8 @@ def test_shipped_cluster_yaml_plans_gpu_trials_on_its_workers():
     types = load_node_types(REPO / "cluster.yaml")
     assert [(t.name, t.gpus, t.count) for t in types] == [("gpu_worker", 1.0, 4)]
     head = N("head", 0, head=True)  # cluster.yaml's head: CPU 0
-    plan = plan_trials([head, *types], "auto", "auto")
-    assert plan.gpus == 1.0 and plan.cpus == types[0].cpus and plan.concurrent == 4
+    placed = place([head, *types], cpus_per_trial="auto", gpus_per_trial="auto")
+    assert placed.gpus == 1.0 and placed.cpus == types[0].cpus and placed.concurrent == 4
     cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
     assert cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"] == 0
 
@@ -143,7 +168,7 @@ def test_node_types_need_declared_cpus():
 
 
 def test_onprem_launcher_file_adds_no_launchable_nodes():
-    """provider: local starts every listed machine with the cluster: the nodes that are up are the plan's."""
+    """provider: local starts every listed machine with the cluster: the nodes that are up are all there is."""
     assert load_node_types(REPO / "cluster-onprem.yaml") == []
     with pytest.raises(FerError, match="no 'available_node_types'"):
         node_types_from_config({"provider": {"type": "aws"}}, "x.yaml")

@@ -12,12 +12,14 @@ import sys
 import pytest
 
 from fer_core.errors import FerError
-from sweeps.manifest import sign_experiment, verify_experiment
-from sweeps.record import RECORD, flat_settings, resume_settings, write_record
-from sweeps.settings import load_settings
+from sweeps.config.settings import load_settings
+from sweeps.state.record import RECORD, flat_settings, resume_settings, write_record
+from sweeps.state.signing import sign_experiment, verify_experiment
 
 from .conftest import REPO
 from .sweep_utils import run_sweep
+
+NO_BUDGET = {"time_budget": ""}  # the demo YAML's time budget off: these settings are sized by hand
 
 
 def _experiment(root):
@@ -70,7 +72,7 @@ def test_manifest_accepts_what_was_signed_and_refuses_changes_additions_and_forg
 
 
 def test_signing_covers_exactly_the_files_tune_deserialises(tmp_path):
-    from sweeps.manifest import covered
+    from sweeps.state.signing import covered
 
     assert covered("tuner.pkl") and covered("experiment_state-x.json") and covered("trial_1/error.pkl")
     assert not covered("trial_1/result.json") and not covered("trial_1/checkpoint_000000/last.pt")
@@ -91,11 +93,11 @@ def test_a_key_others_can_read_is_refused(tmp_path):
 
 def test_resume_refuses_changed_settings_naming_the_keys(tmp_path):
     exp = str(tmp_path / "exp")
-    started = load_settings(None, {"num_samples": 4, "retrain_epochs": 2})
+    started = load_settings(None, {**NO_BUDGET, "num_samples": 4, "retrain_epochs": 2})
     write_record(exp, started)
     verify_experiment(exp)  # the record is signed as it is written
 
-    changed = load_settings(None, {"num_samples": 6, "lr": 0.01, "retrain_epochs": 2})
+    changed = load_settings(None, {**NO_BUDGET, "num_samples": 6, "lr": 0.01, "retrain_epochs": 2})
     with pytest.raises(FerError) as e:
         resume_settings(changed, exp, bare=False, retrain_started=False)
     msg = str(e.value)
@@ -106,34 +108,27 @@ def test_resume_refuses_changed_settings_naming_the_keys(tmp_path):
         and "retrain_epochs" not in msg
     )
 
-    # A setting added to this version since the record was written counts as its default, not as a change.
-    doc = json.loads((tmp_path / "exp" / RECORD).read_text())
-    del doc["flat"]["train.keep_checkpoints"]
-    (tmp_path / "exp" / RECORD).write_text(json.dumps(doc))
-    from sweeps.manifest import sign_files
-
-    sign_files(exp, [RECORD])
-    same = load_settings(None, {"num_samples": 4, "retrain_epochs": 2})
+    same = load_settings(None, {**NO_BUDGET, "num_samples": 4, "retrain_epochs": 2})
     assert resume_settings(same, exp, bare=False, retrain_started=False)[1] == []
 
     # No config on the command line: the experiment's own settings, not the default YAML's.
-    default = load_settings(None, {})
+    default = load_settings(None, NO_BUDGET)
     resumed, applied = resume_settings(default, exp, bare=True, retrain_started=False)
     assert applied == [] and flat_settings(resumed) == flat_settings(started) and resumed.num_samples == 4
 
 
 def test_retrain_settings_may_change_until_the_retrain_starts(tmp_path):
     exp = str(tmp_path / "exp")
-    write_record(exp, load_settings(None, {"retrain_epochs": 2}))
-    longer = load_settings(None, {"retrain_epochs": 5})
+    write_record(exp, load_settings(None, {**NO_BUDGET, "retrain_epochs": 2}))
+    longer = load_settings(None, {**NO_BUDGET, "retrain_epochs": 5})
     with pytest.raises(FerError, match=r"retrain_epochs \(2 -> 5\) \(the retrain has started\)"):
         resume_settings(longer, exp, bare=False, retrain_started=True)
     settings, applied = resume_settings(longer, exp, bare=False, retrain_started=False)
     assert settings.retrain_epochs == 5 and applied == ["retrain_epochs 2 -> 5"]
     # Recorded (and signed): a later bare resume runs the retrain it was told to.
-    assert json.loads((tmp_path / "exp" / RECORD).read_text())["flat"]["retrain_epochs"] == 5
+    assert json.loads((tmp_path / "exp" / RECORD).read_text())["settings"]["retrain_epochs"] == 5
     verify_experiment(exp)
-    again, _ = resume_settings(load_settings(None, {}), exp, bare=True, retrain_started=False)
+    again, _ = resume_settings(load_settings(None, NO_BUDGET), exp, bare=True, retrain_started=False)
     assert again.retrain_epochs == 5
 
 

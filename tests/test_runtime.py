@@ -26,6 +26,7 @@ def test_cuda_plan_uses_bf16_channels_last_workers_and_big_eval_batches():
         8,
         1024,
     )
+    assert p.device == torch.device("cuda") and p.pin_memory  # the plan is the Runtime a GPU run gets
     assert plan_runtime("cuda", cpus=4, bf16_supported=False).amp_dtype is torch.float16  # pre-Ampere GPUs
     assert plan_runtime("cuda", cpus=1, bf16_supported=True).num_workers == 1
     assert plan_runtime("cuda", cpus=16, bf16_supported=True, compile="on").compile
@@ -96,6 +97,9 @@ def test_bench_cli_prints_all_three_paths_and_ratios(demo_root):
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.splitlines()[0] == f"data: {demo_root} (given with --data)", (
+        r.stderr
+    )  # says what it measures
     res = json.loads(r.stdout)
     ips = res["images_per_s"]
     assert all(ips[k] > 0 for k in ("seed", "fer_core", "compute"))
@@ -153,8 +157,8 @@ def test_cuda_workers_come_out_of_the_process_share():
 @pytest.mark.slow  # starts a Ray node and runs a real trial in it
 def test_a_sweep_trial_sizes_its_threads_and_workers_by_its_allocation(demo_root, tmp_path):
     """A real Ray trial (the sweep's trainable, 1 CPU of a Ray node of 16) training on the demo set: its
-    thread pools are sized by its allocation, not by the machine, and it starts no extra processes. Before,
-    torch's inter-op pool and OpenCV's took one thread per machine CPU."""
+    thread pools (torch's intra- and inter-op pools, OpenCV's) are sized by its allocation, not by the
+    machine's CPUs, and it starts no extra processes."""
     out = tmp_path / "probe.json"
     env = dict(os.environ, FER_CACHE_DIR=str(tmp_path / "cache"))
     r = subprocess.run(

@@ -182,7 +182,7 @@ def test_failed_trial_is_retried_reported_and_the_sweep_goes_on(sweep_with_a_fai
     md = (exp / "report" / "report.md").read_text()
     assert "## Failed trials" in md and "batch_size" in md and "exceeds the" in md
     csv_text = (exp / "report" / "trials.csv").read_text()
-    assert "ERROR" in csv_text
+    assert "failed" in csv_text
 
 
 @pytest.mark.slow
@@ -246,7 +246,7 @@ def test_resume_needs_an_experiment_and_a_new_run_needs_a_free_name(tmp_path, sw
 
 
 def test_report_warns_when_a_trial_given_a_gpu_trained_on_a_cpu():
-    from sweeps.trials import device_lines
+    from sweeps.report.trials import device_lines
 
     trials = [
         {"trial_id": "a", "device": "cuda:0", "ray_gpus": 1},

@@ -1,14 +1,15 @@
 """Sweep YAML checks: every bad input is a one-line error before Ray starts."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
 from fer_core.errors import ConfigError, FerError
-from sweeps.placement import plan_resources
-from sweeps.settings import load_settings
-from sweeps.space import to_optuna
+from sweeps.config.settings import Resources, load_settings
+from sweeps.config.space import to_optuna
+from sweeps.plan.resources import NodeShape, place_trials
 
 from .conftest import REPO
 
@@ -109,11 +110,16 @@ def test_cli_rejects_bad_yaml_before_ray_starts(tmp_path):
 
 def test_resource_plans():
     s = load_settings(CONFIGS / "default.yaml", {"num_samples": 8})
-    assert plan_resources(s, {"CPU": 2}) == ({"cpu": 2, "gpu": 0.0}, 1)
-    assert plan_resources(s, {"CPU": 16}) == ({"cpu": 4, "gpu": 0.0}, 4)
-    assert plan_resources(s, {"CPU": 16, "GPU": 2}) == ({"cpu": 8, "gpu": 1.0}, 2)
-    s.resources.gpus_per_trial = 0.25  # four trials share each GPU
-    assert plan_resources(s, {"CPU": 16, "GPU": 2}) == ({"cpu": 2, "gpu": 0.25}, 8)
+
+    def placed(settings, cpus, gpus=0):
+        p = place_trials(settings, [NodeShape("local", cpus, gpus)])
+        return p.resources, p.concurrent
+
+    assert placed(s, 2) == ({"cpu": 2, "gpu": 0.0}, 1)
+    assert placed(s, 16) == ({"cpu": 4, "gpu": 0.0}, 4)
+    assert placed(s, 16, 2) == ({"cpu": 8, "gpu": 1.0}, 2)
+    shared = dataclasses.replace(s, resources=Resources(gpus_per_trial=0.25))  # four trials share each GPU
+    assert placed(shared, 16, 2) == ({"cpu": 2, "gpu": 0.25}, 8)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +156,7 @@ def test_resource_plans():
             "resources:\n  gpus_per_trial: .nan\n" + GOOD_SPACE,
             "'resources'.gpus_per_trial must be a finite number",
         ),
-        ("num_samples: .inf\n" + GOOD_SPACE, "'num_samples' must be a finite number"),
+        ("num_samples: .inf\n" + GOOD_SPACE, "'num_samples' must be a finite integer"),
     ],
 )
 def test_non_finite_settings_are_refused_in_one_line(tmp_path, text, fragment):
@@ -219,7 +225,7 @@ def test_unwritable_storage_is_one_line_before_ray_starts(tmp_path):
 def test_unusable_cache_dir_is_one_line_before_ray(demo_root, tmp_path):
     """The driver checks the image cache before Ray starts; a read-only cache that already holds the splits
     passes (tests/test_data.py checks that load_split reads one)."""
-    from sweeps.paths import check_cache
+    from sweeps.state.storage import check_cache
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

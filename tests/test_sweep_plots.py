@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from sweeps import plots
-from sweeps.settings import SweepSettings
-from sweeps.space import parse_space, to_optuna
-from sweeps.trials import ranked, top_trials
+from sweeps.config.settings import SweepSettings
+from sweeps.config.space import parse_space, to_optuna
+from sweeps.report import plots
+from sweeps.report.trials import ranked, top_trials
 
 SPACE = parse_space(
     {
@@ -20,7 +20,6 @@ SPACE = parse_space(
     },
     "test",
 )
-MAX_EPOCHS = 3
 
 
 def _trial(tid, status, curve, lr, aug, bs):
@@ -31,7 +30,6 @@ def _trial(tid, status, curve, lr, aug, bs):
         "params": {"lr": lr, "aug_strength": aug, "batch_size": bs},
         "intermediate": dict(enumerate(curve, start=1)),
         "best_val_accuracy": max(curve, default=float("nan")),
-        "stopped_early": status != "ERROR" and len(curve) < MAX_EPOCHS,
     }
 
 
@@ -40,18 +38,18 @@ def _table(rows) -> pd.DataFrame:
 
 
 TRIALS = [
-    _trial("a", "TERMINATED", [0.30, 0.42, 0.50], 3e-3, 0.2, 32),  # ran every epoch
-    _trial("b", "TERMINATED", [0.20], 1e-4, 0.7, 16),  # stopped by ASHA after 1 epoch
-    _trial("c", "TERMINATED", [0.28, 0.35], 8e-3, 0.5, 64),  # stopped after 2
-    _trial("d", "ERROR", [0.25], 2e-3, 0.1, 32),  # failed after reporting an epoch
-    _trial("e", "ERROR", [], 5e-4, 0.3, 64),  # failed before its first report
-    _trial("f", "TERMINATED", [0.31, 0.40, 0.44], 1e-3, 0.0, 16),
-    _trial("g", "TERMINATED", [0.26, 0.33, 0.47], 6e-3, 0.4, 64),
+    _trial("a", "completed", [0.30, 0.42, 0.50], 3e-3, 0.2, 32),  # ran every epoch
+    _trial("b", "stopped_asha", [0.20], 1e-4, 0.7, 16),  # stopped by ASHA after 1 epoch
+    _trial("c", "stopped_time", [0.28, 0.35], 8e-3, 0.5, 64),  # stopped by the time limit after 2
+    _trial("d", "failed", [0.25], 2e-3, 0.1, 32),  # failed after reporting an epoch
+    _trial("e", "failed", [], 5e-4, 0.3, 64),  # failed before its first report
+    _trial("f", "completed", [0.31, 0.40, 0.44], 1e-3, 0.0, 16),
+    _trial("g", "completed", [0.26, 0.33, 0.47], 6e-3, 0.4, 64),
 ]
 
 
 def _study(rows, space=None):
-    return plots.build_study(_table(rows), space or to_optuna(SPACE), "max", MAX_EPOCHS)
+    return plots.build_study(_table(rows), space or to_optuna(SPACE), "max")
 
 
 def test_study_rebuilt_with_states_values_and_intermediate_values():
@@ -76,6 +74,37 @@ def test_study_rebuilt_with_states_values_and_intermediate_values():
     assert by_id["b"].params == {"lr": 1e-4, "aug_strength": 0.7, "batch_size": 16}
     assert by_id["b"].distributions["batch_size"].choices == (16, 32, 64)
     assert study.best_trial.user_attrs["trial_id"] == "a"
+    assert {t.user_attrs["trial_id"]: t.user_attrs["status"] for t in study.trials} == {
+        t["trial_id"]: t["status"] for t in TRIALS
+    }
+
+
+def test_a_trial_the_time_limit_stopped_before_its_first_epoch_is_pruned_without_a_value(tmp_path):
+    study, _ = _study([*TRIALS, _trial("h", "stopped_time", [], 1e-3, 0.1, 16)])
+    h = study.trials[-1]
+    assert h.state == TrialState.PRUNED and h.value is None and h.user_attrs["status"] == "stopped_time"
+    notes = plots.write_plots(study, "val_accuracy", tmp_path)
+    assert not [n for n in notes if "not drawn" in n], notes
+
+
+def test_history_draws_each_way_a_trial_ended_differently(tmp_path):
+    ax = plots.plot_history(_study(TRIALS)[0], "val_accuracy", tmp_path / "history.png")
+    styles = {
+        ln.get_label(): ln.get_linestyle() for ln in ax.get_lines() if not ln.get_label().startswith("_")
+    }
+    assert styles == {
+        "a": "-",
+        "b (stopped early by ASHA)": "--",
+        "c (stopped by the time limit)": ":",
+        "f": "-",
+        "g": "-",
+        "d (failed)": "-",
+    }
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == set(styles)
+    assert ax.figure.get_suptitle().endswith(
+        "7 trials (3 completed, 1 stopped early by ASHA, 1 stopped by the time limit, 2 failed)"
+    )
+    assert (tmp_path / "history.png").stat().st_size > 10_000
 
 
 def test_every_plot_is_written(tmp_path):
@@ -137,7 +166,7 @@ def test_all_failed_before_reporting_skips_every_plot(tmp_path):
 
 def test_a_value_outside_the_space_leaves_that_trial_out_with_a_note():
     study, notes = _study(
-        [*TRIALS, _trial("x", "TERMINATED", [0.6, 0.6, 0.6], 0.5, 0.2, 32)]
+        [*TRIALS, _trial("x", "completed", [0.6, 0.6, 0.6], 0.5, 0.2, 32)]
     )  # lr above the range
     assert (
         len(study.trials) == len(TRIALS) and len(notes) == 1 and notes[0].startswith("trial `x` is left out")

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from sweeps.budget import count_images, parse_duration
-from sweeps.settings import load_settings
+from sweeps.config.settings import load_settings
+from sweeps.plan.budget import count_images, parse_duration
+from sweeps.state.record import read_record
 
 from .sweep_utils import run_sweep, trial_rows
 
@@ -36,9 +37,9 @@ def test_a_budgeted_sweep_plans_reports_and_keeps_its_budget(budgeted):
     # The plan the budget made is the one that ran: trial count, ASHA's max_t, the retrain's epochs.
     assert len(trial_rows(exp)) <= t["budget"]["num_samples"]
     assert max(len(rows) for rows in trial_rows(exp).values()) <= t["budget"]["max_epochs"]
-    record = json.loads((exp / "fer_sweep.json").read_text())["flat"]
-    assert record["num_samples"] == t["budget"]["num_samples"] and record["time_budget"] == BUDGET
-    assert record["retrain_epochs"] == m["retrain_epochs"]
+    record = read_record(str(exp))
+    assert record.num_samples == t["budget"]["num_samples"] and record.time_budget == BUDGET
+    assert record.retrain_epochs == m["retrain_epochs"]
     # Every phase is timed, and the whole job (up to the report) stayed inside the budget.
     assert set(t["phases"]) == {"start-up and probe", "search", "retrain", "report", "total"}
     assert t["phases"]["total"] <= parse_duration(BUDGET, "budget")

@@ -2,12 +2,13 @@
 
     python tests/trial_share_probe.py DATA OUT_JSON [ray_cpus] [trial_cpus]
 
-The trial is ``sweeps.trainable.fer_trainable`` itself, wrapped so that a sampler thread can count, while it
+The trial is ``sweeps.tune.trainable.fer_trainable`` itself, wrapped so that a sampler thread can count, while it
 trains, the trial process's threads and child processes (DataLoader workers); at the end it records the
 sizes of the thread pools (torch intra-op and inter-op, OpenCV). Ray is started with more logical CPUs
 than the machine has, as on a big node where a trial gets a small share.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ def probed_trainable(params, base, out_json):
     import psutil
     import torch
 
-    from sweeps.trainable import fer_trainable
+    from sweeps.tune.trainable import fer_trainable
 
     me, peak, done = psutil.Process(), {"threads": 0, "children": 0}, threading.Event()
     baseline = me.num_threads()
@@ -60,16 +61,19 @@ def main(data, out_json, ray_cpus=16, trial_cpus=1):
     import ray
     from ray import tune
 
-    from sweeps.settings import SweepSettings
-    from sweeps.tuning import base_train_config
+    from sweeps.config.settings import SweepSettings
+    from sweeps.plan.resources import trial_config
 
-    settings = SweepSettings()
-    settings.train.img_size, settings.train.batch_size, settings.train.steps_per_epoch = 32, 8, 3
-    settings.train.eval_batch_size, settings.train.aug_strength = 64, 0.5
-    base = base_train_config(settings, data, {"cpu": trial_cpus, "gpu": 0}, epochs=1)
-    base["threads"] = (
-        0  # the share must come from the trial's Ray allocation itself, not from the driver's plan
+    train = dataclasses.replace(
+        SweepSettings().train,
+        img_size=32,
+        batch_size=8,
+        steps_per_epoch=3,
+        eval_batch_size=64,
+        aug_strength=0.5,
     )
+    # threads 0: the share must come from the trial's Ray allocation itself, not from the driver
+    base = {**trial_config(SweepSettings(train=train), data=data), "epochs": 1, "threads": 0}
     # address="local": a Ray of its own, never a cluster another test (or user) recorded as current
     ray.init(address="local", num_cpus=int(ray_cpus), include_dashboard=False, configure_logging=False)
     try:

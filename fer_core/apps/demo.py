@@ -38,6 +38,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from ..data import CLASS_NAMES  # the expression classes (folder names), defined once in data.py
 from .demo_faces import draw_face
 
 __all__ = [
@@ -49,11 +50,8 @@ __all__ = [
     "main",
 ]
 
-# The expression classes (folder names), defined once in data.py.
-from ..data import CLASS_NAMES  # noqa: E402
-
-#: Bump whenever the drawing (``demo_faces``) changes, so cached copies made by an older
-#: generator are not silently reused by ``ensure_demo_dataset``.
+#: Part of every cached copy's name: bump it whenever the drawing (``demo_faces``) changes, so
+#: ``ensure_demo_dataset`` never reuses a copy drawn otherwise.
 GENERATOR_VERSION = 1
 
 #: Dataset splits, in a fixed order: the index is part of each image's seed.
@@ -155,13 +153,12 @@ def ensure_demo_dataset(
     """Return the path of a cached copy of the demo dataset, generating it once.
 
     The cached folder name encodes every parameter and ``GENERATOR_VERSION``
-    (e.g. ``demo-v1-s48-n200-60-60-seed0``), so changed settings or a newer
-    generator never reuse stale data. Safe when several processes call it at
+    (e.g. ``demo-v1-s48-n200-60-60-seed0``), so changed settings or another
+    ``GENERATOR_VERSION`` never reuse stale data. Safe when several processes call it at
     once: each generates into its own temporary directory beside the target,
     writes the ``.complete`` marker last and atomically renames the directory
     into place; a process that loses the race discards its copy and uses the
-    winner's. A target without the marker (left by a crash of an older version)
-    is removed and regenerated.
+    winner's.
 
     Args:
         cache_dir: Directory holding cached datasets. Defaults to the
@@ -189,18 +186,6 @@ def ensure_demo_dataset(
         return target
 
     parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not (target / COMPLETE_MARKER).is_file():
-        # Our renames only ever publish complete folders, so a marker-less
-        # target is debris from a crash (e.g. an older, non-atomic version).
-        # Move it aside atomically first so a concurrent caller never sees a
-        # half-deleted target, then delete it at leisure.
-        trash = Path(tempfile.mkdtemp(prefix=f".{name}.trash-", dir=str(parent)))
-        try:
-            os.rename(target, trash / "old")
-        except OSError:
-            pass  # another caller moved or replaced it first
-        shutil.rmtree(trash, ignore_errors=True)
-
     # Generate beside the target (same filesystem) so the final rename is atomic.
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(parent)))
     try:
@@ -215,7 +200,7 @@ def ensure_demo_dataset(
             if not (target / COMPLETE_MARKER).is_file():
                 raise
     finally:
-        # After a successful rename tmp no longer exists; otherwise clean up.
+        # Left only when the rename did not happen.
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -1,7 +1,7 @@
 """What every PNG fer_core draws shares: the headless backend, the palette, the save rule, the pieces.
 
 ``viz`` (training and evaluation plots), ``predict_plots`` (prediction PNGs) and the sweep's Optuna plots
-(``sweeps/plots.py``) all draw through this module: it selects matplotlib's non-interactive Agg backend
+(``sweeps/report/plots.py``) all draw through this module: it selects matplotlib's non-interactive Agg backend
 (the code runs on headless machines, CI and Ray workers, where no display exists), and holds the one save
 rule (dpi, tight box, white background, figure closed), the one palette, the note drawn on an empty panel
 and the probability bars that both the evaluation sample grid and the prediction PNGs show.

@@ -15,7 +15,8 @@ Two layers:
 
 This module is the inference: the ``Predictor`` and the results it yields. Expanding inputs and loading
 photos are in ``predict_inputs``; the per-image PNG (photo with boxes beside the probability bars) and a
-folder's overview are drawn by ``predict_plots``. The command line is ``sweeps/predict.py``.
+folder's overview are drawn by ``predict_plots``. The command line is ``predict_cli`` (run as
+``python sweeps/predict.py``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Plotting helpers for training runs and evaluation results (the sweep's plots are in sweeps/plots.py).
+"""Plotting helpers for training runs and evaluation results (the sweep's plots are in sweeps/report/plots.py).
 
 Every ``plot_*`` function renders one PNG file and returns its path, so callers
 (training loop, evaluation script, sweep report) can log or link the result.

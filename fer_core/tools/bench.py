@@ -18,7 +18,11 @@ so that a slow spell of a shared machine hits all three alike; each figure is th
 Images per second exclude each path's warm-up steps (worker start, cuDNN autotuning, compilation); the
 warm-up seconds are printed beside them, and fer_core's one-off decode of the split into its cache is
 printed separately. Peak memory: the GPU's max allocated bytes on CUDA; on CPU the peak resident set of
-this process and its DataLoader workers, sampled every 20 ms.
+this process and its DataLoader workers, sampled every 20 ms; fer_core's includes building its Trainer
+(in the first round also that decode).
+
+Without ``--data`` it measures FER2013 beside the checkout (``../shared/data/fer2013``) when that is there,
+else the built-in demo faces; the first line printed says which.
 
 This module alternates the measurements over rounds, reduces them to medians and ratios, runs the parity
 check and is the CLI; the measurements themselves (what is timed, and the memory sampler) are in
@@ -37,21 +41,29 @@ from pathlib import Path
 
 import torch
 
+from ..apps.demo import ensure_demo_dataset
 from ..config import make_config, parse_overrides
 from ..errors import FerError
 from ..runtime import available_cpus, resolve_runtime
+from ..train import train
 from .bench_timing import SEED_WORKERS, bench_compute, bench_fer_core, bench_seed
 
-SHARED_FER2013 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013"
+CHECKOUT = Path(__file__).resolve().parents[2]  # the folder holding fer_core/
 
 
-def default_data() -> Path:
-    """../shared/data/fer2013 beside the checkout when present, else the built-in demo data."""
-    if (SHARED_FER2013 / "train").is_dir():
-        return SHARED_FER2013
-    from ..apps.demo import ensure_demo_dataset
+def default_data(checkout: Path = CHECKOUT) -> tuple[Path, str]:
+    """The data to measure without --data, and a phrase saying which it is.
 
-    return Path(ensure_demo_dataset())
+    Args:
+        checkout: the project checkout; FER2013 is looked for in ``../shared/data/fer2013`` beside it.
+
+    Returns:
+        (dataset root, description): that FER2013 when it has a train/ folder, else the built-in demo faces.
+    """
+    fer = checkout.parent / "shared" / "data" / "fer2013"
+    if (fer / "train").is_dir():
+        return fer, "FER2013 beside the checkout (../shared/data/fer2013)"
+    return ensure_demo_dataset(), f"the built-in demo faces: no {fer}; pass --data DIR to measure real data"
 
 
 def run_benchmark(
@@ -81,11 +93,19 @@ def run_benchmark(
     per = {"seed": [], "fer_core": [], "compute": []}
     for r in range(rounds):
         # The fer_core path goes first in round 1, so its one-off cache decode is not charged to (a).
-        b = bench_fer_core(data, str(dev), img_size, batch_size, warmup, steps, overrides)
+        b = bench_fer_core(
+            data,
+            device=dev,
+            img_size=img_size,
+            batch_size=batch_size,
+            warmup=warmup,
+            steps=steps,
+            overrides=overrides,
+        )
         log(f"round {r + 1}/{rounds}: (b) fer_core {b['images_per_s']:.1f} img/s")
-        a = bench_seed(data, dev, img_size, batch_size, warmup, steps)
+        a = bench_seed(data, device=dev, img_size=img_size, batch_size=batch_size, warmup=warmup, steps=steps)
         log(f"round {r + 1}/{rounds}: (a) seed     {a['images_per_s']:.1f} img/s")
-        c = bench_compute(dev, img_size, batch_size, warmup, steps)
+        c = bench_compute(dev, img_size=img_size, batch_size=batch_size, warmup=warmup, steps=steps)
         log(f"round {r + 1}/{rounds}: (c) compute  {c['images_per_s']:.1f} img/s")
         for k, v in (("seed", a), ("fer_core", b), ("compute", c)):
             per[k].append(v)
@@ -157,8 +177,6 @@ def run_parity(
         img_size, batch_size: the shape both paths train at.
         log: progress printer.
     """
-    from ..train import train
-
     plain = {"channels_last": "off", "compile": "off", "precision": "fp32", "num_workers": 0}
     out = {}
     for name, over in (("plain", plain), ("fast", {})):
@@ -261,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--parity compares fixed plain and fast settings; drop the key=value overrides "
                 f"({', '.join(overrides)}) or run the benchmark without --parity"
             )
-        data = Path(args.data) if args.data else default_data()
+        data, source = (Path(args.data), "given with --data") if args.data else default_data()
         if not (data / "train").is_dir():
             raise FerError(
                 f"{data}: no train/ folder; pass --data pointing at a dataset root with train/ and val/"
@@ -271,12 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.json
             else (lambda m: print(m, flush=True))
         )
+        log(f"data: {data} ({source})")
         if args.parity:
             res = run_parity(
                 data,
-                args.device,
-                args.parity_epochs,
-                args.parity_steps,
+                device=args.device,
+                epochs=args.parity_epochs,
+                steps_per_epoch=args.parity_steps,
                 img_size=args.img_size,
                 batch_size=args.batch_size,
                 log=log,
@@ -284,13 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             res = run_benchmark(
                 data,
-                args.device,
-                args.img_size,
-                args.batch_size,
-                args.steps,
-                args.warmup,
-                args.rounds,
-                overrides,
+                device=args.device,
+                img_size=args.img_size,
+                batch_size=args.batch_size,
+                steps=args.steps,
+                warmup=args.warmup,
+                rounds=args.rounds,
+                overrides=overrides,
                 log=log,
             )
     except FerError as e:

@@ -1,25 +1,28 @@
 """The benchmark's measurements, one function per path: (a) ``bench_seed``, (b) ``bench_fer_core``, (c)
 ``bench_compute`` (what each stands for: ``fer_core.tools.bench``'s docstring), with the peak-memory sampler
-and the warm-up/timed step loop they share.
+and the warm-up/timed step loop (a) and (c) share; (b) is ``fer_core.timing.time_training``.
 
 Each call builds its path, runs ``warmup`` untimed then ``steps`` timed steps and returns images per second,
-warm-up seconds and peak memory. Split from ``bench`` (which alternates them over rounds, takes medians and
-ratios, runs the parity check and is the CLI) so that what is timed reads apart from how it is reported.
+warm-up seconds and peak memory. ``bench`` alternates them over rounds, takes medians and ratios, runs the
+parity check and is the CLI.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+import timm
 import torch
+import torchvision.transforms as T
 from torch import nn
+from torchvision.datasets import ImageFolder
 
-from ..checkpoint import save_checkpoint
 from ..config import make_config
+from ..timing import time_training
 
 SEED_WORKERS = 2  # what the seed notebooks pass to DataLoader
 
@@ -108,10 +111,6 @@ def bench_seed(
         warmup, steps: untimed and timed steps.
         workers: DataLoader workers.
     """
-    import timm
-    import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
-
     tf = T.Compose(
         [
             T.Grayscale(num_output_channels=3),
@@ -151,90 +150,39 @@ def bench_seed(
 
 def bench_fer_core(
     data: Path,
-    device: str,
+    device: torch.device,
     img_size: int,
     batch_size: int,
     warmup: int,
     steps: int,
     overrides: dict | None = None,
-    eval_images: int = 0,
-    chunks: int = 1,
 ) -> dict:
-    """(b) fer_core's training path exactly as a trial builds it (``Trainer``), timed for ``steps`` steps.
+    """(b) fer_core's training path exactly as a trial builds it: ``fer_core.timing.time_training`` on the
+    TrainConfig of these settings, with the peak memory of building and timing it.
 
     Args:
         data: dataset root.
-        device: config device string.
+        device: where the model runs.
         img_size, batch_size: as in the trial config.
         warmup, steps: untimed and timed steps.
         overrides: further TrainConfig keys (e.g. channels_last=off to measure one choice).
-        eval_images: also time what an epoch does besides training, for the sweep's time budget
-            (sweeps/budget.py): the validation pass (``Trainer.evaluate``, with the config's flip TTA) on
-            this many val images, ``eval_images_per_s``, and writing the epoch's checkpoint, ``checkpoint_s``.
-        chunks: time the steps in this many consecutive passes; ``best_images_per_s`` is the fastest.
+
+    Returns:
+        ``TrainingTiming``'s fields and ``peak_memory_bytes``.
     """
-    from ..trainer import Trainer
-
-    with tempfile.TemporaryDirectory() as out:
-        cfg = make_config(
-            {
-                "data": str(data),
-                "out": out,
-                "img_size": img_size,
-                "batch_size": batch_size,
-                "device": device,
-                "progress": False,
-                "steps_per_epoch": warmup + steps,
-                "epochs": 2,
-                **(overrides or {}),
-            },
-            source="bench",
-        )
-        t0 = time.perf_counter()
-        trainer = Trainer(cfg)
-        setup_s = time.perf_counter() - t0
-        trainer.sampler.set_epoch(1)
-        torch.manual_seed(cfg.seed)
-        rt = trainer.runtime
-        with PeakMemory(rt.device) as mem:
-            t1 = time.perf_counter()
-            if warmup:
-                trainer.train_pass(max_steps=warmup)
-            warm_s = time.perf_counter() - t1
-            trainer.sampler.set_epoch(2)
-            # In chunks when asked: the fastest chunk is the rate a slow spell of a shared machine (or
-            # Ray's own start-up beside a probe) did not touch; "images_per_s" is still all steps.
-            parts = [trainer.train_pass(max_steps=n) for n in _split(steps, chunks)]
-        m = {
-            "images_per_s": sum(p["train_images"] for p in parts) / sum(p["epoch_seconds"] for p in parts),
-            "best_images_per_s": max(p["images_per_s"] for p in parts),
-        }
-        timed_eval = {}
-        if eval_images:
-            idx = trainer.val_idx[:eval_images]
-            t2 = time.perf_counter()
-            trainer.evaluate(indices=idx)
-            t3 = time.perf_counter()
-            save_checkpoint(trainer.state(), Path(out) / "last.pt")
-            timed_eval = {
-                "eval_images_per_s": len(idx) / (t3 - t2),
-                "checkpoint_s": time.perf_counter() - t3,
-            }
-        return {
-            **timed_eval,
-            **m,
-            "warmup_s": warm_s,
-            "setup_s": setup_s,
-            "peak_memory_bytes": mem.peak,
-            "runtime": rt.describe(),
-            "train_images": len(trainer.train_idx),
-        }
-
-
-def _split(steps: int, chunks: int) -> list[int]:
-    """``steps`` as ``chunks`` near-equal positive parts (fewer when there are fewer steps)."""
-    chunks = max(1, min(chunks, steps))
-    return [steps // chunks + (i < steps % chunks) for i in range(chunks)]
+    cfg = make_config(
+        {
+            "data": str(data),
+            "img_size": img_size,
+            "batch_size": batch_size,
+            "device": str(device),
+            **(overrides or {}),
+        },
+        source="bench",
+    )
+    with PeakMemory(device) as mem:
+        timing = time_training(cfg, warmup_steps=warmup, timed_steps=steps)
+    return {**dataclasses.asdict(timing), "peak_memory_bytes": mem.peak}
 
 
 def bench_compute(
@@ -248,8 +196,6 @@ def bench_compute(
         warmup, steps: untimed and timed steps.
         classes: classifier outputs.
     """
-    import timm
-
     model = timm.create_model("efficientnet_b0", num_classes=classes).to(device).train()
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     y = torch.randint(0, classes, (batch_size,), device=device)

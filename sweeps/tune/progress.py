@@ -5,13 +5,11 @@ Ray's status table says what runs, not when it will end; these lines say that, f
 
 from __future__ import annotations
 
-import os
 import time
 
 from ray.tune import Callback
-from ray.tune.stopper import Stopper
 
-from .budget import fmt_duration
+from sweeps.plan.budget import fmt_duration
 
 
 class Phases:
@@ -97,34 +95,3 @@ class Steps:
             f"[sweeps] {self.phase} {self.done}/{self.total}: {what} ({fmt_duration(elapsed)} elapsed{eta})",
             flush=True,
         )
-
-
-class Deadline(Stopper):
-    """Stops a Tune run ``seconds`` after it starts, but never before some trial has reported an epoch.
-
-    Tune's own ``time_budget_s`` stops at the second even when nothing has finished: on a machine slower
-    than the probe measured, a search could end with no trial result (nothing to retrain) and a retrain
-    with no checkpoint. Here the run waits for the first epoch (a small overrun, said in the summary,
-    instead of a run with no result). Past the deadline each trial stops as its next epoch is reported,
-    with that epoch's checkpoint; with ``whole_run`` (the search) the run also stops at once, dropping
-    the epochs in flight. Only the process that set it enforces it: a resumed run (which Tune restores
-    with the stopper it pickled) continues without the old deadline.
-
-    Args:
-        seconds: how long the run may take.
-        whole_run: stop every trial at the deadline, not only each at its next reported epoch.
-    """
-
-    def __init__(self, seconds: float, whole_run: bool = True):
-        self.deadline, self.pid, self.reported = time.time() + seconds, os.getpid(), False
-        self.whole_run = whole_run
-
-    def _past(self) -> bool:
-        return self.pid == os.getpid() and self.reported and time.time() >= self.deadline
-
-    def __call__(self, trial_id, result) -> bool:
-        self.reported = True
-        return self._past()
-
-    def stop_all(self) -> bool:
-        return self.whole_run and self._past()

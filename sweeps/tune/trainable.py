@@ -15,6 +15,7 @@ from ray import tune
 
 from fer_core.config import make_config
 from fer_core.train import train
+from sweeps.plan.resources import assigned_threads
 
 # What a trial reports besides the epoch row: flat scalars only, so Tune's tables and CSVs stay clean.
 _SKIP = {"val_per_class_recall"}
@@ -39,15 +40,18 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
         params = members[int(params["member"])]
     # The working folder is the trial's own (Tune changes into it); its logs stay there, and what must
     # survive a lost node travels in the reported checkpoints.
-    # The trial's own CPU allocation sets its threads and, through them, its data-loader workers: the node's
-    # CPU count would give every trial on a shared GPU node a full node's worth.
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    share = {"threads": max(1, int(cpus))} if cpus else {}
     # keep_checkpoints off: the checkpoint Ray copies to storage is the one that is kept (resume, retrain and
     # report read it there); train() removes its local last.pt once reported, so trials leave no second copy
     # in Ray's session folder (which Ray never deletes: ~1 GB per FER2013 sweep otherwise).
     cfg = make_config(
-        {**base, **params, **share, "out": os.getcwd(), "progress": False, "keep_checkpoints": False},
+        {
+            **base,
+            **params,
+            **assigned_threads(),
+            "out": os.getcwd(),
+            "progress": False,
+            "keep_checkpoints": False,
+        },
         source="trial config",
     )
 

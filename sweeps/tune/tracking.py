@@ -1,15 +1,11 @@
 """Experiment tracking in MLflow (``tracking: mlflow``), through Ray Tune's own ``MLflowLoggerCallback``.
 
-Each sweep trial becomes an MLflow run in the experiment named like the sweep, with its searched parameters
-and every epoch's metrics (step = epoch); the retrain's trials are runs too, tagged ``fer_sweep.phase:
-retrain``. When the report is written, the winner's retrain run gets the winner's parameters and the whole
-report folder as artifacts, and the winning sweep trial's run is tagged ``fer_sweep.winner``.
-
-Nothing leaves the machine unless the user gives a ``--tracking-uri``: the default is a local ``./mlruns``
-folder, and MLflow's usage telemetry is off unless the environment turns it on. A folder (the default, or
-a ``--tracking-uri`` without a scheme) holds MLflow's SQLite store, ``mlflow.db``, and the artifacts beside
-it: MLflow 3 refuses its old plain-file store by default, and SQLite is its own local default since. No
-server is needed; ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`` shows it.
+Each trial (sweep and retrain, tagged ``fer_sweep.phase``) is an MLflow run in the experiment named like the
+sweep, with its parameters and per-epoch metrics; the winner's retrain run gets the report folder as artifacts
+and the winning sweep trial's run the tag ``fer_sweep.winner``. Nothing leaves the machine without a
+``--tracking-uri`` (telemetry is off unless the environment turns it on): a folder (default ``./mlruns``)
+holds a SQLite store, ``mlflow.db``, as MLflow 3 refuses its old file store; no server is needed, ``mlflow ui
+--backend-store-uri sqlite:///mlruns/mlflow.db`` shows it.
 """
 
 from __future__ import annotations
@@ -29,30 +25,15 @@ def _folder(settings) -> Path | None:
 
 
 def tracking_uri(settings) -> str:
-    """The MLflow tracking URI: ``tracking_uri`` when it is a URI, else the SQLite store in the folder
-    it names (default ``./mlruns``)."""
+    """The MLflow tracking URI: ``tracking_uri`` if a URI, else the SQLite store in the folder it names."""
     folder = _folder(settings)
     return f"sqlite:///{folder}/mlflow.db" if folder else settings.tracking_uri
-
-
-def _ensure_experiment(settings) -> None:
-    """Create the MLflow experiment before Tune's callback looks it up, with its artifacts in the tracking
-    folder (MLflow would put them in ``./mlartifacts`` of whatever folder the driver runs in)."""
-    mlflow = _mlflow()
-    folder = _folder(settings)
-    if folder:
-        folder.mkdir(parents=True, exist_ok=True)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri(settings))
-    if client.get_experiment_by_name(settings.name) is None:
-        client.create_experiment(
-            settings.name, artifact_location=(folder / "artifacts").as_uri() if folder else None
-        )
 
 
 def _mlflow():
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        import mlflow
+        import mlflow  # the optional [tracking] extra
     except ImportError:
         raise FerError(
             "tracking: mlflow needs the MLflow client: pip install -e '.[tracking]' (or pip install "
@@ -66,9 +47,16 @@ def check_tracking(settings) -> None:
     in the store, so a missing client or an unusable ``tracking_uri`` is one line, not a trace mid-sweep."""
     if settings.tracking != "mlflow":
         return
-    _mlflow()
+    mlflow = _mlflow()
     try:
-        _ensure_experiment(settings)
+        folder = _folder(settings)
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri(settings))
+        if client.get_experiment_by_name(settings.name) is None:
+            # Artifacts in the tracking folder: MLflow would put them in ./mlartifacts of the driver's folder.
+            artifacts = (folder / "artifacts").as_uri() if folder else None
+            client.create_experiment(settings.name, artifact_location=artifacts)
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds (database, HTTP, permissions)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise FerError(
@@ -82,35 +70,23 @@ def tracking_callbacks(settings, phase: str) -> list:
     if settings.tracking != "mlflow":
         return []
     _mlflow()  # the experiment exists: check_tracking made it before Ray started
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.air.integrations.mlflow import MLflowLoggerCallback  # imports mlflow: the [tracking] extra
 
-    return [
-        MLflowLoggerCallback(
-            tracking_uri=tracking_uri(settings),
-            experiment_name=settings.name,
-            tags={PHASE_TAG: phase},
-        )
-    ]
+    uri = tracking_uri(settings)
+    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=settings.name, tags={PHASE_TAG: phase})]
 
 
 def _run_of(client, experiment_id: str, phase: str, trial_id: str):
     # The callback names each run after its trial (``fer_trainable_<trial_id>``) and tags it trial_name.
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{PHASE_TAG}` = '{phase}'", max_results=1000
-    )
+    in_phase = f"tags.`{PHASE_TAG}` = '{phase}'"
+    runs = client.search_runs([experiment_id], filter_string=in_phase, max_results=1000)
     return next((r for r in runs if trial_id in r.data.tags.get("trial_name", "")), None)
 
 
 def log_report(settings, report_dir: Path, winner: dict, retrain_trial_id: str) -> str | None:
-    """Attach the report to the winner's retrain run and mark the winning sweep trial; returns the
-    retrain run's id (None without tracking, or when the callback made no such run).
-
-    Args:
-        settings: sweep settings.
-        report_dir: the report folder.
-        winner: the winning trial (``{"trial_id", "params", "best"}``).
-        retrain_trial_id: the Tune trial id of the winner's retrain.
-    """
+    """Attach the report to the winner's retrain run (Tune trial ``retrain_trial_id``) and mark the winning
+    sweep trial (``winner``: ``{"trial_id", "params", "best"}``); returns the retrain run's id (None without
+    tracking, or when the callback made no such run)."""
     if settings.tracking != "mlflow":
         return None
     mlflow = _mlflow()

@@ -16,24 +16,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import optuna.distributions as d
+
 from fer_core.config import FIELDS, make_config, unknown_key_error
 from fer_core.errors import ConfigError
 
 TYPES = ("loguniform", "uniform", "quniform", "randint", "choice")
 # Keys a trial must not vary: they define where data and outputs live, not how well the model trains.
-NOT_SEARCHABLE = {
-    "data",
-    "out",
-    "cache_dir",
-    "progress",
-    "device",
-    "threads",
-    "num_workers",
-    "epochs",
-    "compile",
-    "channels_last",
-    "eval_batch_size",
-}
+NOT_SEARCHABLE = {"data", "out", "cache_dir", "progress", "device", "threads", "num_workers", "epochs"}
+NOT_SEARCHABLE |= {"compile", "channels_last", "eval_batch_size"}
 
 
 @dataclass(frozen=True)
@@ -53,16 +44,9 @@ class Param:
 
 
 def parse_space(spec: Any, source: str) -> list[Param]:
-    """Check a YAML search-space mapping and return its parameters.
-
-    Args:
-        spec: the mapping under ``search_space``.
-        source: the YAML file, named in error messages.
-
-    Raises:
-        ConfigError: empty space, unknown or unsearchable key, unknown type, impossible range, or a
-            value that the key's type rejects (each a one-line message naming the key).
-    """
+    """Check a YAML search-space mapping (``spec``, from the file ``source``) and return its parameters;
+    raises ConfigError, one line naming the key, for an empty space, an unknown or unsearchable key, an
+    unknown type, an impossible range, or a value that the key's type rejects."""
     if not isinstance(spec, dict) or not spec:
         raise ConfigError(
             f"{source}: 'search_space' is empty; declare at least one parameter, e.g. lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}"
@@ -81,15 +65,13 @@ def parse_space(spec: Any, source: str) -> list[Param]:
         kind = p["type"]
         if kind not in TYPES:
             raise ConfigError(f"{where}.type = {kind!r} is not one of {', '.join(TYPES)}")
-        allowed = (
-            {"type", "values"}
-            if kind == "choice"
-            else {"type", "low", "high"} | ({"q"} if kind == "quniform" else set())
-        )
-        extra = set(p) - allowed
+        allowed = {"type", "values"} if kind == "choice" else {"type", "low", "high"}
+        if kind == "quniform":
+            allowed.add("q")
+        extra, names = set(p) - allowed, ", ".join(sorted(allowed))
         if extra:
             raise ConfigError(
-                f"{where}: unknown field '{sorted(extra)[0]}' for type {kind} (allowed: {', '.join(sorted(allowed))})"
+                f"{where}: unknown field '{sorted(extra)[0]}' for type {kind} (allowed: {names})"
             )
         if kind == "choice":
             values = p.get("values")
@@ -105,15 +87,11 @@ def parse_space(spec: Any, source: str) -> list[Param]:
         except KeyError as e:
             raise ConfigError(f"{where} needs '{e.args[0]}'") from None
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"{where}: low/high{'/q' if kind == 'quniform' else ''} must be numbers"
-            ) from None
+            fields = "low/high/q" if kind == "quniform" else "low/high"
+            raise ConfigError(f"{where}: {fields} must be numbers") from None
         # NaN compares false with everything and inf is no range to sample from: say so before the range checks.
-        bad = [
-            f"{k} = {v:g}"
-            for k, v in (("low", low), ("high", high), ("q", q))
-            if v is not None and not math.isfinite(v)
-        ]
+        bounds = {"low": low, "high": high, "q": q}
+        bad = [f"{k} = {v:g}" for k, v in bounds.items() if v is not None and not math.isfinite(v)]
         if bad:
             raise ConfigError(
                 f"{where}: {', '.join(bad)} is not a finite number; give plain numbers for low and high"
@@ -132,11 +110,16 @@ def parse_space(spec: Any, source: str) -> list[Param]:
     return params
 
 
+def to_spec(p: Param) -> dict:
+    """A parameter back in its YAML form (``parse_space`` of it gives the same ``Param``)."""
+    if p.kind == "choice":
+        return {"type": p.kind, "values": list(p.values)}
+    return {"type": p.kind, "low": p.low, "high": p.high, **({"q": p.q} if p.q is not None else {})}
+
+
 def to_optuna(params: list[Param]) -> dict:
     """The search space as Optuna distributions: what ``OptunaSearch(space=...)`` samples from, and the
     distributions of the study that the report rebuilds from the finished trials."""
-    import optuna.distributions as d
-
     out = {}
     for p in params:
         if p.kind in ("loguniform", "uniform"):

@@ -1,0 +1,243 @@
+"""The predict command line: checkpoint and inputs in, a table (or JSON), predictions.csv and PNGs out.
+
+Run as ``python sweeps/predict.py`` (or ``fer-predict``); ``USAGE`` is its help text. The prediction itself
+is ``fer_core.apps.predict``, expanding the inputs ``predict_inputs`` and the PNGs ``predict_plots``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from ..errors import FerError
+
+USAGE = """Predict expressions with a sweep's retrained winner (or any fer_core checkpoint).
+
+    python sweeps/predict.py runs/demo photo.jpg                    # a sweep run folder: its report/best.pt
+    python sweeps/predict.py runs/demo/report/best.pt photos/ --out preds
+    python sweeps/predict.py best.pt "shots/**/*.png" --no-face-detect --json
+
+INPUT is an image file, a folder (searched recursively) or a glob pattern (quote it). Faces are found in
+each image (OpenCV Haar cascade), cropped with a margin and classified; an image with no face found is
+classified whole, and the output says so. Use --no-face-detect when the inputs are face crops already.
+
+Output: a table on stdout (or JSON with --json), OUT/predictions.csv (one row per face), one PNG per
+image (the image with its face boxes beside the probability bars) and, for several images,
+OUT/contact_sheet.png. Files that cannot be read are listed at the end; the rest are predicted.
+Exit status: 0 all inputs predicted, 1 some failed, 2 usage error (bad checkpoint, nothing to predict).
+"""
+
+
+def resolve_checkpoint(target: str) -> Path:
+    """A sweep run folder (STORAGE/NAME), its report folder, a fer_core.train output folder or a checkpoint file -> the checkpoint.
+
+    Raises:
+        FerError: nothing usable at ``target``.
+    """
+    p = Path(target).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for candidate in (p / "report" / "best.pt", p / "best.pt", p / "checkpoints" / "best.pt"):
+            if candidate.is_file():
+                return candidate
+        raise FerError(
+            f"{p}: no report/best.pt, best.pt or checkpoints/best.pt inside; pass a sweep run folder "
+            "(STORAGE/NAME after its retrain), its report folder, or a checkpoint file"
+        )
+    raise FerError(
+        f"{p}: no such checkpoint or run folder; pass a sweep run folder (STORAGE/NAME) or a best.pt"
+    )
+
+
+# The files every run writes at the top of OUT: no per-image PNG may take (or sit under) these names.
+SUMMARY_FILES = ("predictions.csv", "contact_sheet.png")
+
+
+def _png_name(rel: str, used: set[str]) -> str:
+    """OUT-relative PNG path for an input: its relative path with .png, made unique (a.jpg and a.png, or an
+    input named contact_sheet.jpg, whose PNG would otherwise be overwritten by the contact sheet).
+
+    Args:
+        rel: the input's name relative to the input it came from.
+        used: names already taken; start with ``SUMMARY_FILES``. The returned name is added.
+    """
+    r = Path(rel)
+    if len(r.parts) > 1 and r.parts[0] in SUMMARY_FILES:  # a folder named like a summary file
+        r = Path(r.parts[0] + "_", *r.parts[1:])
+    name = str(r.with_suffix(".png"))
+    if name in used:
+        name = str(r.with_name(f"{r.stem}_{r.suffix.lstrip('.') or 'file'}.png"))
+    base, k = name[:-4], 2
+    while name in used:
+        name, k = f"{base}-{k}.png", k + 1
+    used.add(name)
+    return name
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def _box(box) -> str:
+    return ",".join(map(str, box)) if box else "whole image"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python sweeps/predict.py",
+        description=USAGE.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(USAGE.split("\n\n")[1:]),
+    )
+    p.add_argument(
+        "run",
+        metavar="RUN_OR_CHECKPOINT",
+        help="sweep run folder (STORAGE/NAME: uses report/best.pt), a report folder, or a checkpoint file",
+    )
+    p.add_argument(
+        "inputs", metavar="INPUT", nargs="+", help="image file, folder (recursive) or glob pattern"
+    )
+    p.add_argument(
+        "--out",
+        default="predictions",
+        help="output folder for PNGs, predictions.csv and the contact sheet (default: ./predictions)",
+    )
+    p.add_argument(
+        "--no-face-detect", action="store_true", help="inputs are face crops: classify each whole image"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout instead of the table"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
+    args = p.parse_args(argv)
+
+    # Imported after parsing: the prediction stack (timm, OpenCV, the model code) doubles the start-up time of --help.
+    from .predict import Predictor
+    from .predict_inputs import collect_inputs
+    from .predict_plots import plot_contact_sheet, plot_prediction
+
+    out = Path(args.out)
+    try:
+        if args.batch_size < 1:
+            raise FerError(
+                f"--batch-size = {args.batch_size}; give the number of faces per forward pass, at least 1"
+            )
+        if out.exists() and not out.is_dir():
+            raise FerError(
+                f"{out}: --out is a file; give a folder for the PNGs, predictions.csv and the contact sheet"
+            )
+        checkpoint = resolve_checkpoint(args.run)
+        predictor = Predictor.from_checkpoint(checkpoint, device=args.device, batch_size=args.batch_size)
+    except FerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    files, problems = collect_inputs(args.inputs, exclude=[out])
+    if not files:
+        reasons = "; ".join(f"{raw}: {why}" for raw, why in problems) or "no input given"
+        print(f"error: nothing to predict ({reasons})", file=sys.stderr)
+        return 2
+
+    classes = predictor.class_names
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(
+            f"error: {out}: cannot create the output folder ({e.strerror or e}); pass another --out",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.json:
+        print(
+            f"{checkpoint}: {predictor.preprocess.img_size}px {'gray' if predictor.preprocess.grayscale else 'RGB'}, "
+            f"{len(files)} file(s), face detection {'off' if args.no_face_detect else 'on'}"
+        )
+        print(
+            f"{'image':<36} {'face':>4} {'box x,y,w,h':<19} {'expression':<10} {'prob':>5}  "
+            + " ".join(f"{c[:8]:>8}" for c in classes)
+        )
+    results, records, used = [], [], set(SUMMARY_FILES)
+    rows = []
+    for (_path, rel), r in zip(
+        files, predictor.predict_files([f for f, _ in files], detect=not args.no_face_detect)
+    ):
+        png = None
+        if r.ok:
+            png = out / _png_name(rel, used)
+            plot_prediction(r, png, classes)
+            r.image = None  # the PNG is written; keep only the thumbnail for the contact sheet
+        rec = r.to_dict(classes)
+        rec["png"] = str(png) if png else None
+        records.append(rec)
+        results.append(r)
+        for i, f in enumerate(r.faces or [None], 1):
+            row = {
+                "path": r.path,
+                "face": i if f is not None else "",
+                "x": "",
+                "y": "",
+                "w": "",
+                "h": "",
+                "expression": "",
+                "probability": "",
+                **{c: "" for c in classes},
+                "note": r.note,
+            }
+            if f is not None:
+                if f.box:
+                    row.update(zip("xywh", f.box))
+                row.update(
+                    expression=classes[f.index],
+                    probability=f"{f.score:.4f}",
+                    **{c: f"{v:.4f}" for c, v in zip(classes, f.probs)},
+                )
+            rows.append(row)
+            if not args.json and f is not None:
+                note = "" if f.box else f"  ({r.note})"
+                print(
+                    f"{_short(rel, 36):<36} {i if f.box else '-':>4} {_box(f.box):<19} {classes[f.index]:<10} {f.score:>5.2f}  "
+                    + " ".join(f"{v:>8.3f}" for v in f.probs)
+                    + note,
+                    flush=True,
+                )
+            elif not args.json:
+                print(f"{_short(rel, 36):<36}    - failed (see the summary below)", flush=True)
+    with open(out / "predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    sheet = plot_contact_sheet(results, out / "contact_sheet.png", classes) if len(results) > 1 else None
+
+    failed = [(raw, why) for raw, why in problems] + [(r.path, r.error) for r in results if not r.ok]
+    total = len(files) + len(problems)
+    n_faces = sum(len(r.faces) for r in results if r.ok and r.face_found)
+    if args.json:
+        json.dump(
+            {
+                "checkpoint": str(checkpoint),
+                "class_names": classes,
+                "images": records,
+                "failed": [{"input": raw, "error": why} for raw, why in failed],
+                "csv": str(out / "predictions.csv"),
+                "contact_sheet": str(sheet) if sheet else None,
+            },
+            sys.stdout,
+            indent=1,
+        )
+        print()
+    else:
+        print(
+            f"{total - len(failed)} of {total} input(s) predicted, {n_faces} face(s) found; PNGs, predictions.csv"
+            f"{' and contact_sheet.png' if sheet else ''} in {out}"
+        )
+    if failed:
+        print(f"{len(failed)} of {total} input(s) failed:", file=sys.stderr)
+        for raw, why in failed:
+            # Reasons from the loader already start with the path; problems from collect_inputs do not.
+            print(f"  {why}" if why.startswith(str(raw)) else f"  {raw}: {why}", file=sys.stderr)
+        return 1
+    return 0

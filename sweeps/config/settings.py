@@ -1,0 +1,299 @@
+"""The sweep's settings: YAML, ``key=value`` and flags resolved once into one frozen, checked value.
+
+A sweep YAML has these top-level keys (all optional except search_space)::
+
+    name, storage, data, metric, mode, num_samples, max_concurrent_trials, seed, max_failures,
+    retrain_epochs, ensemble_top_k, time_budget (e.g. 30m), tracking (none | mlflow), tracking_uri,
+    resources: {cpus_per_trial, gpus_per_trial}, scheduler: {max_epochs, grace_period, reduction_factor},
+    demo: {...}, train: {TrainConfig keys}, search_space: {...}, initial_points: [{param: value}, ...],
+    retrain: {TrainConfig keys}
+
+Later phases never change a ``SweepSettings``: what they decide (a time budget's sizing, the retrain's
+resized length) is a new value made with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fer_core.config import (
+    FIELDS,
+    TrainConfig,
+    coerce,
+    config_to_dict,
+    load_yaml,
+    make_config,
+    unknown_key_error,
+)
+from fer_core.errors import ConfigError, FerError
+from fer_core.metrics import SELECTABLE, lower_is_better
+from sweeps.config.space import Param, parse_space, to_spec
+
+TRACKERS = ("none", "mlflow")
+DEFAULT_YAML = Path(__file__).parent.parent / "configs" / "default.yaml"
+
+
+def _key(default, low=None, choices=None):
+    return field(default=default, metadata={"low": low, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    max_epochs: int = _key(10, low=1)  # epochs each trial may train (ASHA's max_t)
+    grace_period: int = _key(1, low=1)  # epochs before ASHA may stop a trial
+    reduction_factor: float = _key(2.0)  # keep the top 1/rf at each rung
+
+
+@dataclass(frozen=True)
+class Resources:
+    # auto: each node's CPUs split across the trials it holds (sweeps/plan/resources.py)
+    cpus_per_trial: float | str = "auto"
+    # auto: one whole GPU per trial where nodes have GPUs, else 0; 0.25 = four trials share a GPU
+    gpus_per_trial: float | str = "auto"
+
+
+@dataclass(frozen=True)
+class Demo:
+    train_per_class: int = _key(200, low=1)
+    val_per_class: int = _key(60, low=1)
+    test_per_class: int = _key(60, low=0)
+    img_size: int = _key(48, low=16)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    name: str = "fer-sweep"
+    storage: str = "runs"
+    data: str = ""  # empty: the built-in demo data; else an absolute path
+    metric: str = _key("val_accuracy", choices=SELECTABLE)
+    mode: str = _key("max", choices=("max", "min"))
+    num_samples: int = _key(8, low=1)
+    max_concurrent_trials: int = _key(0, low=0)  # 0 = as many as the resources allow
+    seed: int = 0  # TPE sampler seed
+    max_failures: int = _key(1, low=0)  # retries per trial (from its last checkpoint) before it fails
+    retrain_epochs: int = _key(10, low=0)
+    ensemble_top_k: int = _key(0, low=0)
+    # The whole job's wall time ("30m", "2h"): trials, ASHA's max_t and the retrain are sized to it
+    # (sweeps/plan/budget.py); num_samples, scheduler.max_epochs and retrain_epochs given explicitly are caps.
+    time_budget: str = ""
+    tracking: str = _key("none", choices=TRACKERS)  # mlflow: trials and report also go to MLflow
+    tracking_uri: str = ""  # empty: a local ./mlruns folder
+    resources: Resources = field(default_factory=Resources)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    demo: Demo = field(default_factory=Demo)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search_space: tuple[Param, ...] = ()
+    initial_points: tuple[dict, ...] = ()
+    # TrainConfig keys that change for the retrain only (e.g. an EMA of the weights)
+    retrain: dict = field(default_factory=dict)
+    # The dotted keys the YAML or command line set explicitly (a time budget plans below them).
+    given: frozenset = frozenset()
+    source: str = "defaults"  # where the values came from, named in messages
+
+
+_SECTIONS = {"resources": Resources, "scheduler": Scheduler, "demo": Demo}
+_MAPPINGS = ("train", "retrain", "search_space")
+_SCALARS = {
+    f.name: f
+    for f in dataclasses.fields(SweepSettings)
+    if f.name not in {*_SECTIONS, *_MAPPINGS, "initial_points", "given", "source"}
+}
+TOP_KEYS = {*_SCALARS, *_SECTIONS, *_MAPPINGS, "initial_points"}
+CLI = "command line"
+
+
+def _typed(f: dataclasses.Field, value, where: str):
+    """One value of a settings field, converted and checked by fer_core's own rules."""
+    if f.default == "auto" and value == "auto":
+        return value
+    typ = float if f.default == "auto" else type(f.default)
+    return coerce(value, typ, where, choices=f.metadata.get("choices"), low=f.metadata.get("low"))
+
+
+def _section(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            raise unknown_key_error(k, where, names)
+    return cls(**{k: _typed(names[k], v, f"{where}.{k}") for k, v in values.items()})
+
+
+def check_name(name: str, source: str) -> None:
+    """The experiment folder is STORAGE/NAME: a name must stay one plain folder inside STORAGE."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
+        raise ConfigError(
+            f"{source} = {name!r}: give a plain folder name (no '/', not '..' or empty); the experiment "
+            "goes to STORAGE/NAME and must stay inside --storage"
+        )
+
+
+def _check_override(key: str, value, where: str) -> None:
+    """Check one command-line value on its own, so that a typo names the command line (not the YAML)."""
+    if key == "name":
+        check_name(value, where)
+    section, _, sub = key.partition(".")
+    if sub:
+        if section == "train":
+            make_config({sub: value}, source=f"{CLI}: train")
+        elif section in _SECTIONS:
+            _section(_SECTIONS[section], {sub: value}, f"{CLI}: '{section}'")
+        else:
+            close = difflib.get_close_matches(section, [*_SECTIONS, "train"], n=1)
+            hint = f" (did you mean '{close[0]}.{sub}'?)" if close else ""
+            raise ConfigError(
+                f"{CLI}: '{key}': only resources., scheduler., demo. and train. keys take a dot{hint}"
+            )
+    elif key in _SCALARS:
+        _typed(_SCALARS[key], value, where)
+    elif key not in TOP_KEYS:
+        if key not in FIELDS:
+            raise unknown_key_error(key, CLI, TOP_KEYS | set(FIELDS))
+        make_config({key: value}, source=CLI)
+
+
+def load_settings(
+    path: str | Path | None, overrides: dict | None = None, flags: dict | None = None
+) -> SweepSettings:
+    """Read a sweep YAML, merge the command line's ``key=value`` and flags into it, check and resolve.
+
+    Args:
+        path: the YAML file (None: the demo's sweeps/configs/default.yaml).
+        overrides: ``key=value`` items: a TrainConfig key goes under ``train``, a dotted key
+            (``scheduler.max_epochs``) into its section, anything else is top level.
+        flags: top-level keys given as flags (``{"name": ...}`` from ``--name``), named as such in errors.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or an impossible value, naming the file or flag and key.
+    """
+    path = Path(path) if path else DEFAULT_YAML
+    raw = load_yaml(path)
+    named = {k: f"{CLI}: '{k}'" for k in overrides or {}} | {
+        k: "--" + k.replace("_", "-") for k in flags or {}
+    }
+    for key, value in ((overrides or {}) | (flags or {})).items():
+        _check_override(key, value, named[key])
+        section, _, sub = key.partition(".")
+        if not sub and key not in TOP_KEYS:
+            section, sub = "train", key
+        if sub:
+            if not isinstance(raw.setdefault(section, {}), dict):
+                raise ConfigError(f"{path}: '{section}' must be a mapping")
+            raw[section][sub] = value
+        else:
+            raw[key] = value
+    return settings_from_mapping(raw, str(path))
+
+
+def settings_from_mapping(raw: dict, src: str) -> SweepSettings:
+    """Check a YAML-shaped mapping and build the settings from it (also how a record is read back).
+
+    Relative ``data`` and ``weights`` paths are made absolute here: trials run in folders of their own,
+    and a resume compares them.
+    """
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise unknown_key_error(key, src, TOP_KEYS)
+    values = {k: _typed(f, raw[k], f"{src}: '{k}'") for k, f in _SCALARS.items() if k in raw}
+    values |= {k: _section(cls, raw[k], f"{src}: '{k}'") for k, cls in _SECTIONS.items() if k in raw}
+    for key in ("train", "retrain"):
+        if not isinstance(raw.get(key) or {}, dict):
+            raise ConfigError(f"{src}: '{key}' must be a mapping of fer_core config keys")
+    train = make_config(raw.get("train") or {}, source=f"{src}: train")
+    retrain = dict(raw.get("retrain") or {})
+    make_config(retrain, source=f"{src}: retrain")
+    if values.get("data"):
+        values["data"] = str(Path(values["data"]).expanduser().resolve())
+    train = dataclasses.replace(train, weights=_weights(train.weights, "train"))
+    if retrain.get("weights"):
+        retrain["weights"] = _weights(retrain["weights"], "retrain")
+    space = tuple(parse_space(raw.get("search_space"), src))
+    given = {k for k in raw if k not in _SECTIONS} | {
+        f"{k}.{sub}" for k in _SECTIONS if isinstance(raw.get(k), dict) for sub in raw[k]
+    }
+    s = SweepSettings(
+        **values,
+        train=train,
+        retrain=retrain,
+        search_space=space,
+        initial_points=_initial_points(raw.get("initial_points") or [], space, src),
+        given=frozenset(given),
+        source=src,
+    )
+    _check(s, src)
+    return s
+
+
+def _weights(value: str, where: str) -> str:
+    """A local weights file, made absolute; a missing one is one line now, not an error in every trial."""
+    if not value:
+        return value
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise FerError(
+            f"{where}.weights: {value}: weights file not found; point it at a local ImageNet weights file "
+            "(.safetensors or torch state dict), or pass weights= model=efficientnet_b0 to train from scratch"
+        )
+    return str(path)
+
+
+def _initial_points(points, space: tuple[Param, ...], src: str) -> tuple[dict, ...]:
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError(f"{src}: 'initial_points' must be a list of mappings of searched parameters")
+    names = {p.name for p in space}
+    for i, point in enumerate(points):
+        for k, v in point.items():
+            if k not in names:
+                raise ConfigError(
+                    f"{src}: initial_points[{i}].{k} is not in search_space ({', '.join(sorted(names))})"
+                )
+            make_config({k: v}, source=f"{src}: initial_points[{i}]")
+    return tuple(points)
+
+
+def _check(s: SweepSettings, src: str) -> None:
+    """Rules between keys (each key's own type and range is checked as it is read)."""
+    from sweeps.plan.budget import parse_duration  # plan/ imports settings: a top-level import would cycle
+
+    check_name(s.name, f"{src}: 'name'")
+    if s.time_budget:
+        parse_duration(s.time_budget, f"{src}: 'time_budget'")
+    if lower_is_better(s.metric) != (s.mode == "min"):
+        raise ConfigError(
+            f"{src}: 'mode' = {s.mode} does not fit metric {s.metric} (loss is minimised, the others maximised)"
+        )
+    sch = s.scheduler
+    if sch.grace_period > sch.max_epochs:
+        raise ConfigError(
+            f"{src}: scheduler needs 1 <= grace_period ({sch.grace_period}) <= max_epochs ({sch.max_epochs})"
+        )
+    if sch.reduction_factor <= 1:
+        raise ConfigError(f"{src}: scheduler.reduction_factor must be > 1, got {sch.reduction_factor}")
+    for key in ("cpus_per_trial", "gpus_per_trial"):
+        v = getattr(s.resources, key)
+        if v != "auto" and (
+            v < 0
+            or (key == "cpus_per_trial" and v < 1)
+            or (key == "gpus_per_trial" and v > 1 and v != int(v))
+        ):
+            raise ConfigError(
+                f"{src}: resources.{key} = {v:g} is impossible (cpus >= 1; gpus a fraction in (0, 1] or a whole number)"
+            )
+
+
+def to_mapping(s: SweepSettings) -> dict:
+    """The settings as a YAML-shaped mapping of every effective value: what the experiment records, and
+    what ``settings_from_mapping`` turns back into the same settings."""
+    out = {k: getattr(s, k) for k in _SCALARS}
+    out |= {k: dataclasses.asdict(getattr(s, k)) for k in _SECTIONS}
+    return out | {
+        "train": config_to_dict(s.train),
+        "retrain": dict(s.retrain),
+        "search_space": {p.name: to_spec(p) for p in s.search_space},
+        "initial_points": [dict(p) for p in s.initial_points],
+    }

@@ -1,0 +1,331 @@
+"""The time arithmetic of a sweep, pure (no Ray, clock or printing): durations, ASHA's rungs, epoch sizes,
+estimates from the probe's rates, and the time budget itself.
+
+``split_budget`` sizes the search and a first retrain to end ``margin`` before the deadline; ``RETRAIN_SHARE``
+of the training time goes to the retrain (the winner's retrain on the full data buys accuracy; the search only
+ranks recipes on short trials). ``size_retrain`` resizes the retrain from what the search measured, so a slow
+search is paid for by the retrain, not by overrunning the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fer_core.data import scan_split
+from fer_core.errors import FerError
+from sweeps.config.settings import Scheduler, SweepSettings
+
+RETRAIN_SHARE = 0.7  # of the time left for training once start-up, report and margin are set aside
+MARGIN_SHARE, MARGIN_MIN_S = 0.10, 15.0  # kept free at the end: a slow spell, Ray's shutdown, the upload
+REPORT_PLOTS_S = 10.0  # the report's plots and files besides its evaluation (~7 s measured on 2 cores)
+MAX_TRIALS = 64  # the most trials a budget plans when the YAML sets no num_samples
+MAX_RETRAIN_EPOCHS = 100
+DEFAULT_MAX_EPOCHS = 10  # ASHA's max_t when neither the YAML nor the command line set scheduler.max_epochs
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text, where: str) -> float:
+    """Seconds in a duration like ``90s``, ``30m``, ``2h`` or ``1h30m``; a FerError naming ``where`` (the flag
+    or YAML key) when it is not one, or not positive."""
+    s = str(text).strip().lower().replace(" ", "")
+    parts = _DURATION.findall(s)
+    if not s or "".join(a + u for a, u in parts) != s:
+        raise FerError(
+            f"{where}: {text!r} is not a duration; write it with a unit, e.g. 90s, 30m, 2h or 1h30m"
+        )
+    seconds = sum(float(a) * _UNITS[u] for a, u in parts)
+    if seconds <= 0:
+        raise FerError(f"{where}: {text!r} must be longer than zero")
+    return seconds
+
+
+def fmt_duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``3725`` -> ``1h02m``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def asha_rungs(max_t: int, grace: int, rf: float) -> list[int]:
+    """The epochs at which ASHA compares trials (``grace * rf**k`` below ``max_t``), then ``max_t``."""
+    rungs, k = [], 0
+    while grace * rf**k < max_t:
+        rungs.append(int(grace * rf**k))
+        k += 1
+    return rungs + [max_t]
+
+
+def asha_epochs(max_t: int, grace: int, rf: float) -> float:
+    """Expected epochs per trial under ASHA: all reach the first rung, 1/rf of them the next, ..."""
+    rungs = asha_rungs(max_t, grace, rf)
+    return rungs[0] + sum((b - a) / rf ** (i + 1) for i, (a, b) in enumerate(zip(rungs, rungs[1:])))
+
+
+def expected_epochs(settings: SweepSettings) -> float:
+    """Epochs the search is expected to train in all (ASHA stops most trials early)."""
+    sch = settings.scheduler
+    return settings.num_samples * asha_epochs(sch.max_epochs, sch.grace_period, sch.reduction_factor)
+
+
+def waves(members: int, concurrent: int) -> int:
+    """Rounds the retrain of ``members`` models takes with ``concurrent`` trials at once."""
+    return math.ceil(members / max(1, min(concurrent, members)))
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Images per split, which the epoch lengths follow from."""
+
+    train: int
+    val: int
+    test: int = 0
+
+
+def count_images(data: str) -> Counts:
+    """Images in train/, val/ and (when present) test/ (the layout is checked by ``scan_split``)."""
+    test = len(scan_split(data, "test").paths) if (Path(data) / "test").is_dir() else 0
+    return Counts(len(scan_split(data, "train").paths), len(scan_split(data, "val").paths), test)
+
+
+def epoch_images(cfg: dict, counts: Counts) -> tuple[int, int]:
+    """(train images, val images) one epoch of this TrainConfig mapping passes over, as ``Trainer`` sizes it:
+    the class-stratified subset, ``steps_per_epoch`` or full batches, the val subset."""
+    n = min(cfg.get("max_train_samples") or counts.train, counts.train)
+    batch = int(cfg["batch_size"])
+    steps = cfg.get("steps_per_epoch") or max(1, n // batch)
+    val = min(cfg.get("max_val_samples") or counts.val, counts.val)
+    return steps * batch, val * (2 if cfg.get("tta_flip") else 1)  # flip TTA runs the model twice
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What the probe measured on one trial's resources (the slowest of the probes run at once)."""
+
+    train_images_per_s: float
+    eval_images_per_s: float  # a validation pass, plain (no TTA)
+    retrain_images_per_s: float  # the retrain's config, when it trains at another speed (EMA, model, ...)
+    start_s: float  # submit -> first step: Ray worker, imports, data and model (Trainer build)
+    checkpoint_s: float  # writing an epoch's checkpoint (Tune then copies it to storage: counted twice)
+    params: dict  # the point of the search space probed
+    seconds: float  # the probe's wall time
+    runtime: str = ""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Seconds each part is expected to take, from the probe."""
+
+    trial_epoch_s: float
+    retrain_epoch_s: float
+    report_s: float
+    start_s: float
+    counts: Counts  # images per split, counted once for the probe and reused by every later estimate
+    retrain_speed: float = 1.0  # a retrain step's speed over a trial step's (the probe's two rates)
+
+
+def estimate(
+    settings: SweepSettings, *, rates: Rates, counts: Counts, base: dict, retrain_base: dict
+) -> Estimate:
+    """Epoch, report and start-up times from the probe's rates, for a trial's and a retrain's TrainConfig."""
+
+    def epoch_s(cfg: dict, train_ips: float) -> float:
+        train, val = epoch_images({**cfg, **rates.params}, counts)
+        return train / train_ips + val / rates.eval_images_per_s + 2 * rates.checkpoint_s
+
+    # The report scores each retrained model on val and test, plain and flipped.
+    report_images = max(1, settings.ensemble_top_k) * 2 * (counts.val + counts.test)
+    return Estimate(
+        trial_epoch_s=epoch_s(base, rates.train_images_per_s),
+        retrain_epoch_s=epoch_s(retrain_base, rates.retrain_images_per_s),
+        report_s=report_images / rates.eval_images_per_s + REPORT_PLOTS_S,
+        start_s=rates.start_s,
+        counts=counts,
+        retrain_speed=rates.retrain_images_per_s / rates.train_images_per_s,
+    )
+
+
+def trial_s(est: Estimate, scheduler: Scheduler, max_t: int | None = None) -> float:
+    """A trial's expected seconds: its start and ASHA's expected epochs at ``max_t`` (or the scheduler's)."""
+    epochs = asha_epochs(max_t or scheduler.max_epochs, scheduler.grace_period, scheduler.reduction_factor)
+    return est.start_s + epochs * est.trial_epoch_s
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """What a time budget decided, and why (``lines``)."""
+
+    budget_s: float
+    margin_s: float
+    elapsed_s: float  # before the sweep: start-up, audit, Ray, probe
+    num_samples: int
+    max_epochs: int
+    sweep_s: float  # Tune's time_budget_s for the search
+    retrain_epochs: int
+    retrain_s: float
+    est: Estimate  # the probe's estimates the budget was split by
+    retrain_cap: int = MAX_RETRAIN_EPOCHS
+    notes: tuple[str, ...] = ()
+
+    def lines(self) -> list[str]:
+        e = self.est
+        return [
+            f"time budget {fmt_duration(self.budget_s)}: {fmt_duration(self.elapsed_s)} spent on start-up and "
+            f"the probe, {fmt_duration(self.margin_s)} kept as margin",
+            f"  search: up to {self.num_samples} trials of at most {self.max_epochs} epochs (ASHA), stopped by "
+            f"Tune after {fmt_duration(self.sweep_s)} (a trial epoch ~{e.trial_epoch_s:.1f} s, a trial's start "
+            f"~{e.start_s:.0f} s)",
+            f"  retrain: {self.retrain_epochs} epochs, ~{fmt_duration(self.retrain_s)} (an epoch "
+            f"~{e.retrain_epoch_s:.1f} s; resized from the winner's own timing when the search ends)",
+            f"  report: ~{fmt_duration(e.report_s)}",
+            *[f"  {n}" for n in self.notes],
+        ]
+
+    def to_dict(self) -> dict:
+        """For the report's ``metrics.json``."""
+        out = {"budget_s": self.budget_s, "margin_s": self.margin_s, "start_s": self.elapsed_s}
+        out |= {"num_samples": self.num_samples, "max_epochs": self.max_epochs, "sweep_s": self.sweep_s}
+        out |= {"retrain_epochs_planned": self.retrain_epochs, "retrain_s": self.retrain_s}
+        out |= {"report_s": self.est.report_s, "trial_epoch_s": self.est.trial_epoch_s}
+        out |= {"retrain_epoch_s": self.est.retrain_epoch_s, "trial_start_s": self.est.start_s}
+        return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def budget_verdict(budget: TimeBudget | None, total_s: float) -> str:
+    """`` (time budget 6m00s: 1m35s to spare)`` for the summary's time line; empty when this command planned
+    no budget (none given, or a resume continuing an earlier plan)."""
+    if budget is None:
+        return ""
+    spare = budget.budget_s - total_s
+    verdict = f"{fmt_duration(spare)} to spare" if spare >= 0 else f"over by {fmt_duration(-spare)}"
+    return f" (time budget {fmt_duration(budget.budget_s)}: {verdict})"
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Upper bounds the YAML or command line set explicitly; a budget plans below them."""
+
+    num_samples: int = MAX_TRIALS
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    retrain_epochs: int = MAX_RETRAIN_EPOCHS
+
+    @classmethod
+    def from_settings(cls, settings: SweepSettings) -> Caps:
+        given, sch = settings.given, settings.scheduler
+        max_epochs = max(DEFAULT_MAX_EPOCHS, sch.grace_period)
+        return cls(
+            num_samples=settings.num_samples if "num_samples" in given else MAX_TRIALS,
+            max_epochs=sch.max_epochs if "scheduler.max_epochs" in given else max_epochs,
+            retrain_epochs=settings.retrain_epochs if "retrain_epochs" in given else MAX_RETRAIN_EPOCHS,
+        )
+
+
+def margin_for(budget_s: float) -> float:
+    return max(MARGIN_SHARE * budget_s, MARGIN_MIN_S)
+
+
+def split_budget(
+    settings: SweepSettings, *, budget_s: float, elapsed_s: float, est: Estimate, concurrent: int, source: str
+) -> TimeBudget:
+    """Size the search and the retrain to fit ``budget_s`` seconds, ``elapsed_s`` of them spent already.
+
+    The time left after that, the report and the margin is split ``RETRAIN_SHARE`` to the retrain (at least
+    one epoch); the search gets the rest, in trials of ASHA's expected length. ``max_t`` is lowered towards
+    the grace period while fewer than two trials a slot (four at least) would fit, so a small budget compares
+    several recipes briefly rather than one at length. Explicit sizes are caps (``Caps``). A one-line FerError
+    names ``source`` and the smallest budget that fits when not even one trial and one retrain epoch fit.
+    """
+    margin, caps = margin_for(budget_s), Caps.from_settings(settings)
+    fixed = elapsed_s + margin + est.report_s + 2 * est.start_s  # + the sweep's and the retrain's start
+    left = budget_s - fixed
+    sch = settings.scheduler
+    one_trial = trial_s(est, sch, sch.grace_period)
+    retrain_epoch = waves(max(1, settings.ensemble_top_k), concurrent) * est.retrain_epoch_s
+    if left < one_trial + retrain_epoch:
+        work = fixed - margin + one_trial + retrain_epoch  # the smallest budget holds this and its own margin
+        need = max(work + MARGIN_MIN_S, work / (1 - MARGIN_SHARE))
+        raise FerError(
+            f"{source}: {fmt_duration(budget_s)} cannot fit one useful trial: on this machine start-up and the "
+            f"probe took {fmt_duration(elapsed_s)}, one {sch.grace_period}-epoch trial needs ~"
+            f"{fmt_duration(one_trial)}, one retrain epoch ~{fmt_duration(retrain_epoch)}, the report "
+            f"~{fmt_duration(est.report_s)} and the margin {fmt_duration(margin)}; give at least "
+            f"{fmt_duration(math.ceil(need / 60) * 60)}, or shrink the work (max_train_samples, steps_per_epoch, img_size)"
+        )
+    # Rounded, not floored: a long retrain epoch would otherwise hand most of one epoch to the search; but
+    # never so many that the search cannot hold one trial.
+    fit = int((left - one_trial) // retrain_epoch)
+    retrain_epochs = int(min(caps.retrain_epochs, fit, max(1, round(RETRAIN_SHARE * left / retrain_epoch))))
+    sweep_s = left - retrain_epochs * retrain_epoch
+    slots = max(1, concurrent)
+
+    def trials(max_t: int) -> int:
+        return int(sweep_s * slots // trial_s(est, sch, max_t))
+
+    max_t = max(caps.max_epochs, sch.grace_period)
+    while max_t > sch.grace_period and trials(max_t) < max(4, 2 * slots):
+        max_t -= 1
+    n = max(1, min(caps.num_samples, trials(max_t)))
+    notes = []
+    if trials(max_t) > caps.num_samples:  # the search ends early: give the retrain what it leaves
+        used = math.ceil(n / slots) * trial_s(est, sch, max_t)
+        extra = int(min(caps.retrain_epochs - retrain_epochs, max(0, (sweep_s - used) // retrain_epoch)))
+        if extra > 0:
+            retrain_epochs += extra
+            sweep_s -= extra * retrain_epoch
+        notes.append(f"num_samples caps the search at {caps.num_samples} trials")
+    if retrain_epochs == caps.retrain_epochs and caps.retrain_epochs < MAX_RETRAIN_EPOCHS:
+        notes.append(f"retrain_epochs caps the retrain at {caps.retrain_epochs} epochs")
+    return TimeBudget(
+        budget_s=budget_s,
+        margin_s=margin,
+        elapsed_s=elapsed_s,
+        num_samples=n,
+        max_epochs=max_t,
+        sweep_s=sweep_s,
+        retrain_epochs=retrain_epochs,
+        retrain_s=retrain_epochs * retrain_epoch,
+        est=est,
+        retrain_cap=caps.retrain_epochs,
+        notes=tuple(notes),
+    )
+
+
+def measured_retrain_epoch_s(
+    last: dict, params: dict, counts: Counts, base: dict, retrain_base: dict, speed: float = 1.0
+) -> float | None:
+    """Seconds a retrain epoch of the winner takes, from its trial's last result (``last``, at ``params``);
+    None when the trial reported no timing. Its training rate (times ``speed``, a retrain step's over a trial
+    step's) over the retrain's images, plus the rest of its epochs' wall time (validation, checkpoint, Tune's
+    report) scaled by the retrain's validation images."""
+    iters, total = last.get("training_iteration"), last.get("time_total_s")
+    ips, train_s = last.get("images_per_s"), last.get("epoch_seconds")
+    if not (iters and total and ips and train_s):
+        return None
+    _, trial_val = epoch_images({**base, **params}, counts)
+    retrain_train, retrain_val = epoch_images({**retrain_base, **params}, counts)
+    rest = max(0.0, total / iters - train_s)
+    return retrain_train / (ips * speed) + rest * retrain_val / max(1, trial_val)
+
+
+def measured_start_s(inside_s: list[float], wall_s: float, slots: int) -> float | None:
+    """A trial's start as the search measured it: per trial, the slot-time (``wall_s``, ``slots`` at once) not
+    in training (``inside_s``, their ``time_total_s``): Ray's worker start, imports, Tune's bookkeeping."""
+    if not inside_s:
+        return None
+    return max(0.0, (wall_s * max(1, slots) - sum(inside_s)) / len(inside_s))
+
+
+def size_retrain(
+    budget: TimeBudget, *, left_s: float, epoch_s: float, start_s: float, members: int, concurrent: int
+) -> tuple[int, float]:
+    """(epochs, seconds) for a retrain of ``members`` models, ``concurrent`` at once, in ``left_s`` to the
+    deadline less the report and the margin: at least 1 epoch, at most the budget's cap."""
+    left = left_s - budget.margin_s - budget.est.report_s - start_s
+    return int(min(budget.retrain_cap, max(1, left // (waves(members, concurrent) * epoch_s)))), left

@@ -1,0 +1,121 @@
+"""The report folder of a finished sweep, written in its steps: the winner's checkpoint and config, the scores,
+the figures, the sweep's plots, then (the report's own time known) metrics.json and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from fer_core.apps import viz
+from fer_core.checkpoint import load_checkpoint
+from fer_core.config import FIELDS
+from fer_core.decode_cache import load_split
+from fer_core.runtime import resolve_runtime
+from sweeps.config.settings import SweepSettings
+from sweeps.config.space import to_optuna
+from sweeps.report import evaluate, plots
+from sweeps.report.markdown import write_markdown
+from sweeps.report.trials import status_counts, write_csv
+from sweeps.tune.progress import Phases, Steps
+
+# TrainConfig keys the sweep sets for how its trials run under Ray, not for what the model is: reset to their
+# defaults in best_config.yaml, which is for rerunning the winner standalone.
+TRIAL_ONLY = ("threads", "audit", "progress", "keep_checkpoints")
+
+
+def _sample_indices(labels: np.ndarray, probs: np.ndarray, n: int = 16, seed: int = 0) -> np.ndarray:
+    """A spread of samples: per class a right and a wrong prediction, when there are some."""
+    rng, right = np.random.default_rng(seed), probs.argmax(1) == labels
+    classes = range(probs.shape[1])
+    groups = [np.flatnonzero((labels == c) & (right == r)) for c in classes for r in (True, False)]
+    return np.asarray([int(rng.choice(g)) for g in groups if len(g)][:n])
+
+
+def write_report(
+    settings: SweepSettings,
+    data: str,
+    trials: pd.DataFrame,
+    members: list[dict],
+    finals: list,
+    *,
+    out: Path,
+    phases: Phases,
+    audit: dict | None = None,
+    budget=None,
+) -> Path:
+    """Write the report folder ``out`` (created if missing) of the sweep, the retrained winner and (with
+    several members) their ensemble; returns ``out``. ``members`` are the retrained trials, the winner first
+    (``top_trials``), ``finals`` the Ray Results of their retrains in the same order (the winner's succeeded).
+    ``phases``, the command's phase clock, has its "report" phase ended here, after the scores and figures,
+    so that metrics.json (``timing``) and report.md ("Time") give every phase's time and the total.
+    ``audit``: the dataset audit's findings (``audit.json``); ``budget``: the time budget's plan, if any."""
+    step = Steps("report", 5 if len(members) > 1 else 4)
+    step("checkpoint and scores on " + " and ".join(evaluate.splits(data)))
+    out.mkdir(parents=True, exist_ok=True)
+    # The retrain's final epoch is the winner (no extra selection on val): cosine ends at its lowest lr.
+    evaluate.copy_checkpoint(finals[0], out / "best.pt")
+    # The config and class names come from the checkpoint itself, so best_config.yaml, metrics.json and the
+    # plots describe the model in best.pt, whatever the settings of this run say (a resume, a changed YAML).
+    state = load_checkpoint(out / "best.pt")
+    config, classes = state["config"], list(state["class_names"])
+    standalone = {k: v for k, v in config.items() if k != "out"} | {k: FIELDS[k].default for k in TRIAL_ONLY}
+    (out / "best_config.yaml").write_text(yaml.safe_dump(standalone, sort_keys=False))
+    # Images are decoded where the trials decoded them: the default cache may be read-only or full.
+    cache_dir = config.get("cache_dir") or None
+    runtime = resolve_runtime()
+    winner = evaluate.score(out / "best.pt", data, cache_dir, runtime)
+    metrics = {
+        "best_trial": members[0]["trial_id"],
+        f"best_trial_{settings.metric}": members[0]["best"],
+        "params": members[0]["params"],
+        "metric": settings.metric,
+        "mode": settings.mode,
+        "retrain_epochs": int(config["epochs"]),
+        "device": runtime.describe(),
+        "seed": int(config["seed"]),
+        "search_seed": settings.seed,
+        "data": data,
+        "dedupe": config.get("dedupe", "none"),
+        "trials": status_counts(trials),
+        **{k: v for sp, m in winner.items() for k, v in m.items() if k.startswith(f"{sp}_")},
+    }
+    if len(members) > 1:
+        step("ensemble members' scores")
+        seed = settings.retrain.get("seed", settings.train.seed)
+        scoring = dict(data=data, cache_dir=cache_dir, runtime=runtime)
+        metrics |= evaluate.ensemble(out, members, finals, winner, classes, seed, **scoring)
+    step("training curves, confusion matrix, per-class accuracy")
+    val, history = winner["val"], finals[0].metrics_dataframe
+    curves = [] if history is None else history.to_dict("records")
+    viz.plot_training_curves(curves, out / "training_curves.png")
+    title = f"Validation confusion matrix (accuracy {val['val_accuracy']:.3f})"
+    viz.plot_confusion_matrix(val["val_confusion_matrix"], classes, out / "confusion_matrix.png", title=title)
+    per_class, support = val["val_per_class_recall"], val["val_support"]
+    viz.plot_per_class_accuracy(per_class, out / "per_class_accuracy.png", support=support)
+    step("hyperparameter plots")
+    study, plot_notes = plots.build_study(trials, to_optuna(settings.search_space), settings.mode)
+    plot_notes += plots.write_plots(study, settings.metric, out)
+    step("sample predictions, trials.csv, report.md")
+    size, gray = config["img_size"], config["grayscale"]
+    images = np.asarray(load_split(data, "val", size, gray, cache_dir=cache_dir, classes=classes).images)
+    labels, probs = val["labels"], val["probs"]
+    pick = _sample_indices(labels, probs)
+    viz.plot_sample_predictions(
+        images[pick], labels[pick], probs[pick], classes, out / "sample_predictions.png"
+    )
+    write_csv(trials, settings, out / "trials.csv")
+    if audit is not None:
+        (out / "audit.json").write_text(json.dumps(audit, indent=1))
+
+    phases.end("report")
+    timing = {"phases": phases.to_dict()}
+    if budget is not None:
+        timing |= {"plan": budget.lines(), "budget": budget.to_dict()}
+    metrics |= {"wall_seconds": timing["phases"]["total"], "timing": timing}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_markdown(settings, trials, metrics, out / "report.md", audit, plot_notes)
+    return out

@@ -1,0 +1,156 @@
+"""A finished sweep in words: ``report.md`` and the summary printed at the end of the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from fer_core.audit import summarize
+from sweeps.config.settings import SweepSettings
+from sweeps.plan.budget import fmt_duration
+from sweeps.report import plots
+from sweeps.report.trials import STATUSES, device_lines, ranked, status_counts
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else (f"{v:.3g}" if abs(v) < 0.01 or abs(v) >= 1000 else f"{v:.4f}")
+    return str(v)
+
+
+def _table(columns, rows) -> list[str]:
+    """A markdown table (pandas' to_markdown needs the tabulate package)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+
+
+def trials_line(counts: dict) -> str:
+    """How many trials ended each way (``status_counts``), as a sentence."""
+    return f"{counts['total']} trials: " + ", ".join(f"{counts[s]} {w}" for s, w in STATUSES.items()) + "."
+
+
+def _trial_table(trials: pd.DataFrame, settings: SweepSettings, limit: int) -> list[str]:
+    r = ranked(trials, settings).iloc[:limit]
+    names = [p.name for p in settings.search_space]
+    shown = r[["trial_id", "status", "epochs", f"best_{settings.metric}", *names]]
+    shown = shown.assign(status=shown["status"].map(STATUSES))
+    return _table(["trial", "status", "epochs", settings.metric, *names], shown.itertuples(index=False))
+
+
+def _score_table(m: dict) -> list[str]:
+    """The winner's scores (and the ensemble's) per split, without and with flip TTA."""
+    models = [("winner", m)]
+    if "ensemble" in m:
+        models.append((f"ensemble of {len(m['ensemble']['members'])}", m["ensemble"]))
+    keys = ("accuracy", "balanced_accuracy", "macro_f1")
+    rows = [
+        [name, sp, "flip" if tta else "none", *[f"{src[f'{sp}_{tta}{k}']:.4f}" for k in keys]]
+        for sp in ("val", "test")
+        if f"{sp}_accuracy" in m
+        for tta in ("", "tta_")
+        for name, src in models
+    ]
+    return _table(["model", "split", "TTA", "accuracy", "balanced accuracy", "macro-F1"], rows)
+
+
+def _ensemble_lines(m: dict) -> list[str]:
+    if "ensemble" not in m:
+        return ["", f"No ensemble: {m['ensemble_skipped']}."] if "ensemble_skipped" in m else []
+    ens = m["ensemble"]
+    return [
+        f"\nEnsemble: the average of the probabilities of the top {len(ens['members'])} distinct trial "
+        "configurations, each retrained like the winner (checkpoints in `ensemble/`):\n",
+        *[
+            f"- `{e['trial_id']}` (seed {e['seed']}): val accuracy {e['val_accuracy']:.4f}, {e['params']}"
+            for e in ens["members"]
+        ],
+        *[f"- `{e['trial_id']}`: retrain failed ({e['error']}); left out" for e in ens["failed_members"]],
+    ]
+
+
+def _audit_lines(audit: dict | None, dedupe: str) -> list[str]:
+    """The data section: the audit summary, and whether training left out cross-split duplicates."""
+    used = (
+        "`dedupe: cross_split`: train images that duplicate a val or test image were left out of training"
+        if dedupe == "cross_split"
+        else "`dedupe: none`: every train image was used, duplicates of val/test images included (comparable "
+        "with published figures on the official splits; `dedupe: cross_split` gives leak-free ones)"
+    )
+    lines = ["", "## Data", "", f"- {used}."]
+    if audit is not None:
+        lines += [f"- {line}" for line in summarize(audit)] + ["", "Full findings: `audit.json`."]
+    return lines
+
+
+def _time_lines(timing: dict) -> list[str]:
+    """The time section: the time budget's plan (when there was one), each phase's time and the total."""
+    plan = [f"    {line}" for line in timing["plan"]] + [""] if "plan" in timing else []
+    phases = [[k, fmt_duration(v)] for k, v in timing["phases"].items()]
+    return ["", "## Time", "", *plan, *_table(["phase", "time"], phases)]
+
+
+def write_markdown(
+    settings: SweepSettings, trials: pd.DataFrame, m: dict, path: Path, audit=None, plot_notes=()
+) -> None:
+    """``report.md`` beside the figures: ``m`` is what metrics.json holds (its ``timing`` included), ``audit``
+    the dataset audit's findings if any, ``plot_notes`` what ``plots.write_plots`` returned."""
+    s, metric = settings.scheduler, settings.metric
+    failed = trials[trials["status"] == "failed"].to_dict("records")
+    lines = [
+        f"# Sweep report: {settings.name}",
+        "",
+        f"Data: `{m['data']}`. Device: {m['device']}. Wall time (sweep + retrain + report): "
+        f"{m['wall_seconds']:.0f} s. Search: Optuna TPE (seed {settings.seed}), ASHA (grace {s.grace_period}, "
+        f"max {s.max_epochs} epochs, reduction {s.reduction_factor:g}); metric `{metric}` ({settings.mode}).",
+        "",
+        trials_line(m["trials"]),
+        *[f"\n{line}" for line in device_lines(trials)],
+        *_time_lines(m["timing"]),
+        "\n## Winner, retrained from scratch\n",
+        f"Trial `{m['best_trial']}` ({metric} {m[f'best_trial_{metric}']:.4f} during the sweep), retrained for "
+        f"{m['retrain_epochs']} epochs with seed {m['seed']}: `best.pt`, config in `best_config.yaml`.",
+        "",
+        f"Seeds: training {m['seed']}, search (TPE) {settings.seed}. "
+        "TTA \"flip\" averages each image's and its mirror image's probabilities.",
+        "",
+        *_score_table(m),
+        *_ensemble_lines(m),
+        *_audit_lines(audit, m["dedupe"]),
+        "\n## Training\n",
+        "![training curves](training_curves.png)",
+        "![confusion matrix](confusion_matrix.png)",
+        "![per-class accuracy](per_class_accuracy.png)",
+        "![sample predictions](sample_predictions.png)",
+        "\n## The search\n",
+        "Optuna's plots of the sweep's study. Per epoch: every trial, those stopped early by ASHA dashed, those "
+        "stopped by the time limit dotted, failed ones in red. The parameter plots: every trial that reported "
+        f"`{metric}`, with its best epoch's value (also the trials stopped before their last epoch).",
+        "",
+        *[f"![{key}]({name})" for key, name in plots.FILES.items() if (path.parent / name).is_file()],
+        *[f"\n{note}" for note in plot_notes],
+        "\n### Top trials\n",
+        *_trial_table(trials, settings, limit=10),
+        "\nAll trials: `trials.csv`.",
+        *(["", "## Failed trials", ""] if failed else []),
+        *[f"- `{t['trial_id']}` with {t['params']}: {t['error']}" for t in failed],
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def print_summary(
+    trials: pd.DataFrame, settings: SweepSettings, out: Path | None = None, time_line: str = ""
+) -> None:
+    """The end-of-run summary on stdout: how the trials ended, the top ones, failures, where they trained,
+    the retrained models' scores and report (given ``out``, a written report folder) and ``time_line``."""
+    lines = [trials_line(status_counts(trials)), "Top trials:", *_trial_table(trials, settings, limit=5)]
+    failed = trials[trials["status"] == "failed"].to_dict("records")
+    lines += [f"FAILED trial {t['trial_id']} {t['params']}: {t['error']}" for t in failed]
+    lines += device_lines(trials)
+    if out is not None:
+        m = json.loads((out / "metrics.json").read_text())
+        lines += ["", "Retrained:", *_score_table(m), f"Report: {out / 'report.md'}"]
+    if time_line:
+        lines.append(time_line)
+    print("\n" + "\n".join(lines), flush=True)

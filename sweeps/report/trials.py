@@ -1,0 +1,142 @@
+"""The trials table: one row per trial from Ray's ResultGrid, how each trial ended (``status``), the ranking
+and the top-k the retrain starts from, and ``trials.csv``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sweeps.config.settings import SweepSettings
+
+# How a trial ended (the table's ``status``), in the words report.md, the plots and the summary use.
+STATUSES = {
+    "completed": "completed",
+    "stopped_asha": "stopped early by ASHA",
+    "stopped_time": "stopped by the time limit",
+    "failed": "failed",
+}
+
+
+def collect_trials(
+    results, settings: SweepSettings, stopped_by_time: frozenset[str] = frozenset()
+) -> pd.DataFrame:
+    """The trials table of a sweep's ResultGrid: one row per trial with ``trial_id``, ``status`` (a ``STATUSES``
+    key), ``error`` ("" unless failed), ``params`` (a dict), ``epochs``, ``best_<metric>``, ``last_<metric>``,
+    ``device`` and ``ray_gpus`` (where it trained), ``intermediate`` ({epoch: metric}) and ``path``. A trial
+    that did not fail and ran fewer than ``scheduler.max_epochs`` epochs was stopped by the time limit when
+    its id is in ``stopped_by_time`` (the ids Ray gave the trials), else by ASHA."""
+    m, names = settings.metric, [p.name for p in settings.search_space]
+    last_cols = {"training_iteration": "epochs", m: f"last_{m}", "device": "device", "ray_gpus": "ray_gpus"}
+    # Each trial's last row, and its best row by the metric; a trial that never reported has neither.
+    last = results.get_dataframe().reindex(columns=["trial_id", *last_cols]).rename(columns=last_cols)
+    best = results.get_dataframe(filter_metric=m, filter_mode=settings.mode).reindex(columns=["trial_id", m])
+    # What the dataframes leave out: the errors, and the trials that ended before their first report.
+    rows = pd.DataFrame(
+        [
+            {
+                "trial_id": (r.metrics or {}).get("trial_id") or Path(r.path).name,
+                "error": f"{type(r.error).__name__}: {_first_line(r.error)}" if r.error else "",
+                "params": _params(r, names),
+                "intermediate": _curve(r.metrics_dataframe, m),
+                "path": r.path,
+            }
+            for r in results
+        ]
+    )
+    table = (
+        rows.merge(last.astype({"device": object}), on="trial_id", how="left")
+        .merge(best.rename(columns={m: f"best_{m}"}), on="trial_id", how="left")
+        .fillna({"epochs": 0, "device": "", "ray_gpus": 0})
+        .astype({"epochs": int, "ray_gpus": int})
+    )
+    short = table["epochs"] < settings.scheduler.max_epochs
+    timed = short & table["trial_id"].isin(stopped_by_time)
+    ended = [table["error"] != "", timed, short]
+    table.insert(1, "status", np.select(ended, ["failed", "stopped_time", "stopped_asha"], "completed"))
+    return table
+
+
+def _params(result, names: list[str]) -> dict:
+    """A trial's searched parameters; for one that failed before reporting, from Tune's ``params.json``."""
+    config = result.config
+    if config is None:
+        try:
+            with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+                config = json.loads(f.readall())
+        except (OSError, ValueError):
+            config = {}
+    return {k: config.get(k) for k in names}
+
+
+def _curve(df, metric: str) -> dict:
+    """{training_iteration: metric} of a trial's per-epoch results."""
+    if df is None or metric not in df or "training_iteration" not in df:
+        return {}
+    df = df[["training_iteration", metric]].dropna()
+    return dict(zip(df["training_iteration"].astype(int).tolist(), df[metric].astype(float).tolist()))
+
+
+def _first_line(error) -> str:
+    # Ray wraps trial exceptions; the root cause's own message is the useful line.
+    cause = error
+    while getattr(cause, "__cause__", None) is not None:
+        cause = cause.__cause__
+    lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(cause).__name__
+
+
+def status_counts(trials: pd.DataFrame) -> dict[str, int]:
+    """``{"total", "completed", "stopped_asha", "stopped_time", "failed"}``: metrics.json's ``trials``."""
+    counts = trials["status"].value_counts().reindex(list(STATUSES), fill_value=0)
+    return {"total": len(trials), **{k: int(v) for k, v in counts.items()}}
+
+
+def device_lines(trials) -> list[str]:
+    """Where the trials trained, and a WARNING for each one that Ray gave a GPU but that trained on a CPU
+    (``trials``: the table, or rows with ``trial_id``, ``device`` and ``ray_gpus``)."""
+    df = pd.DataFrame(trials)
+    device = df["device"].fillna("")
+    counts = device[device != ""].value_counts().sort_index()
+    trained_on = ", ".join(f"{d} ({n})" for d, n in counts.items())
+    lines = [f"Trials trained on: {trained_on}"] if len(counts) else []
+    on_cpu = df[(df["ray_gpus"].fillna(0) > 0) & (device != "") & ~device.str.startswith("cuda")]
+    lines += [
+        f"WARNING: trial {t['trial_id']} was given {t['ray_gpus']} GPU(s) by Ray but trained on {t['device']}: "
+        "that node's GPU is not visible to PyTorch (driver, CUDA build of torch, CUDA_VISIBLE_DEVICES)"
+        for t in on_cpu.to_dict("records")
+    ]
+    return lines
+
+
+def _usable(trials: pd.DataFrame, settings: SweepSettings) -> pd.Series:
+    """The trials a ranking can use: not failed, with a value of the metric."""
+    return (trials["status"] != "failed") & trials[f"best_{settings.metric}"].notna()
+
+
+def ranked(trials: pd.DataFrame, settings: SweepSettings) -> pd.DataFrame:
+    """The trials best first by their best epoch's metric (unusable ones last), one column per parameter."""
+    r = trials.assign(_usable=_usable(trials, settings)).sort_values(
+        ["_usable", f"best_{settings.metric}"], ascending=[False, settings.mode == "min"], na_position="last"
+    )
+    params = pd.DataFrame(r["params"].tolist(), index=r.index)
+    return r.drop(columns="_usable").join(params.reindex(columns=[p.name for p in settings.search_space]))
+
+
+def top_trials(trials: pd.DataFrame, settings: SweepSettings, k: int) -> list[dict]:
+    """The best ``k`` usable trials with distinct parameters, best first (the retrain's and the ensemble's
+    members), each as ``{"trial_id", "best", "params"}``; ``trials`` is the table of ``collect_trials``."""
+    r = ranked(trials, settings)
+    r = r[_usable(r, settings)]
+    r = r[~r["params"].map(lambda p: json.dumps(p, sort_keys=True, default=str)).duplicated()].head(k)
+    best, rows = f"best_{settings.metric}", r.to_dict("records")
+    return [{"trial_id": t["trial_id"], "best": float(t[best]), "params": t["params"]} for t in rows]
+
+
+def write_csv(trials: pd.DataFrame, settings: SweepSettings, path: Path) -> None:
+    """``trials.csv``: every trial, ranked, with one column per searched parameter."""
+    m, names = settings.metric, [p.name for p in settings.search_space]
+    cols = ["trial_id", "status", "epochs", f"best_{m}", f"last_{m}", *names, "device", "ray_gpus", "error"]
+    ranked(trials, settings)[cols].to_csv(path, index=False, na_rep="nan")

@@ -1,0 +1,176 @@
+"""Where an experiment lives: a local folder or a URI (``s3://bucket/prefix``), checked before Ray starts.
+
+Ray resolves a URI with ``pyarrow.fs.FileSystem.from_uri``; so does this module, so both reach the same
+server with the same credentials. For S3 that means the usual AWS variables: ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` (or a profile or instance role), and ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``) for an S3-compatible server such as MinIO, Ceph or moto. With a URI the report is
+written on the driver (``report_folder``) and copied to STORAGE/NAME/report, so it outlives the cluster.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from fer_core.decode_cache import cache_folder, load_split
+from fer_core.errors import FerError
+
+# Bounds for the driver's own requests (the check and the report upload). pyarrow's defaults wait ~100 s
+# per request on a server that accepts connections but never answers, and retry; these give up within
+# ~20 s. request_timeout is curl's "no byte for this long", not a cap on a whole upload, so large files
+# are unaffected.
+CONNECT_TIMEOUT_S = 5
+REQUEST_TIMEOUT_S = 10
+MAX_ATTEMPTS = 2
+
+
+def open_storage(uri: str, what: str = "--storage"):
+    """The pyarrow filesystem and path of ``uri``, as Ray resolves them, with bounded timeouts for S3; a
+    one-line FerError for a URI with query parameters or one pyarrow cannot open."""
+    if "?" in uri:
+        # The experiment name is appended to the URI (STORAGE/NAME), which would land inside the query.
+        raise FerError(
+            f"{what} {uri}: query parameters ('?...') are not supported here; give an S3-compatible "
+            "server's address in AWS_ENDPOINT_URL instead (e.g. AWS_ENDPOINT_URL=http://HOST:9000)"
+        )
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError, ImportError) as e:
+        raise FerError(
+            f"{what} {uri}: not a storage pyarrow can open ({_one_line(e)}); pass a folder or an "
+            "s3://bucket/prefix or gs://bucket/prefix URI"
+        ) from None
+    if isinstance(fs, pafs.S3FileSystem):
+        # Rebuilt from its own pickled options (endpoint, region, credentials as from_uri resolved them),
+        # with the timeouts and retries that from_uri cannot take.
+        _, (options,) = fs.__reduce__()
+        options.update(
+            region=options["region"] or fs.region,  # the region the client resolved, when not given
+            connect_timeout=CONNECT_TIMEOUT_S,
+            request_timeout=REQUEST_TIMEOUT_S,
+        )
+        fs = pafs.S3FileSystem(
+            **options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS)
+        )
+    return fs, path.rstrip("/")
+
+
+def check_uri_writable(uri: str, what: str = "--storage") -> None:
+    """Write and delete a small probe object under ``uri``: bucket, server and credentials all work; else
+    a one-line FerError with the likely cause and its fix."""
+    fs, path = open_storage(uri, what)
+    probe = f"{path}/.fer-write-probe-{uuid.uuid4().hex}"
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):  # file://: a folder to create, as Ray will
+            fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"probe")
+        fs.delete_file(probe)
+    except OSError as e:
+        raise FerError(f"{what} {uri}: cannot write there: {_cause(e)} ({_one_line(e)})") from None
+
+
+def check_writable(folder: str, what: str) -> None:
+    """Create ``folder`` and write a probe file in it (a URI: write and delete a probe object); a one-line
+    FerError when it cannot be created or written (for a URI: no bucket, no server, no credentials)."""
+    if "://" in folder:  # Ray would only find out at the first checkpoint, with a traceback per trial
+        check_uri_writable(folder, what)
+        return
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise FerError(
+            f"{path}: {what} is not a writable folder ({e.strerror or e}); pass a writable folder"
+        ) from None
+
+
+def check_cache(settings, data: str) -> None:
+    """The decoded-image cache must be writable, or (read-only) already hold the splits the trials read;
+    else load_split's one-line DataError names the folder and the fix."""
+    t = settings.train
+    try:
+        check_writable(
+            str(cache_folder(t.cache_dir or None)), "the image cache (cache_dir or $FER_CACHE_DIR)"
+        )
+    except FerError:
+        for split in ("train", "val"):  # a finished cache loads at once; a missing one says why in one line
+            load_split(data, split, t.img_size, t.grayscale, cache_dir=t.cache_dir or None)
+
+
+def storage_uri(storage: str) -> str:
+    """Ray wants an absolute local path or a URI."""
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def experiment_uri(settings) -> str:
+    """STORAGE/NAME: the experiment folder (a path or a URI) the search, the retrain and the report share."""
+    return f"{storage_uri(settings.storage)}/{settings.name}"
+
+
+def report_folder(settings) -> Path:
+    """Where the driver writes the report: STORAGE/NAME/report for a local storage; for a URI, a local
+    copy under ./fer-sweep-reports/ that mirrors the URI (so it never meets a local experiment's folder),
+    uploaded to STORAGE/NAME/report by ``upload_report``."""
+    if "://" not in settings.storage:
+        return Path(experiment_uri(settings)) / "report"
+    scheme, _, rest = settings.storage.partition("://")
+    return Path(
+        "fer-sweep-reports", scheme, *[p for p in rest.split("/") if p], settings.name, "report"
+    ).resolve()
+
+
+def upload_report(storage: str, name: str, report_dir: Path) -> str | None:
+    """Copy the driver's report folder to STORAGE/NAME/report when the storage is a URI; returns that URI
+    (None for a local storage, where the report was written in place).
+
+    Raises:
+        FerError: the upload failed (the local report is complete, and the message says where).
+    """
+    if "://" not in storage:
+        return None
+    fs, path = open_storage(storage)
+    dest = f"{storage.rstrip('/')}/{name}/report"
+    try:
+        pafs.copy_files(
+            str(Path(report_dir).resolve()),
+            f"{path}/{name}/report",
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
+    except OSError as e:
+        raise FerError(
+            f"{dest}: the report could not be copied there: {_cause(e)} ({_one_line(e)}); it is complete "
+            f"in {report_dir} on this machine"
+        ) from None
+    print(f"[sweeps] report copied to {dest}", flush=True)
+    return dest
+
+
+_DENIED = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch",
+           "EXPIRED_TOKEN", "INVALID_CLIENT_TOKEN", "credentials", "Forbidden", "HTTP status 403")  # fmt: skip
+
+
+def _cause(e: Exception) -> str:
+    """The likely cause of a pyarrow storage error, and what to do about it."""
+    text = str(e)
+    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+        return "the bucket does not exist; create it or fix --storage"
+    if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not resolve" in text:
+        return "the storage server cannot be reached; check the network, and AWS_ENDPOINT_URL for an S3-compatible server"
+    if any(k in text for k in _DENIED):
+        return (
+            "no credentials allowed to write there; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
+            "or an instance role) to ones that may write to this bucket"
+        )
+    return "check the URI, the server and the credentials"
+
+
+def _one_line(e: Exception, limit: int = 240) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."

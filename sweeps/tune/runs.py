@@ -1,0 +1,210 @@
+"""The sweep's two Tune runs, the search (Optuna's TPE + ASHA) and the retrain of the winner (and the
+ensemble's next best), both resumable and signed for ``--resume``; and the time limit that stops either."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
+
+from sweeps.config.settings import SweepSettings
+from sweeps.config.space import to_optuna
+from sweeps.plan.resources import trial_config
+from sweeps.state.signing import SignStateCallback, sign_files
+from sweeps.state.storage import experiment_uri, storage_uri
+from sweeps.tune.trainable import fer_trainable
+
+
+class Deadline(Stopper):
+    """Stops a Tune run ``seconds`` after it starts, but never before some trial has reported an epoch.
+
+    Tune's own ``time_budget_s`` stops at the second even when nothing has finished: a search could end
+    with no trial result (nothing to retrain) and a retrain with no checkpoint. Past the deadline each
+    trial stops as its next epoch is reported, with that epoch's checkpoint; with ``whole_run`` (the
+    search) the run also stops at once. Tune pickles the stopper into the experiment's state: a copy
+    restored by ``--resume`` never binds (the resumed run continues without the old deadline).
+    """
+
+    def __init__(self, seconds: float, whole_run: bool = True):
+        self.deadline, self.whole_run = time.time() + seconds, whole_run
+        self.reported = False
+        self.fired = False
+        self.ended_before: set[str] = set()  # trials that ended before the deadline fired
+
+    def __getstate__(self):
+        return {**self.__dict__, "deadline": None, "ended_before": set()}
+
+    def _past(self) -> bool:
+        past = self.deadline is not None and self.reported and time.time() >= self.deadline
+        self.fired |= past
+        return past
+
+    def __call__(self, trial_id, result) -> bool:
+        self.reported = True
+        return self._past()
+
+    def stop_all(self) -> bool:
+        return self.whole_run and self._past()
+
+    def stopped(self, results) -> frozenset[str]:
+        """The ids of the trials this deadline stopped (those still running when it fired)."""
+        if not self.fired:
+            return frozenset()
+        ids = {(r.metrics or {}).get("trial_id") for r in results if not r.error}
+        return frozenset(i for i in ids if i and i not in self.ended_before)
+
+
+class _EndsBeforeDeadline(tune.Callback):
+    """Tells the deadline which trials ended (finished, or stopped by ASHA) before it fired."""
+
+    def __init__(self, deadline: Deadline):
+        self.deadline = deadline
+
+    def __getstate__(self):
+        return {"deadline": None}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.deadline is not None and not self.deadline.fired:
+            self.deadline.ended_before.add(trial.trial_id)
+
+
+def _trainable(base: dict, resources: dict, members: list[dict] | None = None):
+    return tune.with_resources(tune.with_parameters(fer_trainable, base=base, members=members), resources)
+
+
+def _fit(tuner, exp: str, resumed: bool):
+    """``tuner.fit()``, after signing the ``tuner.pkl`` a fresh Tuner has just written (a restored one was
+    verified before Ray started); Tune's own state is signed as it is saved (``SignStateCallback``)."""
+    if not resumed:
+        sign_files(exp, ["tuner.pkl"])
+    return tuner.fit()
+
+
+def run_search(
+    settings: SweepSettings,
+    data: str,
+    placement,
+    resume: bool,
+    time_limit_s: float | None = None,
+    callbacks: list | tuple = (),
+):
+    """Run (or resume) the search.
+
+    Args:
+        settings: the sweep settings.
+        data: dataset root.
+        placement: what each trial asks for and how many run at once (``sweeps.plan.resources``).
+        resume: continue the experiment in storage (its Tuner, searcher and callbacks are restored).
+        time_limit_s: stop the search this long after it starts (a time budget's share).
+        callbacks: further Tune callbacks (progress, tracking) for a new search.
+
+    Returns:
+        (Ray's ResultGrid, the ids of the trials the time limit stopped).
+    """
+    resources = placement.resources
+    trainable = _trainable(trial_config(settings, data=data), resources)
+    exp = experiment_uri(settings)
+    print(
+        f"[sweeps] {settings.num_samples} trials, up to {placement.concurrent} at once, each {resources['cpu']} "
+        f"CPU + {resources['gpu']:g} GPU, at most {settings.scheduler.max_epochs} epochs; results in {exp}",
+        flush=True,
+    )
+    deadline = Deadline(time_limit_s) if time_limit_s else None
+    if resume:
+        # Finished trials are kept as they are; unfinished ones continue from their last checkpoint.
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        return _fit(tuner, exp, resumed=True), frozenset()
+    # TPE's default 10 random start-up trials would leave a small sweep entirely random.
+    sampler = optuna.samplers.TPESampler(
+        seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 3))
+    )
+    # The searcher holds the space as Optuna distributions, so it takes metric and mode itself.
+    searcher = OptunaSearch(
+        space=to_optuna(settings.search_space),
+        metric=settings.metric,
+        mode=settings.mode,
+        sampler=sampler,
+        points_to_evaluate=list(settings.initial_points) or None,
+    )
+    sch = settings.scheduler
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=sch.max_epochs,
+        grace_period=sch.grace_period,
+        reduction_factor=sch.reduction_factor,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=settings.metric,
+            mode=settings.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=settings.num_samples,
+            max_concurrent_trials=placement.concurrent,
+        ),
+        run_config=_run_config(settings, settings.name, storage_uri(settings.storage), deadline, callbacks),
+    )
+    results = _fit(tuner, exp, resumed=False)
+    return results, deadline.stopped(results) if deadline else frozenset()
+
+
+def _run_config(settings, name: str, storage: str, deadline: Deadline | None, callbacks) -> tune.RunConfig:
+    # What --resume will unpickle is signed as Tune saves it.
+    ends = [_EndsBeforeDeadline(deadline)] if deadline else []
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        stop=deadline,
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only last.pt is needed to resume
+        callbacks=[SignStateCallback(name), *ends, *callbacks],
+        verbose=1,  # the trial status table and start/stop lines, not every epoch's full result
+    )
+
+
+def run_retrain(
+    settings: SweepSettings,
+    data: str,
+    members: list[dict],
+    placement,
+    time_limit_s: float | None = None,
+    callbacks: list | tuple = (),
+) -> list:
+    """Retrain the winning parameters (and, for an ensemble, the next best) from scratch for
+    ``retrain_epochs``, as one Tune run with a trial per member: on GPU workers where the head has none,
+    side by side where resources allow, checkpointed to the same storage and resumable with the sweep.
+
+    Args:
+        settings: the sweep settings.
+        data: dataset root.
+        members: parameter dicts, the winner's first.
+        placement: the search's placement.
+        time_limit_s: past this many seconds each member stops at the end of its next epoch.
+        callbacks: further Tune callbacks (progress, tracking).
+
+    Returns:
+        Ray Results in the order of ``members``.
+    """
+    base = trial_config(settings, data=data, retrain=True)
+    trainable = _trainable(base, placement.resources, members=[dict(m) for m in members])
+    exp = f"{experiment_uri(settings)}/retrain"
+    resumed = tune.Tuner.can_restore(exp)
+    if resumed:
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        # Each member stops at an epoch's end, with its checkpoint: the report needs one.
+        deadline = Deadline(time_limit_s, whole_run=False) if time_limit_s else None
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"member": tune.grid_search(list(range(len(members))))},
+            tune_config=tune.TuneConfig(
+                num_samples=1, max_concurrent_trials=min(placement.concurrent, len(members))
+            ),
+            run_config=_run_config(settings, "retrain", experiment_uri(settings), deadline, callbacks),
+        )
+    return sorted(_fit(tuner, exp, resumed), key=lambda r: int(r.config["member"]))

@@ -1,0 +1,146 @@
+"""The trials table from a sweep's results: how each trial ended, the ranking, the counts and trials.csv.
+
+The results are real Ray ``Result`` objects; the grid around them gives what ``collect_trials`` reads of
+Ray's ResultGrid (iteration and ``get_dataframe``) without starting Ray.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from ray.tune import Result
+
+from sweeps.config.settings import Scheduler, SweepSettings
+from sweeps.config.space import parse_space
+from sweeps.report.trials import collect_trials, status_counts, top_trials, write_csv
+
+SPACE = parse_space({"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, "test")
+SETTINGS = SweepSettings(
+    metric="val_accuracy", mode="max", search_space=SPACE, scheduler=Scheduler(max_epochs=3)
+)
+
+
+class Grid(list):
+    """Results, and ``get_dataframe`` as Ray's ResultGrid gives it: each reported trial's last row, or its
+    best row by ``filter_metric``."""
+
+    def get_dataframe(self, filter_metric=None, filter_mode=None) -> pd.DataFrame:
+        rows = []
+        for r in self:
+            df = r.metrics_dataframe
+            if df is not None and len(df):
+                if filter_metric is None:
+                    rows.append(df.iloc[-1])
+                else:
+                    rows.append(
+                        df.loc[
+                            df[filter_metric].idxmax() if filter_mode == "max" else df[filter_metric].idxmin()
+                        ]
+                    )
+        return pd.DataFrame(rows)
+
+
+def _result(tmp_path, tid, curve, lr, error=None, reported=True):
+    folder = tmp_path / f"fer_trainable_{tid}_lr={lr}"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({"lr": lr}))
+    df = pd.DataFrame(
+        [
+            {"trial_id": tid, "training_iteration": i, "val_accuracy": v, "device": "cpu", "ray_gpus": 0}
+            for i, v in enumerate(curve, start=1)
+        ]
+    )
+    metrics = {**df.iloc[-1].to_dict(), "config": {"lr": lr}} if curve else {"trial_id": tid}
+    if not reported:  # a trial that ended before Ray knew its id in a result: named by its folder
+        metrics = {}
+    return Result(
+        metrics=metrics,
+        checkpoint=None,
+        error=error,
+        path=str(folder),
+        metrics_dataframe=df if curve else None,
+    )
+
+
+@pytest.fixture
+def table(tmp_path):
+    try:
+        try:
+            raise ValueError("CUDA out of memory\nwhile allocating")
+        except ValueError as cause:
+            raise RuntimeError("trial failed") from cause
+    except RuntimeError as e:
+        error = e
+    grid = Grid(
+        [
+            _result(tmp_path, "done", [0.3, 0.4, 0.5], 1e-3),
+            _result(tmp_path, "asha", [0.2], 2e-3),
+            _result(tmp_path, "late", [0.3, 0.45], 3e-3),
+            _result(tmp_path, "never", [], 4e-3),  # the time limit stopped it before its first epoch
+            _result(tmp_path, "ontime", [0.1, 0.2, 0.6], 5e-3),  # all its epochs ran before the time limit
+            _result(tmp_path, "bad", [0.55], 6e-3, error=error),
+        ]
+    )
+    return collect_trials(grid, SETTINGS, stopped_by_time=frozenset({"late", "never", "ontime"}))
+
+
+def test_each_trial_ends_one_of_four_ways(table):
+    by_id = table.set_index("trial_id")
+    assert by_id["status"].to_dict() == {
+        "done": "completed",
+        "asha": "stopped_asha",
+        "late": "stopped_time",
+        "never": "stopped_time",
+        "ontime": "completed",
+        "bad": "failed",
+    }
+    assert by_id.loc["never", "epochs"] == 0 and by_id.loc["never", "params"] == {"lr": 4e-3}
+    assert by_id.loc["bad", "error"] == "RuntimeError: while allocating" and by_id.loc["done", "error"] == ""
+    assert by_id.loc["late", "best_val_accuracy"] == 0.45 and by_id.loc["ontime", "last_val_accuracy"] == 0.6
+    assert by_id.loc["late", "intermediate"] == {1: 0.3, 2: 0.45}
+    assert status_counts(table) == {
+        "total": 6,
+        "completed": 2,
+        "stopped_asha": 1,
+        "stopped_time": 2,
+        "failed": 1,
+    }
+
+
+def test_without_a_time_limit_every_short_trial_was_stopped_by_asha(tmp_path):
+    grid = Grid([_result(tmp_path, "a", [0.2], 1e-3), _result(tmp_path, "b", [0.1, 0.2, 0.3], 2e-3)])
+    assert list(collect_trials(grid, SETTINGS)["status"]) == ["stopped_asha", "completed"]
+
+
+def test_a_trial_without_a_result_is_named_by_its_folder(tmp_path):
+    grid = Grid([_result(tmp_path, "a", [0.2], 1e-3), _result(tmp_path, "z", [], 2e-3, reported=False)])
+    assert list(collect_trials(grid, SETTINGS)["trial_id"]) == ["a", "fer_trainable_z_lr=0.002"]
+
+
+def test_the_failed_trial_is_never_a_member_and_the_csv_has_one_status_column(table, tmp_path):
+    # "bad" reported the best value before it failed.
+    assert [t["trial_id"] for t in top_trials(table, SETTINGS, 3)] == ["ontime", "done", "late"]
+    write_csv(table, SETTINGS, tmp_path / "trials.csv")
+    csv = pd.read_csv(tmp_path / "trials.csv", keep_default_na=False)
+    assert list(csv.columns) == [
+        "trial_id",
+        "status",
+        "epochs",
+        "best_val_accuracy",
+        "last_val_accuracy",
+        "lr",
+        "device",
+        "ray_gpus",
+        "error",
+    ]
+    assert list(csv["trial_id"]) == ["ontime", "done", "late", "asha", "bad", "never"]
+    assert list(csv["status"]) == [
+        "completed",
+        "completed",
+        "stopped_time",
+        "stopped_asha",
+        "failed",
+        "stopped_time",
+    ]
