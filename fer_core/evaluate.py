@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on any split and save the metrics as JSON.
+"""Evaluate a checkpoint on any split (and every split a dataset has) and save the metrics as JSON.
 
 python -m fer_core.evaluate CHECKPOINT --data DIR --split test [--out metrics.json]
 """
@@ -104,6 +104,17 @@ def evaluate_checkpoint(
     )
     out.update({"checkpoint": str(path), "split": split, "epoch": int(state["epoch"])})
     return out
+
+
+def splits(data: str) -> list[str]:
+    """The splits a dataset is scored on: val, and test when ``data`` has one."""
+    return ["val"] + (["test"] if (Path(data) / "test").is_dir() else [])
+
+
+def score(ckpt: Path, data: str, cache_dir: str | None, runtime: Runtime) -> dict[str, dict]:
+    """A checkpoint's metrics per split, plain and with flip TTA, with the probability arrays."""
+    kwargs = dict(runtime=runtime, cache_dir=cache_dir, return_probs=True, tta_flip=True)
+    return {sp: evaluate_checkpoint(ckpt, data, sp, **kwargs) for sp in splits(data)}
 
 
 def format_metrics(m: dict, split: str) -> str:

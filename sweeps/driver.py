@@ -23,13 +23,7 @@ from sweeps.report.markdown import print_summary
 from sweeps.report.trials import collect_trials, top_trials
 from sweeps.state.record import resume_settings, write_record
 from sweeps.state.signing import verify_experiment
-from sweeps.state.storage import (
-    check_cache,
-    check_writable,
-    experiment_uri,
-    report_folder,
-    upload_report,
-)
+from sweeps.state.storage import check_cache, check_writable, experiment_uri, report_folder, upload_report
 from sweeps.tune.progress import EpochProgress, Phases
 from sweeps.tune.runs import run_retrain, run_search
 from sweeps.tune.tracking import check_tracking, log_report, tracking_callbacks, tracking_uri
@@ -41,14 +35,7 @@ def prepare_data(settings: SweepSettings) -> str:
         for split in ("train", "val"):
             scan_split(settings.data, split)  # layout errors now, not inside a trial
         return settings.data
-    d = settings.demo
-    path = ensure_demo_dataset(
-        train_per_class=d.train_per_class,
-        val_per_class=d.val_per_class,
-        test_per_class=d.test_per_class,
-        img_size=d.img_size,
-        seed=d.seed,
-    )
+    path = ensure_demo_dataset(**dataclasses.asdict(settings.demo))  # the demo: section is its arguments
     print(
         f"[sweeps] Using the built-in DEMO data (procedurally drawn faces) at {path}.\n"
         "[sweeps] For real data: python sweeps/run.py --config sweeps/configs/fer2013.yaml --data /path/to/fer2013 "
@@ -95,11 +82,8 @@ def settings_for_resume(settings: SweepSettings, exp: str, bare: bool) -> SweepS
 
 
 def init_ray(address: str | None) -> None:
-    """Join the cluster at ``address``, or start a Ray of our own on 127.0.0.1.
-
-    ``address="local"`` always starts a new Ray: a bare ``ray.init()`` joins whatever cluster this machine
-    last started with ``ray start`` (or ``RAY_ADDRESS``), so a local sweep would silently run there.
-    """
+    """Join the cluster at ``address``, or start a Ray of our own on 127.0.0.1 (``address="local"``: a bare
+    ``ray.init()`` would join whatever cluster this machine last started, or ``RAY_ADDRESS``)."""
     if address:
         ray.init(address=address)
     else:
@@ -107,14 +91,9 @@ def init_ray(address: str | None) -> None:
 
 
 def drive(args, settings: SweepSettings, t0: float, bare: bool) -> int:
-    """Run the sweep the command line asked for; returns the exit status (2: refused in one line).
-
-    Args:
-        args: the parsed command line (``sweeps.run``).
-        settings: the settings it resolved to.
-        t0: ``time.monotonic()`` when the command started (a time budget counts from there).
-        bare: on ``--resume``, the command line set nothing but where the experiment is.
-    """
+    """Run the sweep the command line (``args``, resolved to ``settings``) asked for, from ``t0``
+    (``time.monotonic()``); ``bare``: a ``--resume`` that set nothing but where the experiment is.
+    Returns the exit status (2: refused in one line)."""
     try:
         exp = experiment_uri(settings)
         check_writable(settings.storage, "--storage")
@@ -153,33 +132,17 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
             settings, data=data, placement=placement, nodes=nodes, t0=phases.t0, source=source
         )
     if args.dry_run:
-        print_dry_run(
-            settings,
-            data=data,
-            findings=findings,
-            placement=placement,
-            est=est,
-            budget=budget,
-            exp=exp,
-            t0=phases.t0,
-        )
+        where = dict(data=data, findings=findings, placement=placement, exp=exp, t0=phases.t0)
+        print_dry_run(settings, est=est, budget=budget, **where)
         return 0
     if not args.resume:  # signed, so that --resume alone continues these settings
         write_record(exp, settings)
     announce(placement, args.address, cluster_config)
     phases.end("start-up" + (" and probe" if budget else ""))
+    search_s = budget.sweep_s if budget else None
+    progress = EpochProgress("search", expected_epochs(settings), time.time() + search_s if budget else None)
     results, stopped_by_time = run_search(
-        settings,
-        data,
-        placement,
-        args.resume,
-        time_limit_s=budget.sweep_s if budget else None,
-        callbacks=[
-            EpochProgress(
-                "search", expected_epochs(settings), time.time() + budget.sweep_s if budget else None
-            ),
-            *tracking_callbacks(settings, "sweep"),
-        ],
+        settings, data, placement, args.resume, search_s, [progress, *tracking_callbacks(settings, "sweep")]
     )
     sweep_s = phases.end("search")
     trials = collect_trials(results, settings, stopped_by_time)
@@ -192,55 +155,32 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
         return 1
     retrain_limit_s = None
     if budget:
+        measured = dict(results=results, members=members, placement=placement, sweep_s=sweep_s)
         resized, budget, retrain_limit_s = resize_retrain(
-            settings,
-            data=data,
-            budget=budget,
-            results=results,
-            members=members,
-            placement=placement,
-            sweep_s=sweep_s,
-            t0=phases.t0,
+            settings, data=data, budget=budget, t0=phases.t0, **measured
         )
         if resized != settings:
             settings = resized
             write_record(exp, settings)  # the retrain has not started: a resume may still change it
     best = members[0]
+    others = len(members) - 1
+    ensemble = f", with the next {others} configuration(s) for the ensemble" if others else ""
     print(
         f"[sweeps] best trial {best['trial_id']}: {settings.metric} {best['best']:.4f} with {best['params']}; "
-        f"retraining it from scratch for {settings.retrain_epochs} epochs"
-        + (
-            f", with the next {len(members) - 1} configuration(s) for the ensemble"
-            if len(members) > 1
-            else ""
-        ),
+        f"retraining it from scratch for {settings.retrain_epochs} epochs{ensemble}",
         flush=True,
     )
-    finals = run_retrain(
-        settings,
-        data,
-        [t["params"] for t in members],
-        placement,
-        time_limit_s=retrain_limit_s,
-        callbacks=[
-            EpochProgress("retrain", len(members) * settings.retrain_epochs),
-            *tracking_callbacks(settings, "retrain"),
-        ],
-    )
+    callbacks = [EpochProgress("retrain", len(members) * settings.retrain_epochs)]
+    callbacks += tracking_callbacks(settings, "retrain")
+    params = [t["params"] for t in members]
+    finals = run_retrain(settings, data, params, placement, retrain_limit_s, callbacks)
     phases.end("retrain")
     if finals[0].error:
         print(f"error: the retrain of the winner failed: {finals[0].error}", file=sys.stderr)
         return 1
-    out = write_report(
-        settings,
-        data,
-        trials,
-        members,
-        finals,
-        out=report_folder(settings),
-        phases=phases,
-        audit=findings,
-        budget=budget,
+    out = report_folder(settings)
+    write_report(
+        settings, data, trials, members, finals, out=out, phases=phases, audit=findings, budget=budget
     )
     run_id = log_report(settings, out, best, finals[0].metrics.get("trial_id", ""))
     if run_id:
@@ -250,9 +190,7 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
             flush=True,
         )
     print_summary(trials, settings, out, phases.line() + budget_verdict(budget, phases.total))
-    upload_report(
-        settings.storage, settings.name, out
-    )  # a URI storage keeps the report: it outlives the cluster
+    upload_report(settings.storage, settings.name, out)  # a URI storage keeps the report after the cluster
     failed = int((trials["status"] == "failed").sum())
     if failed:
         print(f"[sweeps] note: {failed} trial(s) failed; they are listed in the report", flush=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from fer_core.errors import FerError
 from sweeps.state.signing import key_file, load_key, sign_experiment, verify_experiment
+from sweeps.state.storage import storage_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             load_key(create=True)
             print(key_file())
             return 0
-        uri = (
-            args.experiment if "://" in args.experiment else str(Path(args.experiment).expanduser().resolve())
-        )
+        uri = storage_uri(args.experiment)  # a folder made absolute, a URI as it is
         if args.action == "sign":
             print(f"signed {sign_experiment(uri)} file(s) in {uri} with {key_file()}")
         else:

@@ -39,13 +39,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="sweep YAML (default: sweeps/configs/default.yaml, the demo)")
     p.add_argument("--data", help="dataset root with train/ and val/ (optional test/); default: demo faces")
-    p.add_argument(
-        "--storage", help="results folder or URI (s3://..., an NFS path on a cluster); default 'runs'"
-    )
+    p.add_argument("--storage", help="results folder or URI (s3://..., NFS path on a cluster); default runs")
     p.add_argument("--name", help="experiment name; results go to STORAGE/NAME/")
-    p.add_argument(
-        "--address", help="Ray cluster to join: 'auto' on a cluster node, or HOST:PORT; default: a local Ray"
-    )
+    p.add_argument("--address", help="Ray cluster: 'auto' on a cluster node or HOST:PORT; default: local Ray")
     p.add_argument(
         "--cluster-config",
         metavar="YAML",
@@ -58,9 +54,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="finish search, retrain and report within this wall time, e.g. 30m, 2h, 1h30m (YAML: time_budget)",
     )
-    p.add_argument(
-        "--dry-run", action="store_true", help="print the plan and its estimated time; train nothing"
-    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and estimated time; train nothing")
     p.add_argument("--tracking", choices=TRACKERS, help="also log trials and the report to MLflow")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (implies --tracking mlflow)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override YAML keys, e.g. num_samples=4")
@@ -69,9 +63,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def resolve_settings(args) -> SweepSettings:
     """YAML + ``key=value`` + flags -> one checked, frozen value (no Ray needed; errors are one line)."""
-    flags = {
-        k: getattr(args, k) for k in LOCATION_FLAGS + SETTING_FLAGS if getattr(args, k, None) is not None
-    }
+    given = LOCATION_FLAGS + SETTING_FLAGS
+    flags = {k: getattr(args, k) for k in given if getattr(args, k, None) is not None}
     if args.tracking_uri:
         flags.setdefault("tracking", "mlflow")
     return load_settings(args.config, parse_overrides(args.overrides), flags)
@@ -79,10 +72,8 @@ def resolve_settings(args) -> SweepSettings:
 
 def keep_local_ray_on_loopback() -> None:
     """Make a local (no --address) Ray bind every socket to 127.0.0.1; call before Ray is imported.
-
-    On Linux, Ray turns even ``_node_ip_address="127.0.0.1"`` into the machine's routed address and listens
-    there and on 0.0.0.0; with this switch off (its default on macOS and Windows) it uses loopback only.
-    """
+    On Linux Ray listens on the routed address and 0.0.0.0 even when told 127.0.0.1; with this switch
+    off (its default on macOS and Windows) it keeps to loopback."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local sweep talks to nothing but itself
 

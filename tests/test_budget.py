@@ -10,7 +10,7 @@ import pytest
 from fer_core.config import config_to_dict
 from fer_core.errors import ConfigError, FerError
 from fer_core.trainer import Trainer
-from sweeps.config.settings import load_settings
+from sweeps.config.settings import load_settings, parse_duration
 from sweeps.plan.budget import (
     Caps,
     Counts,
@@ -21,7 +21,6 @@ from sweeps.plan.budget import (
     epoch_images,
     margin_for,
     measured_retrain_epoch_s,
-    parse_duration,
     split_budget,
 )
 from sweeps.plan.probe import probe_params, steps_cost_alike

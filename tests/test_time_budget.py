@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from sweeps.config.settings import load_settings
-from sweeps.plan.budget import count_images, parse_duration
+from sweeps.config.settings import load_settings, parse_duration
+from sweeps.plan.budget import count_images
 from sweeps.state.record import read_record
 
 from .sweep_utils import run_sweep, trial_rows

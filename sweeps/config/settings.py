@@ -1,21 +1,13 @@
 """The sweep's settings: YAML, ``key=value`` and flags resolved once into one frozen, checked value.
 
-A sweep YAML has these top-level keys (all optional except search_space)::
-
-    name, storage, data, metric, mode, num_samples, max_concurrent_trials, seed, max_failures,
-    retrain_epochs, ensemble_top_k, time_budget (e.g. 30m), tracking (none | mlflow), tracking_uri,
-    resources: {cpus_per_trial, gpus_per_trial}, scheduler: {max_epochs, grace_period, reduction_factor},
-    demo: {...}, train: {TrainConfig keys}, search_space: {...}, initial_points: [{param: value}, ...],
-    retrain: {TrainConfig keys}
-
-Later phases never change a ``SweepSettings``: what they decide (a time budget's sizing, the retrain's
-resized length) is a new value made with ``dataclasses.replace``.
+Later phases never change it: they make a new value with ``dataclasses.replace`` (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +26,34 @@ from sweeps.config.space import Param, parse_space, to_spec
 
 TRACKERS = ("none", "mlflow")
 DEFAULT_YAML = Path(__file__).parent.parent / "configs" / "default.yaml"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text, where: str) -> float:
+    """Seconds in a duration like ``90s``, ``30m``, ``2h`` or ``1h30m``; a FerError naming ``where`` (the flag
+    or YAML key) when it is not one, or not positive."""
+    s = str(text).strip().lower().replace(" ", "")
+    parts = _DURATION.findall(s)
+    if not s or "".join(a + u for a, u in parts) != s:
+        example = "e.g. 90s, 30m, 2h or 1h30m"
+        raise FerError(f"{where}: {text!r} is not a duration; write it with a unit, {example}")
+    seconds = sum(float(a) * _UNITS[u] for a, u in parts)
+    if seconds <= 0:
+        raise FerError(f"{where}: {text!r} must be longer than zero")
+    return seconds
+
+
+def fmt_duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``3725`` -> ``1h02m``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 def _key(default, low=None, choices=None):
@@ -97,11 +117,8 @@ class SweepSettings:
 
 _SECTIONS = {"resources": Resources, "scheduler": Scheduler, "demo": Demo}
 _MAPPINGS = ("train", "retrain", "search_space")
-_SCALARS = {
-    f.name: f
-    for f in dataclasses.fields(SweepSettings)
-    if f.name not in {*_SECTIONS, *_MAPPINGS, "initial_points", "given", "source"}
-}
+_NOT_SCALAR = {*_SECTIONS, *_MAPPINGS, "initial_points", "given", "source"}
+_SCALARS = {f.name: f for f in dataclasses.fields(SweepSettings) if f.name not in _NOT_SCALAR}
 TOP_KEYS = {*_SCALARS, *_SECTIONS, *_MAPPINGS, "initial_points"}
 CLI = "command line"
 
@@ -160,23 +177,16 @@ def _check_override(key: str, value, where: str) -> None:
 def load_settings(
     path: str | Path | None, overrides: dict | None = None, flags: dict | None = None
 ) -> SweepSettings:
-    """Read a sweep YAML, merge the command line's ``key=value`` and flags into it, check and resolve.
+    """Read the sweep YAML ``path`` (None: sweeps/configs/default.yaml) and merge ``key=value`` overrides
+    (TrainConfig keys go under ``train``, dotted ones into their section) and top-level flags into it.
 
-    Args:
-        path: the YAML file (None: the demo's sweeps/configs/default.yaml).
-        overrides: ``key=value`` items: a TrainConfig key goes under ``train``, a dotted key
-            (``scheduler.max_epochs``) into its section, anything else is top level.
-        flags: top-level keys given as flags (``{"name": ...}`` from ``--name``), named as such in errors.
-
-    Raises:
-        ConfigError: an unknown key, a wrong type or an impossible value, naming the file or flag and key.
+    A ConfigError names the file or flag and the key that is unknown, mistyped or impossible.
     """
     path = Path(path) if path else DEFAULT_YAML
     raw = load_yaml(path)
-    named = {k: f"{CLI}: '{k}'" for k in overrides or {}} | {
-        k: "--" + k.replace("_", "-") for k in flags or {}
-    }
-    for key, value in ((overrides or {}) | (flags or {})).items():
+    overrides, flags = overrides or {}, flags or {}
+    named = {k: f"{CLI}: '{k}'" for k in overrides} | {k: "--" + k.replace("_", "-") for k in flags}
+    for key, value in (overrides | flags).items():
         _check_override(key, value, named[key])
         section, _, sub = key.partition(".")
         if not sub and key not in TOP_KEYS:
@@ -192,9 +202,7 @@ def load_settings(
 
 def settings_from_mapping(raw: dict, src: str) -> SweepSettings:
     """Check a YAML-shaped mapping and build the settings from it (also how a record is read back).
-
-    Relative ``data`` and ``weights`` paths are made absolute here: trials run in folders of their own,
-    and a resume compares them.
+    Makes ``data`` and ``weights`` absolute: trials run in folders of their own, and a resume compares them.
     """
     for key in raw:
         if key not in TOP_KEYS:
@@ -213,17 +221,11 @@ def settings_from_mapping(raw: dict, src: str) -> SweepSettings:
     if retrain.get("weights"):
         retrain["weights"] = _weights(retrain["weights"], "retrain")
     space = tuple(parse_space(raw.get("search_space"), src))
-    given = {k for k in raw if k not in _SECTIONS} | {
-        f"{k}.{sub}" for k in _SECTIONS if isinstance(raw.get(k), dict) for sub in raw[k]
-    }
+    given = {k for k in raw if k not in _SECTIONS}
+    given |= {f"{k}.{sub}" for k in _SECTIONS if isinstance(raw.get(k), dict) for sub in raw[k]}
+    values["initial_points"] = _initial_points(raw.get("initial_points") or [], space, src)
     s = SweepSettings(
-        **values,
-        train=train,
-        retrain=retrain,
-        search_space=space,
-        initial_points=_initial_points(raw.get("initial_points") or [], space, src),
-        given=frozenset(given),
-        source=src,
+        **values, train=train, retrain=retrain, search_space=space, given=frozenset(given), source=src
     )
     _check(s, src)
     return s
@@ -258,8 +260,6 @@ def _initial_points(points, space: tuple[Param, ...], src: str) -> tuple[dict, .
 
 def _check(s: SweepSettings, src: str) -> None:
     """Rules between keys (each key's own type and range is checked as it is read)."""
-    from sweeps.plan.budget import parse_duration  # plan/ imports settings: a top-level import would cycle
-
     check_name(s.name, f"{src}: 'name'")
     if s.time_budget:
         parse_duration(s.time_budget, f"{src}: 'time_budget'")

@@ -1,22 +1,15 @@
 """The time arithmetic of a sweep, pure (no Ray, clock or printing): durations, ASHA's rungs, epoch sizes,
-estimates from the probe's rates, and the time budget itself.
-
-``split_budget`` sizes the search and a first retrain to end ``margin`` before the deadline; ``RETRAIN_SHARE``
-of the training time goes to the retrain (the winner's retrain on the full data buys accuracy; the search only
-ranks recipes on short trials). ``size_retrain`` resizes the retrain from what the search measured, so a slow
-search is paid for by the retrain, not by overrunning the budget.
-"""
+estimates from the probe's rates, and the time budget itself (see docs/architecture.md)."""
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from fer_core.data import scan_split
 from fer_core.errors import FerError
-from sweeps.config.settings import Scheduler, SweepSettings
+from sweeps.config.settings import Scheduler, SweepSettings, fmt_duration
 
 RETRAIN_SHARE = 0.7  # of the time left for training once start-up, report and margin are set aside
 MARGIN_SHARE, MARGIN_MIN_S = 0.10, 15.0  # kept free at the end: a slow spell, Ray's shutdown, the upload
@@ -24,34 +17,6 @@ REPORT_PLOTS_S = 10.0  # the report's plots and files besides its evaluation (~7
 MAX_TRIALS = 64  # the most trials a budget plans when the YAML sets no num_samples
 MAX_RETRAIN_EPOCHS = 100
 DEFAULT_MAX_EPOCHS = 10  # ASHA's max_t when neither the YAML nor the command line set scheduler.max_epochs
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms])")
-_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-def parse_duration(text, where: str) -> float:
-    """Seconds in a duration like ``90s``, ``30m``, ``2h`` or ``1h30m``; a FerError naming ``where`` (the flag
-    or YAML key) when it is not one, or not positive."""
-    s = str(text).strip().lower().replace(" ", "")
-    parts = _DURATION.findall(s)
-    if not s or "".join(a + u for a, u in parts) != s:
-        raise FerError(
-            f"{where}: {text!r} is not a duration; write it with a unit, e.g. 90s, 30m, 2h or 1h30m"
-        )
-    seconds = sum(float(a) * _UNITS[u] for a, u in parts)
-    if seconds <= 0:
-        raise FerError(f"{where}: {text!r} must be longer than zero")
-    return seconds
-
-
-def fmt_duration(seconds: float) -> str:
-    """``75`` -> ``1m15s``; ``3725`` -> ``1h02m``."""
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 def asha_rungs(max_t: int, grace: int, rf: float) -> list[int]:
@@ -96,8 +61,7 @@ def count_images(data: str) -> Counts:
 
 
 def epoch_images(cfg: dict, counts: Counts) -> tuple[int, int]:
-    """(train images, val images) one epoch of this TrainConfig mapping passes over, as ``Trainer`` sizes it:
-    the class-stratified subset, ``steps_per_epoch`` or full batches, the val subset."""
+    """(train images, val images) an epoch of this TrainConfig mapping covers, as ``Trainer`` sizes it."""
     n = min(cfg.get("max_train_samples") or counts.train, counts.train)
     batch = int(cfg["batch_size"])
     steps = cfg.get("steps_per_epoch") or max(1, n // batch)
@@ -199,8 +163,7 @@ class TimeBudget:
 
 
 def budget_verdict(budget: TimeBudget | None, total_s: float) -> str:
-    """`` (time budget 6m00s: 1m35s to spare)`` for the summary's time line; empty when this command planned
-    no budget (none given, or a resume continuing an earlier plan)."""
+    """`` (time budget 6m00s: 1m35s to spare)`` for the summary's time line; empty without a planned budget."""
     if budget is None:
         return ""
     spare = budget.budget_s - total_s
@@ -234,14 +197,8 @@ def margin_for(budget_s: float) -> float:
 def split_budget(
     settings: SweepSettings, *, budget_s: float, elapsed_s: float, est: Estimate, concurrent: int, source: str
 ) -> TimeBudget:
-    """Size the search and the retrain to fit ``budget_s`` seconds, ``elapsed_s`` of them spent already.
-
-    The time left after that, the report and the margin is split ``RETRAIN_SHARE`` to the retrain (at least
-    one epoch); the search gets the rest, in trials of ASHA's expected length. ``max_t`` is lowered towards
-    the grace period while fewer than two trials a slot (four at least) would fit, so a small budget compares
-    several recipes briefly rather than one at length. Explicit sizes are caps (``Caps``). A one-line FerError
-    names ``source`` and the smallest budget that fits when not even one trial and one retrain epoch fit.
-    """
+    """Size the search and the retrain to fit ``budget_s`` seconds, ``elapsed_s`` of them spent already; a
+    FerError naming ``source`` and the smallest budget that fits when not one trial and retrain epoch fit."""
     margin, caps = margin_for(budget_s), Caps.from_settings(settings)
     fixed = elapsed_s + margin + est.report_s + 2 * est.start_s  # + the sweep's and the retrain's start
     left = budget_s - fixed
@@ -258,8 +215,7 @@ def split_budget(
             f"~{fmt_duration(est.report_s)} and the margin {fmt_duration(margin)}; give at least "
             f"{fmt_duration(math.ceil(need / 60) * 60)}, or shrink the work (max_train_samples, steps_per_epoch, img_size)"
         )
-    # Rounded, not floored: a long retrain epoch would otherwise hand most of one epoch to the search; but
-    # never so many that the search cannot hold one trial.
+    # Round, not floor (a long retrain epoch would hand most of one epoch to the search), below ``fit``.
     fit = int((left - one_trial) // retrain_epoch)
     retrain_epochs = int(min(caps.retrain_epochs, fit, max(1, round(RETRAIN_SHARE * left / retrain_epoch))))
     sweep_s = left - retrain_epochs * retrain_epoch
@@ -300,10 +256,8 @@ def split_budget(
 def measured_retrain_epoch_s(
     last: dict, params: dict, counts: Counts, base: dict, retrain_base: dict, speed: float = 1.0
 ) -> float | None:
-    """Seconds a retrain epoch of the winner takes, from its trial's last result (``last``, at ``params``);
-    None when the trial reported no timing. Its training rate (times ``speed``, a retrain step's over a trial
-    step's) over the retrain's images, plus the rest of its epochs' wall time (validation, checkpoint, Tune's
-    report) scaled by the retrain's validation images."""
+    """Seconds a retrain epoch of the winner takes, from its trial's last result (``last``, at ``params``;
+    ``speed``: a retrain step's over a trial step's); None when the trial reported no timing."""
     iters, total = last.get("training_iteration"), last.get("time_total_s")
     ips, train_s = last.get("images_per_s"), last.get("epoch_seconds")
     if not (iters and total and ips and train_s):
@@ -315,8 +269,8 @@ def measured_retrain_epoch_s(
 
 
 def measured_start_s(inside_s: list[float], wall_s: float, slots: int) -> float | None:
-    """A trial's start as the search measured it: per trial, the slot-time (``wall_s``, ``slots`` at once) not
-    in training (``inside_s``, their ``time_total_s``): Ray's worker start, imports, Tune's bookkeeping."""
+    """A trial's start as the search measured it: per trial, the slot-time (``wall_s``, ``slots`` at once)
+    not in training (``inside_s``, their ``time_total_s``); None without trials."""
     if not inside_s:
         return None
     return max(0.0, (wall_s * max(1, slots) - sum(inside_s)) / len(inside_s))

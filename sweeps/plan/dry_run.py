@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import time
 
-from sweeps.config.settings import SweepSettings
+from sweeps.config.settings import SweepSettings, fmt_duration
 from sweeps.config.space import Param
-from sweeps.plan.budget import Estimate, TimeBudget, asha_epochs, asha_rungs, fmt_duration, trial_s, waves
+from sweeps.plan.budget import Estimate, TimeBudget, asha_epochs, asha_rungs, trial_s, waves
 from sweeps.plan.resources import Placement
 
 
@@ -29,9 +29,8 @@ def print_dry_run(
     exp: str,
     t0: float,
 ) -> None:
-    """The plan of a run, without training: data, audit warnings, resources, search space, ASHA rungs,
-    retrain, output and the estimated time (from the probe). ``settings`` as a time budget sized them,
-    ``exp`` where the experiment would be written, ``t0`` ``time.monotonic()`` when the command started."""
+    """Print the plan of a run and its estimated time, without training; ``settings`` as a budget sized them,
+    ``exp`` where the experiment would be written, ``t0`` ``time.monotonic()`` at the command's start."""
     counts, sch = est.counts, settings.scheduler
     members, concurrent = max(1, settings.ensemble_top_k), placement.concurrent
     search_s = math.ceil(settings.num_samples / max(1, concurrent)) * trial_s(est, sch)

@@ -1,10 +1,6 @@
-"""Timing on the cluster itself: the probe that trains a trial's config on a Ray worker holding exactly a
-trial's resources (``run_probe``), the time budget fitted to it (``fit_budget``), and the retrain resized to
-what the search measured (``resize_retrain``). The arithmetic is ``sweeps.plan.budget``'s.
-
-Nothing here is a constant per model or machine: the probe trains through ``fer_core.timing``, as many at
-once as trials will run at once, and times a validation pass.
-"""
+"""Timing on the cluster itself: the probe of a trial's config on a trial's resources (``run_probe``), the
+time budget fitted to it (``fit_budget``) and the retrain resized to what the search measured
+(``resize_retrain``); the arithmetic is ``sweeps.plan.budget``'s."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ import ray
 from fer_core.config import make_config
 from fer_core.errors import FerError
 from fer_core.timing import time_training
-from sweeps.config.settings import SweepSettings
+from sweeps.config.settings import SweepSettings, fmt_duration, parse_duration
 from sweeps.config.space import Param
 from sweeps.plan.budget import (
     Estimate,
@@ -25,10 +21,8 @@ from sweeps.plan.budget import (
     TimeBudget,
     count_images,
     estimate,
-    fmt_duration,
     measured_retrain_epoch_s,
     measured_start_s,
-    parse_duration,
     size_retrain,
     split_budget,
 )
@@ -60,22 +54,21 @@ def probe_params(space: tuple[Param, ...]) -> dict:
 
 
 # TrainConfig keys that change how long an epoch is, or what it learns, but not the cost of a step.
-_STEP_COST_FREE = {
-    "data", "out", "epochs", "max_train_samples", "max_val_samples", "steps_per_epoch", "warmup_epochs",
-    "tta_flip", "seed", "lr", "weight_decay", "label_smoothing", "min_lr_ratio", "class_weighting",
-    "audit", "progress", "keep_checkpoints", "best_metric", "dedupe",
-}  # fmt: skip
+_STEP_COST_FREE = set(
+    """data out epochs max_train_samples max_val_samples steps_per_epoch warmup_epochs tta_flip seed lr
+    weight_decay label_smoothing min_lr_ratio class_weighting audit progress keep_checkpoints best_metric
+    dedupe""".split()
+)
 
 
 def steps_cost_alike(base: dict, retrain_base: dict) -> bool:
-    """Whether a retrain step costs what a trial step costs (else the probe times the retrain's config too:
-    an EMA of the weights, another model or input size)."""
+    """Whether a retrain step costs what a trial step does (else the probe times the retrain's config too)."""
     keys = (base.keys() | retrain_base.keys()) - _STEP_COST_FREE
     return all(base.get(k) == retrain_base.get(k) for k in keys)
 
 
 def _time(base: dict, params: dict, eval_images: int):
-    """``fer_core.timing.time_training`` of this TrainConfig mapping at ``params``, on this worker's CPUs;
+    """``fer_core.timing.time_training`` of this TrainConfig mapping at ``params`` on this worker's CPUs, with
     validation timed plain (the estimate adds flip TTA's second pass itself)."""
     cfg = make_config({**base, **params, **assigned_threads(), "tta_flip": False}, source="time-budget probe")
     return time_training(
@@ -95,17 +88,13 @@ class _ProbeActor:
 
 
 def run_probe(settings: SweepSettings, *, placement: Placement, base: dict, retrain_base: dict) -> Rates:
-    """Time a trial's training and validation (``base``, at the middle of the search space) on a trial's
-    resources, ``placement.concurrent`` (at most ``MAX_PARALLEL``) at once so that trials sharing a node are
-    measured sharing it; and the retrain's (``retrain_base``) when its steps cost otherwise."""
+    """Time a trial's training and validation (``base``) on a trial's resources, as many at once as trials
+    run (at most ``MAX_PARALLEL``), and the retrain's (``retrain_base``) when its steps cost otherwise."""
     params = probe_params(settings.search_space)
     res = placement.resources
     k = max(1, min(placement.concurrent, MAX_PARALLEL))
-    print(
-        f"[sweeps] probe: timing a trial's training and validation on {res['cpu']} CPU + {res['gpu']:g} GPU "
-        f"({k} at once) ...",
-        flush=True,
-    )
+    where = f"{res['cpu']} CPU + {res['gpu']:g} GPU ({k} at once)"
+    print(f"[sweeps] probe: timing a trial's training and validation on {where} ...", flush=True)
     # Actors, like Tune's trials: each starts a worker process of its own, so its start is measured too.
     actor = ray.remote(_ProbeActor).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_restarts=0)
     t0 = time.perf_counter()
@@ -150,13 +139,9 @@ def fit_budget(
     t0: float,
     source: str,
 ) -> tuple[TimeBudget | None, SweepSettings, Placement, Estimate]:
-    """Probe this machine and, when the settings have a time budget, size the sweep to it.
-
-    ``placement`` (before the budget) is placed again on ``nodes`` once the trial count is known; ``t0`` is
-    ``time.monotonic()`` when the command started; ``source`` (``--time-budget`` or ``<yaml>: 'time_budget'``)
-    is named in a refusal. Returns the budget (None without one), the settings it sized and their placement
-    (those given, without a budget), and the probe's estimates. FerError: the probe failed, or no trial fits.
-    """
+    """Probe this machine and size the sweep to its time budget: (budget or None, the sized settings and their
+    placement on ``nodes``, the probe's estimates). ``t0``: ``time.monotonic()`` at the command's start;
+    ``source`` is named in a refusal. FerError: the probe failed, or no trial fits."""
     base, retrain_base = trial_config(settings, data=data), trial_config(settings, data=data, retrain=True)
     rates = run_probe(settings, placement=placement, base=base, retrain_base=retrain_base)
     also = ""
@@ -171,13 +156,10 @@ def fit_budget(
     est = estimate(settings, rates=rates, counts=count_images(data), base=base, retrain_base=retrain_base)
     if not settings.time_budget:
         return None, settings, placement, est
+    budget_s = parse_duration(settings.time_budget, source)
+    elapsed_s, concurrent = time.monotonic() - t0, placement.concurrent
     budget = split_budget(
-        settings,
-        budget_s=parse_duration(settings.time_budget, source),
-        elapsed_s=time.monotonic() - t0,
-        est=est,
-        concurrent=placement.concurrent,
-        source=source,
+        settings, budget_s=budget_s, elapsed_s=elapsed_s, est=est, concurrent=concurrent, source=source
     )
     for line in budget.lines():
         print(f"[sweeps] {line}", flush=True)
@@ -199,16 +181,11 @@ def resize_retrain(
     sweep_s: float,
     t0: float,
 ) -> tuple[SweepSettings, TimeBudget, float]:
-    """Size the retrain to the time actually left, from the winner trial's own timing (``members``: the
-    trials to retrain, the winner first; ``results``: the search's ResultGrid, ``sweep_s`` its wall time).
-
-    Returns the settings with the resized ``retrain_epochs`` (the same object when unchanged: the record
-    needs rewriting only when it is not), a new budget noting the resize (``budget`` is left as it is), and
-    the retrain's time limit: its start, epochs and half the margin, a safety net ending it at an epoch's end.
-    """
+    """Size the retrain to the time left from the winner's (``members[0]``) timing in ``results`` (the
+    ResultGrid; ``sweep_s`` its wall time): (the settings, the same object when unchanged; a new budget noting
+    the resize; the retrain's time limit: its start, epochs and half the margin)."""
     base, retrain_base = trial_config(settings, data=data), trial_config(settings, data=data, retrain=True)
-    est = budget.est
-    winner = members[0]
+    est, winner = budget.est, members[0]
     last = next((r.metrics for r in results if (r.metrics or {}).get("trial_id") == winner["trial_id"]), {})
     measured = measured_retrain_epoch_s(
         last, winner["params"], est.counts, base, retrain_base, est.retrain_speed

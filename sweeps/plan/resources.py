@@ -1,10 +1,6 @@
 """What each trial gets: its CPUs and GPUs, how many run at once on which nodes, its threads and TrainConfig.
-
-Ray places each trial on one node, so trials are placed from the nodes' own sizes, never the cluster's total
-(two 1-CPU nodes run two 1-CPU trials, never one 2-CPU trial). The nodes include those an autoscaler *can*
-launch, so a sweep started before any GPU worker is up still asks for GPUs and the autoscaler brings them up.
-``place`` is a pure function of the nodes' shapes (no Ray).
-"""
+Trials are placed from each node's own size, never the cluster's total, including the nodes an autoscaler
+can launch; ``place`` is a pure function of the nodes' shapes (no Ray)."""
 
 from __future__ import annotations
 
@@ -97,21 +93,16 @@ def place(
     num_samples: int = 1 << 30,
 ) -> Placement:
     """Trials that each fit on one of ``nodes``, at most ``max_concurrent`` (0: no cap) and ``num_samples``
-    at once; a one-line FerError naming the request and the nodes when no node can hold one.
-
-    auto GPUs: one whole GPU per trial when any node has a GPU. auto CPUs: the smallest usable node's CPUs
-    over the trials it holds (one per GPU share; CPU-only, ``CPU_TRIAL_WIDTH`` wide or ``max_concurrent``
-    of them), so every such node takes trials and bigger nodes take more.
-    """
+    at once (auto: a whole GPU each when there are GPUs, CPUs so the smallest usable node takes trials); a
+    one-line FerError naming the request and the nodes when no node can hold one."""
     has_gpu = [n for n in nodes if n.gpus > 0]
     gpt = (1.0 if has_gpu else 0.0) if gpus_per_trial == "auto" else float(gpus_per_trial)
     # A trial needs at least one CPU (its process and data pipeline), and its whole GPU share on one node.
     usable = [n for n in nodes if n.cpus >= 1 and n.gpus + _EPS >= gpt]
     if not usable:
         if not gpt:
-            raise FerError(
-                f"no node offers CPUs for trials ({_sizes(nodes)}); give the cluster a node with CPUs"
-            )
+            none = f"no node offers CPUs for trials ({_sizes(nodes)})"
+            raise FerError(f"{none}; give the cluster a node with CPUs")
         raise FerError(
             f"resources.gpus_per_trial = {gpt:g}: no node can give a trial {gpt:g} GPU ({_sizes(nodes)}); "
             "set gpus_per_trial: 0 or auto, or give the cluster GPU nodes (an autoscaling cluster: pass its "
@@ -178,8 +169,8 @@ def nodes_from_ray(ray_nodes: list[dict]) -> list[NodeShape]:
 
 
 def node_types_from_config(cfg: dict, source: str = "cluster config") -> list[NodeShape]:
-    """The worker node types an autoscaling cluster can launch, from its Ray launcher config (``source``,
-    named in a ConfigError). Left out: the head (``ray.nodes()`` has it), types with ``max_workers: 0``."""
+    """The worker node types an autoscaling cluster can launch (not the head, nor ``max_workers: 0``), from
+    its Ray launcher config (``source``, named in a ConfigError)."""
     if isinstance(cfg, dict) and (cfg.get("provider") or {}).get("type") == "local":
         return []  # provider local starts every listed machine with the cluster: the nodes that are up are all
     types = cfg.get("available_node_types") if isinstance(cfg, dict) else None
@@ -212,8 +203,8 @@ def load_node_types(path: str | Path) -> list[NodeShape]:
 
 
 def cluster_config_path(address: str | None, cluster_config: str | None) -> str | None:
-    """The launcher file to read node types from: --cluster-config, else the head's bootstrap config when
-    the sweep runs on the head (``--address auto``), else none (place on the nodes that are up)."""
+    """The launcher file to read node types from: --cluster-config, else the head's bootstrap config with
+    ``--address auto``, else None (place on the nodes that are up)."""
     if cluster_config:
         return cluster_config
     if address == "auto" and Path(BOOTSTRAP_CONFIG).expanduser().is_file():
@@ -242,15 +233,14 @@ def announce(placement: Placement, address: str | None, cluster_config: str | No
 
 
 def assigned_threads() -> dict:
-    """``{"threads": n}`` for a TrainConfig in a Ray worker (``{}`` when Ray assigned no CPUs): its own CPUs,
-    so trials sharing a node do not each take a whole node's worth of threads and data-loader workers."""
+    """``{"threads": n}`` for a TrainConfig in a Ray worker: its own CPUs (``{}`` when Ray assigned none), so
+    trials sharing a node do not each take a whole node's threads."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     return {"threads": max(1, int(cpus))} if cpus else {}
 
 
 def trial_config(settings: SweepSettings, *, data: str, retrain: bool = False) -> dict:
-    """The fixed part of every trial's TrainConfig mapping (the retrain's with its ``retrain:`` overrides);
-    the trial adds its sampled parameters and ``assigned_threads()``."""
+    """The fixed part of every trial's TrainConfig mapping (the retrain's with its ``retrain:`` overrides)."""
     base = {**config_to_dict(settings.train), **(settings.retrain if retrain else {})}
     epochs = settings.retrain_epochs if retrain else settings.scheduler.max_epochs
     # The driver audited the data once (run_audit); every trial repeating it would only cost time.

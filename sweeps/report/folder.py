@@ -14,10 +14,12 @@ from fer_core.apps import viz
 from fer_core.checkpoint import load_checkpoint
 from fer_core.config import FIELDS
 from fer_core.decode_cache import load_split
+from fer_core.evaluate import score, splits
 from fer_core.runtime import resolve_runtime
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
-from sweeps.report import evaluate, plots
+from sweeps.report import plots
+from sweeps.report.evaluate import copy_result_checkpoint, ensemble
 from sweeps.report.markdown import write_markdown
 from sweeps.report.trials import status_counts, write_csv
 from sweeps.tune.progress import Phases, Steps
@@ -47,17 +49,14 @@ def write_report(
     audit: dict | None = None,
     budget=None,
 ) -> Path:
-    """Write the report folder ``out`` (created if missing) of the sweep, the retrained winner and (with
-    several members) their ensemble; returns ``out``. ``members`` are the retrained trials, the winner first
-    (``top_trials``), ``finals`` the Ray Results of their retrains in the same order (the winner's succeeded).
-    ``phases``, the command's phase clock, has its "report" phase ended here, after the scores and figures,
-    so that metrics.json (``timing``) and report.md ("Time") give every phase's time and the total.
-    ``audit``: the dataset audit's findings (``audit.json``); ``budget``: the time budget's plan, if any."""
+    """Write the report folder ``out``: the sweep, its retrained winner and (if several) their ensemble;
+    returns ``out``. ``members`` (``top_trials``, winner first) and ``finals`` (their retrains' Ray Results)
+    share one order; ``phases`` gets "report" ended here, so metrics.json and report.md time every phase."""
     step = Steps("report", 5 if len(members) > 1 else 4)
-    step("checkpoint and scores on " + " and ".join(evaluate.splits(data)))
+    step("checkpoint and scores on " + " and ".join(splits(data)))
     out.mkdir(parents=True, exist_ok=True)
     # The retrain's final epoch is the winner (no extra selection on val): cosine ends at its lowest lr.
-    evaluate.copy_checkpoint(finals[0], out / "best.pt")
+    copy_result_checkpoint(finals[0], out / "best.pt")
     # The config and class names come from the checkpoint itself, so best_config.yaml, metrics.json and the
     # plots describe the model in best.pt, whatever the settings of this run say (a resume, a changed YAML).
     state = load_checkpoint(out / "best.pt")
@@ -67,7 +66,7 @@ def write_report(
     # Images are decoded where the trials decoded them: the default cache may be read-only or full.
     cache_dir = config.get("cache_dir") or None
     runtime = resolve_runtime()
-    winner = evaluate.score(out / "best.pt", data, cache_dir, runtime)
+    winner = score(out / "best.pt", data, cache_dir, runtime)
     metrics = {
         "best_trial": members[0]["trial_id"],
         f"best_trial_{settings.metric}": members[0]["best"],
@@ -87,7 +86,7 @@ def write_report(
         step("ensemble members' scores")
         seed = settings.retrain.get("seed", settings.train.seed)
         scoring = dict(data=data, cache_dir=cache_dir, runtime=runtime)
-        metrics |= evaluate.ensemble(out, members, finals, winner, classes, seed, **scoring)
+        metrics |= ensemble(out, members, finals, winner, classes, seed, **scoring)
     step("training curves, confusion matrix, per-class accuracy")
     val, history = winner["val"], finals[0].metrics_dataframe
     curves = [] if history is None else history.to_dict("records")
@@ -104,9 +103,8 @@ def write_report(
     images = np.asarray(load_split(data, "val", size, gray, cache_dir=cache_dir, classes=classes).images)
     labels, probs = val["labels"], val["probs"]
     pick = _sample_indices(labels, probs)
-    viz.plot_sample_predictions(
-        images[pick], labels[pick], probs[pick], classes, out / "sample_predictions.png"
-    )
+    samples = out / "sample_predictions.png"
+    viz.plot_sample_predictions(images[pick], labels[pick], probs[pick], classes, samples)
     write_csv(trials, settings, out / "trials.csv")
     if audit is not None:
         (out / "audit.json").write_text(json.dumps(audit, indent=1))

@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from fer_core.audit import summarize
-from sweeps.config.settings import SweepSettings
-from sweeps.plan.budget import fmt_duration
+from sweeps.config.settings import SweepSettings, fmt_duration
 from sweeps.report import plots
 from sweeps.report.trials import STATUSES, device_lines, ranked, status_counts
 

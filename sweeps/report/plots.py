@@ -97,9 +97,8 @@ def _draw(path: Path, title: str, figsize: tuple, plot, *args, **kwargs) -> Path
 
 
 def plot_history(study: optuna.Study, metric: str, path: Path) -> Axes:
-    """Every trial's metric per epoch (Optuna's intermediate values), the stopped ones in ``STOPPED_STYLE``,
-    failed ones (which Optuna leaves out) added in red and ended with an X; the legend names each trial and
-    how it ended. Returns the axes, saved to ``path`` and closed."""
+    """Draw every trial's metric per epoch to ``path``, stopped ones in ``STOPPED_STYLE``, failed ones (which
+    Optuna leaves out) in red; returns the axes, saved and closed."""
     trials = study.trials
     with _quiet((9.5, 5.2)):
         ax = optuna.visualization.matplotlib.plot_intermediate_values(study)

@@ -23,11 +23,10 @@ STATUSES = {
 def collect_trials(
     results, settings: SweepSettings, stopped_by_time: frozenset[str] = frozenset()
 ) -> pd.DataFrame:
-    """The trials table of a sweep's ResultGrid: one row per trial with ``trial_id``, ``status`` (a ``STATUSES``
-    key), ``error`` ("" unless failed), ``params`` (a dict), ``epochs``, ``best_<metric>``, ``last_<metric>``,
-    ``device`` and ``ray_gpus`` (where it trained), ``intermediate`` ({epoch: metric}) and ``path``. A trial
-    that did not fail and ran fewer than ``scheduler.max_epochs`` epochs was stopped by the time limit when
-    its id is in ``stopped_by_time`` (the ids Ray gave the trials), else by ASHA."""
+    """The trials table of a ResultGrid, a row per trial: ``trial_id``, ``status`` (a ``STATUSES`` key),
+    ``error`` ("" unless failed), ``params``, ``epochs``, ``best_<metric>``, ``last_<metric>``, ``device``,
+    ``ray_gpus``, ``intermediate`` ({epoch: metric}), ``path``. A trial that neither failed nor reached
+    ``scheduler.max_epochs`` was stopped by the time limit when in ``stopped_by_time``, else by ASHA."""
     m, names = settings.metric, [p.name for p in settings.search_space]
     last_cols = {"training_iteration": "epochs", m: f"last_{m}", "device": "device", "ray_gpus": "ray_gpus"}
     # Each trial's last row, and its best row by the metric; a trial that never reported has neither.

@@ -1,15 +1,6 @@
 """The experiment's record of its settings (``STORAGE/NAME/fer_sweep.json``), so ``--resume`` continues it.
 
-``write_record`` is the one writer: the driver calls it when the experiment starts and again when a
-later phase derives new settings (a time budget's sizing, the retrain's resized length). It is signed
-(sweeps/state/signing.py) like the state Ray writes. On ``--resume``:
-
-- with no ``--config``, ``--data``, ``key=value`` or setting flag, the recorded settings are used as they are;
-- otherwise the settings given are compared with the record, key by key. Keys that only shape the retrain
-  (``retrain_epochs``, ``ensemble_top_k``, ``retrain.*``) may change while the retrain has not started:
-  they are applied, said and recorded. Any other difference is refused in one line naming the keys,
-  since Ray restores the searcher, scheduler, callbacks (tracking included) and trial settings from
-  storage and would silently keep the old ones while the log and report claimed the new ones.
+One writer (``write_record``), signed like Ray's state; the resume rules are in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -27,9 +18,6 @@ from sweeps.state.storage import open_storage
 RECORD = "fer_sweep.json"
 # Read only by the retrain and the report, after the search: safe to change until the retrain starts.
 RETRAIN_KEYS = ("retrain_epochs", "ensemble_top_k", "retrain.")
-# What a time budget decided when the experiment started: kept from the record on a resume with the same
-# budget, since the command line still carries the YAML's values.
-PLANNED = ("num_samples", "retrain_epochs", "scheduler.max_epochs")
 LOCATION = ("name", "storage")  # where the experiment is, not what it is
 
 
@@ -57,11 +45,7 @@ def write_record(exp: str, s: SweepSettings) -> None:
 
 
 def read_record(exp: str) -> SweepSettings:
-    """The recorded settings; call after ``verify_experiment``.
-
-    Raises:
-        FerError: the experiment has no record (it was not started by this sweep).
-    """
+    """The recorded settings; call after ``verify_experiment``. A FerError when there is no record."""
     fs, root = open_storage(exp)
     if fs.get_file_info(f"{root}/{RECORD}").type == pafs.FileType.NotFound:
         raise FerError(
@@ -81,25 +65,15 @@ def _show(v) -> str:
 def resume_settings(
     given: SweepSettings, exp: str, bare: bool, retrain_started: bool
 ) -> tuple[SweepSettings, list[str]]:
-    """The settings a resumed sweep runs with.
+    """The settings a resumed sweep runs with, and the changes it takes over ("key old -> new").
 
-    Args:
-        given: the settings from this command line (its YAML, flags and ``key=value``).
-        exp: the experiment folder (path or URI), already verified.
-        bare: the command line set nothing but where the experiment is: use the record as it is.
-        retrain_started: the retrain's own experiment exists, so retrain keys are fixed too.
-
-    Returns:
-        (settings, applied): applied lists the changes taken over, as "key old -> new"; the record is
-        rewritten when there are any.
-
-    Raises:
-        FerError: a change that a resume cannot honour, naming every such key (one line).
+    ``bare``: the command line set only where the experiment is, so the record is used as it is. A change
+    a resume cannot honour (any but retrain keys before ``retrain_started``) is a one-line FerError.
     """
     saved = dataclasses.replace(read_record(exp), name=given.name, storage=given.storage)
     if bare:
         return saved, []
-    if saved.time_budget and given.time_budget == saved.time_budget:
+    if saved.time_budget and given.time_budget == saved.time_budget:  # keep what that budget planned
         given = dataclasses.replace(
             given,
             num_samples=saved.num_samples,

@@ -1,17 +1,7 @@
 """Signed manifests of experiment state: ``--resume`` runs no code that this sweep did not write.
 
-Resuming makes Ray unpickle files from the experiment folder (``tuner.pkl``, searcher and experiment
-state, a failed trial's ``error.pkl``); anyone who can write to that folder (a shared bucket, an NFS path)
-could otherwise run code as the user who resumes. So every such file is listed with its SHA-256 in a
-manifest keyed with the user's secret (``~/.config/fer-sweep/experiment.key``, mode 0600, or
-``$FER_SWEEP_KEY_FILE``; ``python -m sweeps.manifest key`` makes it, and the launcher files copy it to a
-cluster), and ``verify_experiment`` checks every such file before Ray reads any of them.
-
-The driver signs ``tuner.pkl`` and the record as it writes them (``fer_manifest-driver.json``); Ray
-writes the rest in its staging folder and uploads it, and ``SignStateCallback`` signs each save as it is
-made (``fer_manifest-<session>.json``). A manifest keeps recent hashes of each file, so a copy in storage
-that lags the staging folder by an upload still verifies. Checkpoints are loaded with
-``weights_only=True``, so they need no signature.
+Every file Ray unpickles on resume is listed with its SHA-256 in an HMAC-keyed manifest (see
+docs/architecture.md); ``verify_experiment`` checks them all before Ray reads any.
 """
 
 from __future__ import annotations
@@ -47,11 +37,8 @@ def key_file() -> Path:
 
 
 def load_key(create: bool) -> bytes:
-    """The user's signing key; created (0600, in a 0700 folder) on first use when ``create``.
-
-    Raises:
-        FerError: the file is missing (and not to be created), unreadable, or readable by others.
-    """
+    """The user's signing key; created (0600, in a 0700 folder) on first use when ``create``. A FerError
+    when it is missing (and not to be created), unreadable, or readable by others."""
     path = key_file()
     if not path.exists():
         if not create:
@@ -159,25 +146,16 @@ def sign_files(uri: str, rels: list[str]) -> None:
     fs, root = open_storage(uri)
     key = load_key(create=True)
     target = f"{root}/{MANIFEST_PREFIX}driver.json"
-    files = read_manifests(fs, root, key, [f"{MANIFEST_PREFIX}driver.json"]) if _exists(fs, target) else {}
+    exists = fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound
+    files = read_manifests(fs, root, key, [f"{MANIFEST_PREFIX}driver.json"]) if exists else {}
     for rel in rels:
         _merge(files, rel, _sha(_read(fs, f"{root}/{rel}")))
     _write(fs, target, _manifest_bytes(key, files))
 
 
-def _exists(fs, path: str) -> bool:
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
 def verify_experiment(uri: str) -> None:
     """Check every file Ray would deserialise on resume against the signed manifests; before Ray starts.
-
-    Args:
-        uri: the experiment folder (a local path or a storage URI).
-
-    Raises:
-        FerError: a file is unsigned or changed, a manifest is forged, or no manifest exists (one line).
-    """
+    A one-line FerError when a file is unsigned or changed, a manifest forged, or none exists."""
     fs, root = open_storage(uri)
     rels = _listing(fs, root)
     if not any(r.startswith(MANIFEST_PREFIX) for r in rels):
@@ -204,16 +182,10 @@ def sign_experiment(uri: str) -> int:
 
 
 class SignStateCallback(tune.Callback):
-    """Signs the experiment state Tune writes to its driver staging folder, right after each save.
+    """Signs the experiment state Tune writes to its driver staging folder, right after each save
+    (``get_state`` is the first moment all of a save is on disk; see docs/architecture.md)."""
 
-    Tune's save writes the experiment state, then the searcher state, then asks each callback for its
-    state: ``get_state`` is the first moment everything of that save is on disk, and the upload of the
-    staging folder that follows takes the manifest along. This callback keeps no state of its own
-    (it returns None), and the key is read per save, so it is never pickled into ``tuner.pkl``.
-    """
-
-    def __init__(self, name: str):
-        """Args: name: the experiment's name (``RunConfig.name``)."""
+    def __init__(self, name: str):  # the experiment's name (RunConfig.name)
         self._name = name
         self._staging = None
         self._remote = None  # (filesystem, experiment path) of the storage
@@ -245,27 +217,20 @@ class SignStateCallback(tune.Callback):
         self._find_staging(trials)
         self.get_state()
 
-    def _staging_of_this_save(self) -> None:
-        # A resumed experiment whose trials are all done saves before any callback hears of a trial: the
-        # staging folder is then the one of this experiment's name holding the state file just written.
-        pattern = f"{_get_ray_train_session_dir()}/*/{glob.escape(self._name)}/driver_artifacts/experiment_state-*.json"
-        found = glob.glob(pattern)
-        if found:
-            self._staging = os.path.dirname(max(found, key=os.path.getmtime))
-
     def get_state(self):
         if self._staging is None:
-            self._staging_of_this_save()
+            # A resumed experiment whose trials are all done saves before any callback hears of a trial: the
+            # staging folder is then the one of this experiment's name holding the state file just written.
+            pattern = f"{_get_ray_train_session_dir()}/*/{glob.escape(self._name)}/driver_artifacts/experiment_state-*.json"
+            found = glob.glob(pattern)
+            if found:
+                self._staging = os.path.dirname(max(found, key=os.path.getmtime))
         if self._staging and os.path.isdir(self._staging):
             try:
                 self._sign_staging()
             except Exception as e:  # noqa: BLE001 - a failed signature must not stop the sweep; resume says so
-                print(
-                    f"[sweeps] WARNING: could not sign the experiment state ({e}); --resume will refuse "
-                    "the unsigned files",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                msg = f"could not sign the experiment state ({e}); --resume will refuse the unsigned files"
+                print(f"[sweeps] WARNING: {msg}", file=sys.stderr, flush=True)
         return None
 
     def _sign_staging(self) -> None:
@@ -281,9 +246,7 @@ class SignStateCallback(tune.Callback):
                     _merge(self._files, rel, _sha(path.read_bytes()))
         name = f"{MANIFEST_PREFIX}{self._session}.json"
         if self._remote is not None:
-            # Straight to storage, before Tune uploads the state just hashed: whenever a driver dies, every
-            # state file in storage is already signed there. (Through the staging folder, a slow upload could
-            # carry a new state file up before the manifest that signs it.)
+            # Straight to storage, before Tune uploads the state just hashed: no unsigned state there, ever.
             fs, path = self._remote
             _write(fs, f"{path}/{name}", _manifest_bytes(key, self._files))
             return

@@ -1,10 +1,6 @@
 """Where an experiment lives: a local folder or a URI (``s3://bucket/prefix``), checked before Ray starts.
 
-Ray resolves a URI with ``pyarrow.fs.FileSystem.from_uri``; so does this module, so both reach the same
-server with the same credentials. For S3 that means the usual AWS variables: ``AWS_ACCESS_KEY_ID`` /
-``AWS_SECRET_ACCESS_KEY`` (or a profile or instance role), and ``AWS_ENDPOINT_URL`` (or
-``AWS_ENDPOINT_URL_S3``) for an S3-compatible server such as MinIO, Ceph or moto. With a URI the report is
-written on the driver (``report_folder``) and copied to STORAGE/NAME/report, so it outlives the cluster.
+A URI is opened as Ray opens it (same server, same credentials: see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -18,10 +14,8 @@ import pyarrow.fs as pafs
 from fer_core.decode_cache import cache_folder, load_split
 from fer_core.errors import FerError
 
-# Bounds for the driver's own requests (the check and the report upload). pyarrow's defaults wait ~100 s
-# per request on a server that accepts connections but never answers, and retry; these give up within
-# ~20 s. request_timeout is curl's "no byte for this long", not a cap on a whole upload, so large files
-# are unaffected.
+# Bound the driver's own requests: give up within ~20 s, not pyarrow's ~100 s per retried request.
+# request_timeout is curl's "no byte for this long", not a cap on a whole upload.
 CONNECT_TIMEOUT_S = 5
 REQUEST_TIMEOUT_S = 10
 MAX_ATTEMPTS = 2
@@ -47,14 +41,10 @@ def open_storage(uri: str, what: str = "--storage"):
         # Rebuilt from its own pickled options (endpoint, region, credentials as from_uri resolved them),
         # with the timeouts and retries that from_uri cannot take.
         _, (options,) = fs.__reduce__()
-        options.update(
-            region=options["region"] or fs.region,  # the region the client resolved, when not given
-            connect_timeout=CONNECT_TIMEOUT_S,
-            request_timeout=REQUEST_TIMEOUT_S,
-        )
-        fs = pafs.S3FileSystem(
-            **options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS)
-        )
+        options.update(connect_timeout=CONNECT_TIMEOUT_S, request_timeout=REQUEST_TIMEOUT_S)
+        options["region"] = options["region"] or fs.region  # the region the client resolved, when not given
+        retry = pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS)
+        fs = pafs.S3FileSystem(**options, retry_strategy=retry)
     return fs, path.rstrip("/")
 
 
@@ -94,13 +84,12 @@ def check_cache(settings, data: str) -> None:
     """The decoded-image cache must be writable, or (read-only) already hold the splits the trials read;
     else load_split's one-line DataError names the folder and the fix."""
     t = settings.train
+    cache = t.cache_dir or None
     try:
-        check_writable(
-            str(cache_folder(t.cache_dir or None)), "the image cache (cache_dir or $FER_CACHE_DIR)"
-        )
+        check_writable(str(cache_folder(cache)), "the image cache (cache_dir or $FER_CACHE_DIR)")
     except FerError:
         for split in ("train", "val"):  # a finished cache loads at once; a missing one says why in one line
-            load_split(data, split, t.img_size, t.grayscale, cache_dir=t.cache_dir or None)
+            load_split(data, split, t.img_size, t.grayscale, cache_dir=cache)
 
 
 def storage_uri(storage: str) -> str:
@@ -115,34 +104,24 @@ def experiment_uri(settings) -> str:
 
 def report_folder(settings) -> Path:
     """Where the driver writes the report: STORAGE/NAME/report for a local storage; for a URI, a local
-    copy under ./fer-sweep-reports/ that mirrors the URI (so it never meets a local experiment's folder),
-    uploaded to STORAGE/NAME/report by ``upload_report``."""
+    copy under ./fer-sweep-reports/ that mirrors the URI, uploaded by ``upload_report``."""
     if "://" not in settings.storage:
         return Path(experiment_uri(settings)) / "report"
     scheme, _, rest = settings.storage.partition("://")
-    return Path(
-        "fer-sweep-reports", scheme, *[p for p in rest.split("/") if p], settings.name, "report"
-    ).resolve()
+    parts = [p for p in rest.split("/") if p]
+    return Path("fer-sweep-reports", scheme, *parts, settings.name, "report").resolve()
 
 
 def upload_report(storage: str, name: str, report_dir: Path) -> str | None:
     """Copy the driver's report folder to STORAGE/NAME/report when the storage is a URI; returns that URI
-    (None for a local storage, where the report was written in place).
-
-    Raises:
-        FerError: the upload failed (the local report is complete, and the message says where).
-    """
+    (None for a local storage, where the report was written in place). A FerError when the upload fails."""
     if "://" not in storage:
         return None
     fs, path = open_storage(storage)
     dest = f"{storage.rstrip('/')}/{name}/report"
+    local, target = str(Path(report_dir).resolve()), f"{path}/{name}/report"
     try:
-        pafs.copy_files(
-            str(Path(report_dir).resolve()),
-            f"{path}/{name}/report",
-            source_filesystem=pafs.LocalFileSystem(),
-            destination_filesystem=fs,
-        )
+        pafs.copy_files(local, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     except OSError as e:
         raise FerError(
             f"{dest}: the report could not be copied there: {_cause(e)} ({_one_line(e)}); it is complete "

@@ -9,7 +9,7 @@ import time
 
 from ray.tune import Callback
 
-from sweeps.plan.budget import fmt_duration
+from sweeps.config.settings import fmt_duration
 
 
 class Phases:
@@ -40,13 +40,8 @@ class Phases:
 
 class EpochProgress(Callback):
     """A Tune callback printing ``[sweeps] retrain: 5/12 epochs, 40s elapsed, ETA 56s`` as epochs report.
-
-    Args:
-        phase: what is running ("search", "retrain").
-        total_epochs: epochs expected over all trials (an estimate for an ASHA search).
-        deadline: a wall-clock ``time.time()`` the phase is stopped at (Tune's time budget), or None.
-        every_s: at most one line per this many seconds (and always the last epoch's).
-    """
+    ``total_epochs`` over all trials may be an estimate; ``deadline`` is a ``time.time()`` the phase stops
+    at (or None); at most one line per ``every_s`` seconds, and always the last epoch's."""
 
     def __init__(self, phase: str, total_epochs: float, deadline: float | None = None, every_s: float = 15.0):
         self.phase, self.total, self.deadline, self.every_s = phase, total_epochs, deadline, every_s
@@ -77,12 +72,7 @@ class EpochProgress(Callback):
 
 
 class Steps:
-    """``[sweeps] report 2/5: plots (12s elapsed, ETA 18s)`` for a phase of known steps.
-
-    Args:
-        phase: the phase's name.
-        total: its number of steps.
-    """
+    """``[sweeps] report 2/5: plots (12s elapsed, ETA 18s)`` for a phase of ``total`` known steps."""
 
     def __init__(self, phase: str, total: int):
         self.phase, self.total, self.done, self.t0 = phase, total, 0, time.monotonic()

@@ -20,13 +20,8 @@ from sweeps.tune.trainable import fer_trainable
 
 
 class Deadline(Stopper):
-    """Stops a Tune run ``seconds`` after it starts, but never before some trial has reported an epoch.
-
-    Tune's own ``time_budget_s`` stops at the second even when nothing has finished: a search could end
-    with no trial result (nothing to retrain) and a retrain with no checkpoint. Past the deadline each
-    trial stops as its next epoch is reported, with that epoch's checkpoint; with ``whole_run`` (the
-    search) the run also stops at once. Tune pickles the stopper into the experiment's state: a copy
-    restored by ``--resume`` never binds (the resumed run continues without the old deadline).
+    """Stops a Tune run ``seconds`` after it starts, but never before some trial has reported an epoch:
+    each trial at its next epoch (``whole_run``: the run at once). A copy restored by --resume never binds.
     """
 
     def __init__(self, seconds: float, whole_run: bool = True):
@@ -92,19 +87,8 @@ def run_search(
     time_limit_s: float | None = None,
     callbacks: list | tuple = (),
 ):
-    """Run (or resume) the search.
-
-    Args:
-        settings: the sweep settings.
-        data: dataset root.
-        placement: what each trial asks for and how many run at once (``sweeps.plan.resources``).
-        resume: continue the experiment in storage (its Tuner, searcher and callbacks are restored).
-        time_limit_s: stop the search this long after it starts (a time budget's share).
-        callbacks: further Tune callbacks (progress, tracking) for a new search.
-
-    Returns:
-        (Ray's ResultGrid, the ids of the trials the time limit stopped).
-    """
+    """Run (or, with ``resume``, restore and continue) the search, stopped ``time_limit_s`` after it starts
+    when given; returns Ray's ResultGrid and the ids of the trials the time limit stopped."""
     resources = placement.resources
     trainable = _trainable(trial_config(settings, data=data), resources)
     exp = experiment_uri(settings)
@@ -119,23 +103,17 @@ def run_search(
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=False)
         return _fit(tuner, exp, resumed=True), frozenset()
     # TPE's default 10 random start-up trials would leave a small sweep entirely random.
-    sampler = optuna.samplers.TPESampler(
-        seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 3))
-    )
+    startup = max(2, min(10, settings.num_samples // 3))
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
     # The searcher holds the space as Optuna distributions, so it takes metric and mode itself.
+    space = to_optuna(settings.search_space)
+    points = list(settings.initial_points) or None
     searcher = OptunaSearch(
-        space=to_optuna(settings.search_space),
-        metric=settings.metric,
-        mode=settings.mode,
-        sampler=sampler,
-        points_to_evaluate=list(settings.initial_points) or None,
+        space=space, metric=settings.metric, mode=settings.mode, sampler=sampler, points_to_evaluate=points
     )
-    sch = settings.scheduler
+    sch = settings.scheduler  # ASHA counts Tune's training_iteration (its default time_attr): epochs
     scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=sch.max_epochs,
-        grace_period=sch.grace_period,
-        reduction_factor=sch.reduction_factor,
+        max_t=sch.max_epochs, grace_period=sch.grace_period, reduction_factor=sch.reduction_factor
     )
     tuner = tune.Tuner(
         trainable,
@@ -175,21 +153,8 @@ def run_retrain(
     time_limit_s: float | None = None,
     callbacks: list | tuple = (),
 ) -> list:
-    """Retrain the winning parameters (and, for an ensemble, the next best) from scratch for
-    ``retrain_epochs``, as one Tune run with a trial per member: on GPU workers where the head has none,
-    side by side where resources allow, checkpointed to the same storage and resumable with the sweep.
-
-    Args:
-        settings: the sweep settings.
-        data: dataset root.
-        members: parameter dicts, the winner's first.
-        placement: the search's placement.
-        time_limit_s: past this many seconds each member stops at the end of its next epoch.
-        callbacks: further Tune callbacks (progress, tracking).
-
-    Returns:
-        Ray Results in the order of ``members``.
-    """
+    """Retrain the winning parameters (``members[0]``; for an ensemble, the next best too) from scratch for
+    ``retrain_epochs``, one trial per member; returns Ray's Results in the order of ``members``."""
     base = trial_config(settings, data=data, retrain=True)
     trainable = _trainable(base, placement.resources, members=[dict(m) for m in members])
     exp = f"{experiment_uri(settings)}/retrain"
@@ -199,12 +164,11 @@ def run_retrain(
     else:
         # Each member stops at an epoch's end, with its checkpoint: the report needs one.
         deadline = Deadline(time_limit_s, whole_run=False) if time_limit_s else None
+        concurrent = min(placement.concurrent, len(members))
         tuner = tune.Tuner(
             trainable,
             param_space={"member": tune.grid_search(list(range(len(members))))},
-            tune_config=tune.TuneConfig(
-                num_samples=1, max_concurrent_trials=min(placement.concurrent, len(members))
-            ),
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent),
             run_config=_run_config(settings, "retrain", experiment_uri(settings), deadline, callbacks),
         )
     return sorted(_fit(tuner, exp, resumed), key=lambda r: int(r.config["member"]))

@@ -1,8 +1,6 @@
 """The Ray Tune trainable: a thin adapter around ``fer_core.train.train``.
 
-It merges the fixed train config with the trial's sampled parameters, restores from
-``ray.tune.get_checkpoint()`` when Tune resumes or retries the trial, and reports every epoch with
-``ray.tune.report(metrics, checkpoint=...)``. All training logic stays in fer_core.
+It merges the trial's parameters into the fixed config, resumes from Tune's checkpoint, reports every epoch.
 """
 
 from __future__ import annotations
@@ -17,43 +15,24 @@ from fer_core.config import make_config
 from fer_core.train import train
 from sweeps.plan.resources import assigned_threads
 
-# What a trial reports besides the epoch row: flat scalars only, so Tune's tables and CSVs stay clean.
-_SKIP = {"val_per_class_recall"}
-
 
 def _flat(row: dict) -> dict:
-    out = {k: v for k, v in row.items() if k not in _SKIP}
+    """The epoch row as flat scalars (recall per class as ``val_recall_<class>``): Tune's CSVs stay clean."""
+    out = {k: v for k, v in row.items() if k != "val_per_class_recall"}
     for cls, recall in row.get("val_per_class_recall", {}).items():
         out[f"val_recall_{cls}"] = recall
     return out
 
 
 def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -> None:
-    """Run one trial.
-
-    Args:
-        params: the trial's sampled hyperparameters (TrainConfig keys), or ``{"member": i}`` in a retrain.
-        base: the fixed TrainConfig keys (data, epochs, threads, ...), bound with ``tune.with_parameters``.
-        members: for the retrain of the top-k configurations: member i trains ``members[i]``.
-    """
+    """Run one trial of the sampled ``params`` over the fixed ``base`` keys; in a retrain, params is
+    ``{"member": i}`` and the trial trains ``members[i]``."""
     if members is not None:
         params = members[int(params["member"])]
-    # The working folder is the trial's own (Tune changes into it); its logs stay there, and what must
-    # survive a lost node travels in the reported checkpoints.
-    # keep_checkpoints off: the checkpoint Ray copies to storage is the one that is kept (resume, retrain and
-    # report read it there); train() removes its local last.pt once reported, so trials leave no second copy
-    # in Ray's session folder (which Ray never deletes: ~1 GB per FER2013 sweep otherwise).
-    cfg = make_config(
-        {
-            **base,
-            **params,
-            **assigned_threads(),
-            "out": os.getcwd(),
-            "progress": False,
-            "keep_checkpoints": False,
-        },
-        source="trial config",
-    )
+    # out: the trial's own folder (Tune changes into it); what must survive a lost node is in the checkpoints.
+    # keep_checkpoints off: Ray's stored copy is kept, none in its session folder (which Ray never deletes).
+    fixed = {"out": os.getcwd(), "progress": False, "keep_checkpoints": False}
+    cfg = make_config({**base, **params, **assigned_threads(), **fixed}, source="trial config")
 
     # Ray's own results name the node by IP, which is not unique when several nodes share a host.
     node_id = ray.get_runtime_context().get_node_id()
