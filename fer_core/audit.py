@@ -1,13 +1,14 @@
 """Dataset audit, run before training: ``python -m fer_core.audit DATA [--json] [--img-size 48] [--out FILE]``.
 
-Per split: counts, imbalance, original sizes and colour modes (file headers only), images far from the
-training size or shape, unreadable and blank images. Across the data: exact duplicates (pixel-identical
-decoded images) and near duplicates (perceptual hash), within and across splits, with the groups whose labels
-disagree; ``duplicates.cross_split_duplicates`` gives the train images that leak into val/test
-(``dedupe: cross_split``). Split mismatch: brightness, contrast and sharpness of val/test against train,
-warned about when they differ more than augmentation can bridge (a blurred or re-compressed split). Pixel
-work reads ``load_split``'s decode-once cache, so a second audit decodes nothing; nothing under DATA is
-ever written.
+Per split: counts, imbalance, original sizes (upright, as training reads them) and colour modes (file
+headers), images far from the training size or shape, unreadable and blank images, and those over the
+pixel limit (``data.MAX_PIXELS``: named with their sizes, never decoded). Across the data: exact
+duplicates (pixel-identical decoded images) and near duplicates (perceptual hash), within and across
+splits, with the groups whose labels disagree; ``duplicates.cross_split_duplicates`` gives the train
+images that leak into val/test (``dedupe: cross_split``). Split mismatch: brightness, contrast and
+sharpness of val/test against train, warned about when they differ more than augmentation can bridge (a
+blurred or re-compressed split). Pixel work reads ``load_split``'s decode-once cache, so a second audit
+decodes nothing; nothing under DATA is ever written.
 
 This module assembles the findings (``audit_dataset``), words them (``summarize``) and is the CLI; the
 pixel work it reports lives in ``duplicates`` (hashes, pairs, groups) and ``image_stats`` (per-image
@@ -20,17 +21,18 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .data import SplitData, odd_sizes
+from .data import MAX_PIXELS, ImageWarning, SplitData, image_info, odd_sizes, skipped_reasons
 from .decode_cache import load_split
 from .duplicates import PHASH_MAX_DISTANCE, PHASH_MIN_COSINE, exact_duplicate_groups, near_duplicate_groups
 from .errors import DataError, FerError
 from .image_stats import BLANK_STD, image_stats, split_mismatch
+from .outputs import check_output
 
 SPLITS = ("train", "val", "test")
 
@@ -69,9 +71,10 @@ def _group_report(
 
 def _headers(root: Path, data: SplitData, img_size: int, examples: int) -> dict:
     sizes, modes, odd = Counter(), Counter(), []
-    for rel in data.paths:
-        with Image.open(root / rel) as im:  # header only: PIL decodes pixels lazily, on first access
-            (w, h), mode = im.size, im.mode
+    for rel, (w, h) in zip(data.paths, data.sizes):  # as a viewer shows them, as training decoded them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImageWarning)  # said when the split was decoded
+            mode = image_info(root / rel).mode  # header only: nothing decoded
         sizes[f"{w}x{h}"] += 1
         modes[mode] += 1
         if odd_sizes([rel], [(w, h)], img_size):  # the rule load_split warns with (data.odd_sizes)
@@ -80,6 +83,19 @@ def _headers(root: Path, data: SplitData, img_size: int, examples: int) -> dict:
         "sizes": {"most_common": [[k, n] for k, n in sizes.most_common(5)], "distinct": len(sizes)},
         "modes": dict(modes.most_common()),
         "odd_size": {"count": len(odd), "examples": odd[:examples]},
+    }
+
+
+def _skipped(root: Path, data: SplitData, examples: int) -> dict:
+    unreadable, too_large = skipped_reasons(data.skipped)
+    rel = lambda p: str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p  # noqa: E731
+    return {
+        "unreadable": {"count": len(unreadable), "examples": unreadable[:examples]},
+        "over_pixel_limit": {
+            "count": len(too_large),
+            "limit": MAX_PIXELS,
+            "examples": [{"path": rel(p), "size": f"{w}x{h}"} for p, (w, h) in too_large[:examples]],
+        },
     }
 
 
@@ -134,7 +150,7 @@ def audit_dataset(
             "class_counts": {c: int(n) for c, n in zip(classes, counts, strict=True)},
             "imbalance_ratio": round(float(counts.max() / max(counts.min(), 1)), 2),
             **_headers(root, d, img_size, examples),
-            "unreadable": {"count": len(d.skipped), "examples": d.skipped[:examples]},
+            **_skipped(root, d, examples),
             "blank": {"count": len(blank), "examples": [d.paths[i] for i in blank[:examples]]},
         }
     lap("headers")
@@ -191,6 +207,7 @@ def summarize(findings: dict) -> list[str]:
             f"{counts[small]}); sizes {sizes} ({f['sizes']['distinct']} distinct); modes {modes}; "
             f"{f['odd_size']['count']} far from {findings['img_size']} px or square; "
             f"{f['unreadable']['count']} unreadable; {f['blank']['count']} blank"
+            + (f"; {n} over the pixel limit" if (n := f["over_pixel_limit"]["count"]) else "")
         )
     for kind in ("exact", "near"):
         d = findings[f"{kind}_duplicates"]
@@ -235,7 +252,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--img-size", type=int, default=48, help="training size images are decoded and compared at (48)"
     )
     p.add_argument("--rgb", action="store_true", help="decode in colour, as a run with grayscale: false does")
-    p.add_argument("--out", help="also write the findings as JSON to this file")
+    p.add_argument("--out", help="also write the findings as JSON to this file (never inside a dataset)")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace a checkpoint or a run's file")
     p.add_argument("--cache-dir", help="decoded-image cache (default $FER_CACHE_DIR or ~/.cache/fer_core)")
     p.add_argument(
         "--strict", action="store_true", help="stop at the first unreadable image instead of counting it"
@@ -251,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FerError(
                 f"--img-size {args.img_size}: too small to compare images; use the training size (e.g. 48)"
             )
+        if args.out:
+            check_output(args.out, datasets=[args.data], overwrite=args.overwrite)
         findings = audit_dataset(
             args.data, args.img_size, not args.rgb, args.cache_dir, args.strict, max(args.examples, 0)
         )

@@ -49,7 +49,7 @@ class TrainConfig:
     )
     normalize: str = _opt(
         "auto",
-        'Input normalisation: per_image (each image to zero mean, unit std), weights (the pretrained weights\' mean/std), or auto = weights when the run starts from ImageNet weights (pretrained or a weights file), per_image from scratch: the winner of each case on FER2013 (README "Accuracy").',
+        'Input normalisation: per_image (each image to zero mean, unit std), weights (the pretrained weights\' mean/std), or auto = weights when the run starts from ImageNet weights (pretrained or a weights file), per_image from scratch: the winner of each case on FER2013 (docs/measured.md, "Accuracy experiments").',
         choices=("auto", "per_image", "weights"),
     )
     dedupe: str = _opt(

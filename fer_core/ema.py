@@ -31,7 +31,7 @@ class ModelEma(ModelEmaV3):
     def get_decay(self, step: int | None = None) -> float:
         # Early on the average would be dominated by the random init, so the effective decay starts near 0
         # and approaches ``decay`` (the TF convention). timm's own warm-up (use_warmup) is a power law that
-        # rises more slowly; this one is what the README's figures were measured with.
+        # rises more slowly; this one is what the figures in docs/measured.md were measured with.
         return min(self.decay, (1 + step) / (10 + step))
 
     @torch.no_grad()

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on any split (and every split a dataset has) and save the metrics as JSON.
 
-python -m fer_core.evaluate CHECKPOINT --data DIR --split test [--out metrics.json]
+python -m fer_core.evaluate CHECKPOINT --data DIR --split test [--out metrics.json] [--overwrite]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .dataset import iter_batches
 from .decode_cache import load_split
 from .engine import probs_metrics
 from .errors import CheckpointError, FerError
+from .outputs import check_output
 from .runtime import Runtime, resolve_runtime
 
 
@@ -146,7 +147,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace a checkpoint or a run's file")
     args = p.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"{args.split}_metrics.json"
     try:
         if args.batch_size < 0:
             raise FerError(
@@ -156,6 +159,7 @@ def main(argv=None) -> int:
             raise FerError(
                 f"--out {args.out}: is a folder; give the metrics file to write, e.g. {Path(args.out) / 'metrics.json'}"
             )
+        check_output(out, inputs=[args.checkpoint], datasets=[args.data], overwrite=args.overwrite)
         m = evaluate_checkpoint(
             args.checkpoint,
             data=args.data,
@@ -167,7 +171,6 @@ def main(argv=None) -> int:
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"{args.split}_metrics.json"
     try:
         out.write_text(json.dumps(m, indent=1))
     except OSError as e:

@@ -76,7 +76,7 @@ def plan_runtime(
     touching it: a pure function of the machine, so tests on a CPU-only machine can check what a GPU run
     would use.
 
-    Each "auto" is the measured winner (``python -m fer_core.tools.bench``; figures in the README):
+    Each "auto" is the measured winner (``python -m fer_core.tools.bench``; figures in docs/measured.md):
 
     - precision: bf16 autocast on CUDA (fp32's range, no loss scaling), fp16 on CUDA without bf16;
       fp32 on CPU, where bf16 autocast measured slower (142 vs 173 img/s, efficientnet_b0 48 px, 2 cores).

@@ -9,6 +9,7 @@ folder: the audit, config.yaml, the epoch log, the checkpoints, resuming, and th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -31,12 +32,11 @@ from .config import (
     make_config,
     parse_overrides,
 )
-from .errors import FerError
+from .errors import ConfigError, FerError
+from .outputs import RUN_FILES, check_out_folder
 from .trainer import Trainer
 
 ReportFn = Callable[[dict, Path], None]
-# What a finished or interrupted run leaves in its --out folder (refused by the CLI without --resume/--overwrite).
-_RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "epochs.jsonl", "best_val_metrics.json")
 
 
 def _summary_line(row: dict, epochs: int, best_name: str, best) -> str:
@@ -105,7 +105,7 @@ def train(
     trainer = Trainer(cfg)
     remove_stale_temporaries(ckpt_dir)  # half-written files of a killed run
     if replace_run and not resume_from:
-        for name in _RUN_FILES:
+        for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     if resume_from:
         trainer.restore(resume_from)
@@ -187,42 +187,25 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_out_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start over a run the user did not ask to replace (the sweep refuses the same way).
-
-    Args:
-        out: the --out folder.
-        resume: --resume was given (continue the run there).
-        overwrite: --overwrite was given (``train(..., replace_run=True)`` then deletes the old run's files).
-
-    Raises:
-        FerError: --out is a file, both flags were given, or it holds a run and neither was given.
-    """
-    if resume and overwrite:
-        raise FerError("--resume and --overwrite contradict each other; pass one of them")
-    if out.exists() and not out.is_dir():
-        raise FerError(f"{out}: --out is a file; give a folder for the checkpoints and logs")
-    found = [name for name in _RUN_FILES if (out / name).is_file()]
-    if not found or resume:
-        return
-    if not overwrite:
-        raise FerError(
-            f"{out}: holds a run already ({', '.join(found)}); pass --resume to continue it, "
-            "--overwrite to replace it, or another --out"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_intermixed_args(argv)
     try:
         cfg = make_config(load_yaml(args.config), source=args.config) if args.config else TrainConfig()
-        cli = parse_overrides(args.overrides)
+        items = parse_overrides(args.overrides)
+        cli = make_config(items, source="command line", base=cfg)
         for key in ("data", "epochs", "out"):
-            if getattr(args, key) is not None:
-                cli[key] = getattr(args, key)
-        cfg = make_config(cli, source="command line", base=cfg)
+            flag = getattr(args, key)
+            if flag is None:
+                continue
+            given = make_config({key: flag}, source=f"--{key}")  # the flag's own value, checked
+            if key in items and getattr(cli, key) != getattr(given, key):
+                raise ConfigError(
+                    f"--{key} {flag} and {key}={getattr(cli, key)} on the command line disagree; give one of them"
+                )
+            cli = dataclasses.replace(cli, **{key: getattr(given, key)})
+        cfg = cli
         last = Path(cfg.out) / "checkpoints" / "last.pt"
-        check_out_folder(Path(cfg.out), args.resume, args.overwrite)
+        check_out_folder(cfg.out, args.resume, args.overwrite, inputs=[cfg.weights], datasets=[cfg.data])
         resume = last if args.resume and last.exists() else None
         result = train(cfg, resume_from=resume, replace_run=args.overwrite)
     except FerError as e:

@@ -26,7 +26,7 @@ from .dataset import EpochSampler, FerDataset, iter_batches, stratified_indices
 from .decode_cache import load_split
 from .duplicates import cross_split_duplicates
 from .ema import ModelEma
-from .errors import CheckpointError, DivergedError, FerError
+from .errors import CheckpointError, DataError, DivergedError, FerError
 from .metrics import ROW_VAL_KEYS, lower_is_better
 from .mixing import BatchMixer
 from .model import build_model, normalization
@@ -188,11 +188,21 @@ class Trainer:
 
     def _cross_split_duplicates(self, common: dict) -> np.ndarray:
         """dedupe: cross_split: train rows that duplicate a val (or test) image, which would otherwise leak
-        the answer to the evaluation. The audit finds them; the data files are left as they are."""
+        the answer to the evaluation. The audit finds them; the data files are left as they are. Refused
+        (DataError) when a class would keep no training image: such splits overlap, dedupe cannot fix them."""
         others = [self.val_data]
         if (Path(self.cfg.data) / "test").is_dir():
             others.append(load_split(root=self.cfg.data, split="test", **common))
-        return np.asarray(cross_split_duplicates(self.train_data, others), dtype=np.int64)
+        dropped = np.asarray(cross_split_duplicates(self.train_data, others), dtype=np.int64)
+        kept = np.bincount(np.delete(self.train_data.labels, dropped), minlength=len(self.train_data.classes))
+        empty = [c for c, n in zip(self.train_data.classes, kept) if n == 0]
+        if empty:
+            raise DataError(
+                f"{Path(self.cfg.data) / 'train'}: dedupe: cross_split leaves no training image of "
+                f"{', '.join(empty)} ({len(dropped)} of {len(self.train_data)} train images duplicate val or "
+                "test: the splits overlap); give train and val different images, or set dedupe: none"
+            )
+        return dropped
 
     # -- state ---------------------------------------------------------------------------------------------
     def state(self) -> dict:

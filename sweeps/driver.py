@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
+import signal
 import sys
 import time
 
@@ -13,7 +15,7 @@ from fer_core.apps.demo import ensure_demo_dataset
 from fer_core.data import scan_split
 from fer_core.errors import FerError
 from fer_core.train import run_audit
-from sweeps.config.settings import SweepSettings
+from sweeps.config.settings import SweepSettings, source_of
 from sweeps.plan.budget import budget_verdict, expected_epochs
 from sweeps.plan.dry_run import print_dry_run
 from sweeps.plan.probe import fit_budget, resize_retrain
@@ -21,9 +23,25 @@ from sweeps.plan.resources import announce, cluster_config_path, cluster_nodes, 
 from sweeps.report.folder import write_report
 from sweeps.report.markdown import print_summary
 from sweeps.report.trials import collect_trials, top_trials
-from sweeps.state.record import resume_settings, write_record
+from sweeps.state.lock import Lease
+from sweeps.state.record import (
+    check_data,
+    read_phases,
+    read_winner,
+    resume_settings,
+    write_phases,
+    write_record,
+    write_winner,
+)
 from sweeps.state.signing import verify_experiment
-from sweeps.state.storage import check_cache, check_writable, experiment_uri, report_folder, upload_report
+from sweeps.state.storage import (
+    check_cache,
+    check_contained,
+    check_writable,
+    experiment_uri,
+    report_folder,
+    upload_report,
+)
 from sweeps.tune.progress import EpochProgress, Phases
 from sweeps.tune.runs import run_retrain, run_search
 from sweeps.tune.tracking import check_tracking, log_report, tracking_callbacks, tracking_uri
@@ -66,7 +84,8 @@ def check_experiment(exp: str, resume: bool) -> None:
 def settings_for_resume(settings: SweepSettings, exp: str, bare: bool) -> SweepSettings:
     """On ``--resume``: the recorded settings, or these with only the changes a resume can honour
     (``sweeps.state.record.resume_settings``); said in the log."""
-    settings, applied = resume_settings(settings, exp, bare, tune.Tuner.can_restore(f"{exp}/retrain"))
+    started = tune.Tuner.can_restore(f"{exp}/retrain") or read_winner(exp) is not None  # the winner is chosen
+    settings, applied = resume_settings(settings, exp, bare, started)
     if settings.time_budget:
         print(
             f"[sweeps] the experiment was sized for a time budget of {settings.time_budget} when it started; "
@@ -94,29 +113,73 @@ def drive(args, settings: SweepSettings, t0: float, bare: bool) -> int:
     """Run the sweep the command line (``args``, resolved to ``settings``) asked for, from ``t0``
     (``time.monotonic()``); ``bare``: a ``--resume`` that set nothing but where the experiment is.
     Returns the exit status (2: refused in one line)."""
+    exp = experiment_uri(settings)
     try:
-        exp = experiment_uri(settings)
         check_writable(settings.storage, "--storage")
-        check_experiment(exp, args.resume)
-        if args.resume:
-            settings = settings_for_resume(settings, exp, bare)
-        if "://" in settings.storage:
-            check_writable(str(report_folder(settings).parent), "the report's local copy")
-        check_tracking(settings)
-        data = prepare_data(settings)
-        check_cache(settings, data)
-        findings = run_audit(dataclasses.replace(settings.train, data=data), prefix="[sweeps]")
+        check_contained(exp)
+        with Lease(exp):  # one driver at a time, before anything looks at or writes the experiment
+            return _drive(args, settings, t0, bare, exp)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while Ray shuts down stops at once
+        print(f"\n{interrupted(settings, exp)}", file=sys.stderr, flush=True)
+        return 130
+
+
+def _drive(args, settings: SweepSettings, t0: float, bare: bool, exp: str) -> int:
+    check_experiment(exp, args.resume)
+    if args.resume:
+        settings = settings_for_resume(settings, exp, bare)
+    if "://" in settings.storage:
+        check_writable(str(report_folder(settings).parent), "the report's local copy")
+    check_tracking(settings)
+    data = prepare_data(settings)
+    check_cache(settings, data)
+    if args.resume:
+        check_data(exp, data, record=not args.dry_run)
+    findings = run_audit(dataclasses.replace(settings.train, data=data), prefix="[sweeps]")
+    save = None if args.dry_run else lambda seconds: write_phases(exp, seconds)
+    phases = Phases(t0, earlier=read_phases(exp) if args.resume else None, save=save)
     init_ray(args.address)
     try:
-        return sweep(settings, data, findings, args, exp, Phases(t0))
-    except FerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return sweep(settings, data, findings, args, exp, phases)
     finally:
         ray.shutdown()
+
+
+def interrupted(settings: SweepSettings, exp: str) -> str:
+    """The line a Ctrl-C ends the sweep with: what was kept, and the command that continues it."""
+    command = f"python sweeps/run.py --resume --name {shlex.quote(settings.name)}"
+    if settings.storage != "runs":
+        command += f" --storage {shlex.quote(settings.storage)}"
+    if not tune.Tuner.can_restore(exp):
+        return "interrupted before the search started; nothing to continue: run the same command again"
+    return f"interrupted: the experiment is kept in {exp}; continue it with: {command}"
+
+
+def work_left(exp: str, settings: SweepSettings) -> str:
+    """What a resume of ``exp`` has left to do, for ``--resume --dry-run``."""
+    states = [t.status for t in tune.ExperimentAnalysis(exp).trials]
+    done, failed = states.count("TERMINATED"), states.count("ERROR")
+    left = settings.num_samples - done - failed
+    lines = [f"Resume: {done} of {settings.num_samples} trials finished, {failed} failed, {left} left to run"]
+    winner = read_winner(exp)
+    if winner is None:
+        lines.append("  the winner is not chosen yet: the retrain and the report are still to run")
+    elif tune.Tuner.can_restore(f"{exp}/retrain"):
+        finished = [
+            t.last_result.get("training_iteration", 0)
+            for t in tune.ExperimentAnalysis(f"{exp}/retrain").trials
+        ]
+        lines.append(
+            f"  winner {winner[0]['trial_id']}: the retrain has run {sum(finished)} of "
+            f"{len(winner) * settings.retrain_epochs} epochs; then the report"
+        )
+    else:
+        lines.append(f"  winner {winner[0]['trial_id']}: the retrain is still to run, then the report")
+    return "\n".join(lines)
 
 
 def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, phases: Phases) -> int:
@@ -127,26 +190,38 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
     placement = place_trials(settings, nodes)
     budget = None
     if args.dry_run or (settings.time_budget and not args.resume):
-        source = "--time-budget" if args.time_budget else f"{settings.source}: 'time_budget'"
-        budget, settings, placement, est = fit_budget(
-            settings, data=data, placement=placement, nodes=nodes, t0=phases.t0, source=source
+        source = source_of(settings, "time_budget")
+        # A resume continues the plan its experiment recorded: it is timed, not sized again.
+        sized = dataclasses.replace(settings, time_budget="") if args.resume else settings
+        budget, sized, placement, est = fit_budget(
+            sized, data=data, placement=placement, nodes=nodes, t0=phases.t0, source=source
         )
+        settings = settings if args.resume else sized
     if args.dry_run:
+        if args.resume:
+            print(work_left(exp, settings), flush=True)
         where = dict(data=data, findings=findings, placement=placement, exp=exp, t0=phases.t0)
         print_dry_run(settings, est=est, budget=budget, **where)
         return 0
-    if not args.resume:  # signed, so that --resume alone continues these settings
+    if not args.resume:  # signed, so that --resume alone continues these settings, on this data
         write_record(exp, settings)
+        check_data(exp, data, record=True)
     announce(placement, args.address, cluster_config)
     phases.end("start-up" + (" and probe" if budget else ""))
     search_s = budget.sweep_s if budget else None
-    progress = EpochProgress("search", expected_epochs(settings), time.time() + search_s if budget else None)
+    deadline = time.time() + search_s if budget else None
+    progress = EpochProgress("search", expected_epochs(settings), deadline, phases)
     results, stopped_by_time = run_search(
         settings, data, placement, args.resume, search_s, [progress, *tracking_callbacks(settings, "sweep")]
     )
     sweep_s = phases.end("search")
     trials = collect_trials(results, settings, stopped_by_time)
-    members = top_trials(trials, settings, max(1, settings.ensemble_top_k))
+    # Chosen once and recorded before the retrain starts: a resume retrains and reports the same trials.
+    members = read_winner(exp) if args.resume else None
+    if members is None:
+        members = top_trials(trials, settings, max(1, settings.ensemble_top_k))
+        if members:
+            write_winner(exp, members)
     if not members:
         print(
             "error: every trial failed; see the errors listed above and in the trial folders", file=sys.stderr
@@ -170,7 +245,7 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
         f"retraining it from scratch for {settings.retrain_epochs} epochs{ensemble}",
         flush=True,
     )
-    callbacks = [EpochProgress("retrain", len(members) * settings.retrain_epochs)]
+    callbacks = [EpochProgress("retrain", len(members) * settings.retrain_epochs, phases=phases)]
     callbacks += tracking_callbacks(settings, "retrain")
     params = [t["params"] for t in members]
     finals = run_retrain(settings, data, params, placement, retrain_limit_s, callbacks)

@@ -76,7 +76,6 @@ def test_sweep_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_pat
         "scheduler.max_epochs=4",
         "scheduler.grace_period=4",
         "steps_per_epoch=12",
-        "batch_size=8",
     ]
     t0 = time.perf_counter()
     log = open(tmp_path / "driver.log", "w")

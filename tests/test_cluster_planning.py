@@ -40,7 +40,6 @@ QUICK = [
     "scheduler.max_epochs=1",
     "scheduler.grace_period=1",
     "steps_per_epoch=4",
-    "batch_size=8",
     "max_failures=0",
 ]
 

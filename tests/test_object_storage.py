@@ -1,7 +1,7 @@
 """``--storage s3://...`` against a real S3-compatible server (moto's, on 127.0.0.1) reached through a TCP
 proxy that the tests close and reopen: what multi-node users run, with the storage failures they meet.
 
-Everything listens on 127.0.0.1; the sweep finds the server through AWS_ENDPOINT_URL (what README tells
+Everything listens on 127.0.0.1; the sweep finds the server through AWS_ENDPOINT_URL (what docs/cluster.md tells
 users of MinIO/Ceph), with dummy credentials and the EC2 metadata probe off, so nothing else is contacted.
 """
 
@@ -196,7 +196,7 @@ def test_sweep_on_s3_rides_out_an_outage_and_resumes_after_the_driver_is_killed(
     instead of three keeps this to a few minutes on two cores):
     (a) it writes its experiment to the bucket; (c) the storage goes down mid-sweep and comes back:
     the sweep rides it out, or stops with one ``error:`` line; (b) the driver is killed; then
-    ``--resume`` from the bucket keeps every finished trial and the report lands where README says."""
+    ``--resume`` from the bucket keeps every finished trial and the report lands where docs/cluster.md says."""
     name = "s3sweep"
     exp = f"sweeps/{name}"
     proc, log = start(s3, name, "num_samples=3")

@@ -1,6 +1,6 @@
 """Short training on real FER2013 learns something real (skipped when ../shared/data/fer2013 is absent).
 
-Measured on the 2-core CPU (see the README's "Measured" section): 300 steps of batch 64 on a 7,000-image
+Measured on the 2-core CPU (see docs/measured.md): 300 steps of batch 64 on a 7,000-image
 class-stratified subset at 48 px, evaluated on the full official val split (3,589 images).
 """
 
@@ -14,7 +14,7 @@ from fer_core.train import train
 
 from .conftest import FER2013, LITE0
 
-# Recipes that learned fastest among those measured (lr, class weighting, augmentation); see README.
+# Recipes that learned fastest among those measured (lr, class weighting, augmentation); see docs/measured.md.
 COMMON = dict(
     img_size=48,
     max_train_samples=7000,
@@ -35,7 +35,7 @@ CHANCE = 1 / 7
 pytestmark = pytest.mark.slow  # real FER2013: two 300-step trainings
 
 CASES = {
-    # name: (extra config, balanced-accuracy threshold). Measured (README "Accuracy"), seed 0, with the default
+    # name: (extra config, balanced-accuracy threshold). Measured (docs/measured.md, "Accuracy experiments"), seed 0, with the default
     # normalize: auto (per-image from scratch, the weights' mean/std from weights): scratch 0.2618, Lite0 0.4426. Each threshold
     # sits about 4 points under its measurement (CPU kernels differ between machines), and the Lite0 one far
     # above anything the scratch recipe reaches, so a weights file that silently failed to load is caught.

@@ -144,3 +144,17 @@ def test_the_failed_trial_is_never_a_member_and_the_csv_has_one_status_column(ta
         "failed",
         "stopped_time",
     ]
+
+
+def test_tied_trials_rank_the_same_whatever_order_ray_lists_them_in(tmp_path):
+    """A killed driver's resume listed two tied trials the other way round and retrained the other one;
+    ties go to the smaller trial id, so the winner is the same from any order."""
+    a = _result(tmp_path, "b7", [0.2, 0.5], 1e-3)
+    b = _result(tmp_path, "a3", [0.5, 0.4], 2e-3)
+    c = _result(tmp_path, "c1", [0.3, 0.4], 3e-3)
+    orders = [[a, b, c], [c, b, a], [b, c, a], [a, c, b]]
+    picks = {
+        tuple(t["trial_id"] for t in top_trials(collect_trials(Grid(o), SETTINGS), SETTINGS, 3))
+        for o in orders
+    }
+    assert picks == {("a3", "b7", "c1")}

@@ -97,14 +97,14 @@ def test_resume_refuses_changed_settings_naming_the_keys(tmp_path):
     write_record(exp, started)
     verify_experiment(exp)  # the record is signed as it is written
 
-    changed = load_settings(None, {**NO_BUDGET, "num_samples": 6, "lr": 0.01, "retrain_epochs": 2})
+    changed = load_settings(None, {**NO_BUDGET, "num_samples": 6, "weight_decay": 0.01, "retrain_epochs": 2})
     with pytest.raises(FerError) as e:
         resume_settings(changed, exp, bare=False, retrain_started=False)
     msg = str(e.value)
     assert (
         "\n" not in msg
         and "num_samples (4 -> 6)" in msg
-        and "train.lr" in msg
+        and "train.weight_decay" in msg
         and "retrain_epochs" not in msg
     )
 

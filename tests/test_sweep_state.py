@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_settings_are_one_frozen_value_that_a_record_rebuilds_exactly():
-    s = load_settings(None, {"num_samples": 3, "scheduler.max_epochs": 2, "lr": 0.002})
+    s = load_settings(None, {"num_samples": 3, "scheduler.max_epochs": 2, "weight_decay": 0.002})
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.num_samples = 4
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -95,7 +95,7 @@ def test_the_launcher_files_carry_the_users_signing_key_to_the_head(launcher):
 
 
 def test_a_fresh_head_with_the_users_key_resumes_what_another_head_signed(tmp_path, monkeypatch):
-    """The README's cluster flow in small: `python -m sweeps.manifest key` makes the user's key, one head
+    """The cluster flow of docs/cluster.md in small: `python -m sweeps.manifest key` makes the user's key, one head
     signs the experiment in shared storage, a fresh head with that key copied to it verifies it."""
     user = tmp_path / "laptop" / "experiment.key"
     made = subprocess.run(

@@ -1,6 +1,6 @@
 """Export a checkpoint to ONNX with the preprocessing inside the graph, and check it against PyTorch.
 
-    python -m fer_core.apps.export CHECKPOINT --onnx model.onnx [--check] [--batch-size 64] [--opset 17]
+    python -m fer_core.apps.export CHECKPOINT --onnx model.onnx [--check] [--batch-size 64] [--opset 17] [--overwrite]
 
 The exported model takes what a deployment has at hand, decoded uint8 pixels, and returns probabilities:
 
@@ -32,6 +32,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import load_model
 from ..errors import FerError
+from ..outputs import check_output
 from ..preprocess import Preprocess
 from ..runtime import resolve_runtime
 
@@ -262,6 +263,7 @@ def _check_arguments(args, out: Path) -> None:
         raise FerError(
             f"--onnx {args.onnx or out}: is a folder; give the file to write, e.g. --onnx {out / 'model.onnx'}"
         )
+    check_output(out, what="--onnx", inputs=[args.checkpoint], overwrite=args.overwrite)
 
 
 def main(argv=None) -> int:
@@ -280,6 +282,7 @@ def main(argv=None) -> int:
         help="compare onnxruntime with PyTorch on a batch and time both on CPU",
     )
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the --check timing (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="let --onnx replace a checkpoint or a run's file")
     args = p.parse_args(argv)
     out = Path(args.onnx) if args.onnx else Path(args.checkpoint).with_suffix(".onnx")
     try:

@@ -22,7 +22,6 @@ folder's overview are drawn by ``predict_plots``. The command line is ``predict_
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -196,10 +195,8 @@ class Predictor:
         s, gray = self.preprocess.img_size, self.preprocess.grayscale
         if isinstance(image, (str, os.PathLike)):
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    return decode_image(image, s, gray)  # exactly training's decoder
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                return decode_image(image, s, gray)  # exactly training's decoder
+            except (OSError, ValueError, SyntaxError) as e:
                 load_image(image)  # raises the one-line reason for the usual failures
                 raise DataError(
                     f"{image}: cannot decode the image ({e}); re-export or replace the file"
@@ -253,7 +250,7 @@ class Predictor:
         """Load, detect and crop one file: (result without probabilities, model inputs)."""
         result = ImageResult(str(path), detected=detect)
         try:
-            im, result.size, rotated = load_image(path)
+            im, result.size, _ = load_image(path)
         except DataError as e:
             result.error = str(e)
             return result, []
@@ -265,10 +262,9 @@ class Predictor:
             inputs = [to_model_array(Image.fromarray(crop_face(rgb, b, margin)), s, gray) for b in boxes]
             result.faces = [FacePrediction(tuple(int(round(v * scale)) for v in b), None) for b in boxes]
         else:
-            # No crop: the file itself is the input, so take training's decoder on it (unless EXIF turned it,
-            # which that decoder ignores).
+            # No crop: the file itself is the input, decoded as training decodes it.
             try:
-                inputs = [to_model_array(im, s, gray) if rotated else self.prepare(path)]
+                inputs = [self.prepare(path)]
             except DataError as e:
                 result.error = str(e)
                 return result, []

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import FerError
+from ..outputs import check_output_folder
 
 USAGE = """Predict expressions with a sweep's retrained winner (or any fer_core checkpoint).
 
@@ -127,10 +128,11 @@ def main(argv=None) -> int:
             raise FerError(
                 f"--batch-size = {args.batch_size}; give the number of faces per forward pass, at least 1"
             )
-        if out.exists() and not out.is_dir():
-            raise FerError(
-                f"{out}: --out is a file; give a folder for the PNGs, predictions.csv and the contact sheet"
-            )
+        check_output_folder(
+            out,
+            holds="the PNGs, predictions.csv and the contact sheet",
+            inputs=[raw for raw in args.inputs if Path(raw).exists()],
+        )
         checkpoint = resolve_checkpoint(args.run)
         predictor = Predictor.from_checkpoint(checkpoint, device=args.device, batch_size=args.batch_size)
     except FerError as e:

@@ -1,10 +1,11 @@
 """What prediction reads: input arguments expanded to files, and photos or arrays turned into images.
 
 ``collect_inputs`` expands the files, folders and glob patterns a user typed into the files to predict;
-``load_image`` reads one photo robustly (any mode, EXIF orientation, very large images reduced) and turns
-every failure into a one-line ``DataError``; ``array_to_image`` accepts the numpy images callers pass.
-They sit apart from ``predict`` because none of them needs the model, torch or the face detector: this is
-the file-system and decoding edge, the ``Predictor`` is the inference.
+``load_image`` reads one photo robustly (``data.open_image``: upright, refused over the pixel limit; any
+mode; large images reduced) and turns every failure into a one-line ``DataError``; ``array_to_image``
+accepts the numpy images callers pass. They sit apart from ``predict`` because none of them needs the
+model, torch or the face detector: this is the file-system and decoding edge, the ``Predictor`` is the
+inference.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import glob
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from ..data import to_8bit
+from ..data import image_info, open_image, to_8bit
 from ..errors import DataError
 
 # Photos are reduced to this long side before detection: a face needs far fewer pixels than that to be
@@ -62,8 +62,9 @@ def load_image(
 ) -> tuple[Image.Image, tuple[int, int], bool]:
     """Read a photo for detection and display, whatever its mode, orientation or size.
 
-    JPEGs are downscaled while decoding (``draft``), anything else after it, to ``max_side`` at most; EXIF
-    orientation is applied; 16-bit, CMYK, palette and transparent images become 8-bit RGB (transparency on
+    Read by ``data.open_image``, as training reads files: upright (EXIF orientation), refused unread over
+    the pixel limit. JPEGs are downscaled while decoding (``draft``), anything else after it, to
+    ``max_side`` at most; 16-bit, CMYK, palette and transparent images become 8-bit RGB (transparency on
     white, as in training).
 
     Args:
@@ -74,33 +75,20 @@ def load_image(
         (RGB image, (width, height) of the upright original, whether an EXIF rotation was applied).
 
     Raises:
-        DataError: a one-line reason naming the file (missing, not an image, corrupt or truncated, too
-            large to decode safely).
+        DataError: a one-line reason naming the file (missing, not an image, corrupt or truncated, over
+            the pixel limit).
     """
     p = Path(path)
     try:
-        with warnings.catch_warnings():
-            # Between Pillow's warning and error limits (89-179 MP) decoding is safe here: we shrink at once.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                w, h = im.size
-                if max(w, h) > max_side:
-                    r = max_side / max(w, h)
-                    im.draft(None, (math.ceil(w * r), math.ceil(h * r)))
-                try:
-                    orientation = im.getexif().get(0x0112, 1)
-                except Exception:  # noqa: BLE001 - EXIF parsers raise assorted types; a broken tag must not cost the image
-                    orientation = 1
-                im.load()  # decode now: truncation and corruption show up here
-                out = ImageOps.exif_transpose(im) if orientation in range(2, 9) else im.copy()
-                if orientation in (5, 6, 7, 8):
-                    w, h = h, w
-                out = to_8bit(out)
-                # 32-bit float (some TIFFs) has no direct RGB conversion; 'L' clips it as training's decoder does.
-                out = (out.convert("L") if out.mode == "F" else out).convert("RGB")
-                if max(out.size) > max_side:
-                    out.thumbnail((max_side, max_side), Image.BICUBIC)
-                return out, (w, h), orientation in range(2, 9)
+        w, h = image_info(p).size
+        r = max_side / max(w, h, 1)
+        im, info = open_image(p, draft=(None, (math.ceil(w * r), math.ceil(h * r))) if r < 1 else None)
+        out = to_8bit(im)
+        # 32-bit float (some TIFFs) has no direct RGB conversion; 'L' clips it as training's decoder does.
+        out = (out.convert("L") if out.mode == "F" else out).convert("RGB")
+        if max(out.size) > max_side:
+            out.thumbnail((max_side, max_side), Image.BICUBIC)
+        return out, info.size, info.orientation != 1
     except FileNotFoundError:
         raise DataError(f"{p}: no such file; check the path") from None
     except (IsADirectoryError, PermissionError) as e:
@@ -109,10 +97,6 @@ def load_image(
         raise DataError(
             f"{p}: not a readable image (Pillow cannot identify this {p.suffix or 'extension-less'} file: "
             "corrupt, or not an image); pass JPEG, PNG, BMP, TIFF, WebP or GIF files"
-        ) from None
-    except Image.DecompressionBombError as e:
-        raise DataError(
-            f"{p}: image too large to decode safely ({str(e).split(',')[0]}); downscale it first"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise DataError(

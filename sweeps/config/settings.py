@@ -113,11 +113,13 @@ class SweepSettings:
     # The dotted keys the YAML or command line set explicitly (a time budget plans below them).
     given: frozenset = frozenset()
     source: str = "defaults"  # where the values came from, named in messages
+    # Where keys set on the command line came from ({"train.lr": "command line", "name": "--name"}): source_of
+    origins: dict = field(default_factory=dict, compare=False)
 
 
 _SECTIONS = {"resources": Resources, "scheduler": Scheduler, "demo": Demo}
 _MAPPINGS = ("train", "retrain", "search_space")
-_NOT_SCALAR = {*_SECTIONS, *_MAPPINGS, "initial_points", "given", "source"}
+_NOT_SCALAR = {*_SECTIONS, *_MAPPINGS, "initial_points", "given", "source", "origins"}
 _SCALARS = {f.name: f for f in dataclasses.fields(SweepSettings) if f.name not in _NOT_SCALAR}
 TOP_KEYS = {*_SCALARS, *_SECTIONS, *_MAPPINGS, "initial_points"}
 CLI = "command line"
@@ -186,6 +188,12 @@ def load_settings(
     raw = load_yaml(path)
     overrides, flags = overrides or {}, flags or {}
     named = {k: f"{CLI}: '{k}'" for k in overrides} | {k: "--" + k.replace("_", "-") for k in flags}
+    for key in overrides.keys() & flags.keys():
+        if str(overrides[key]) != str(flags[key]):
+            raise ConfigError(
+                f"{named[key]} {flags[key]!r} and {CLI}: {key}={overrides[key]} disagree; give the setting once"
+            )
+    origins = {}
     for key, value in (overrides | flags).items():
         _check_override(key, value, named[key])
         section, _, sub = key.partition(".")
@@ -197,12 +205,23 @@ def load_settings(
             raw[section][sub] = value
         else:
             raw[key] = value
-    return settings_from_mapping(raw, str(path))
+        origins[f"{section}.{sub}" if sub else key] = named[key] if key in flags else CLI
+    s = settings_from_mapping(raw, str(path), origins)
+    # Not in settings_from_mapping: a record lists every train key, searched ones too.
+    for section in ("train", "retrain"):
+        for key in sorted((raw.get(section) or {}).keys() & {p.name for p in s.search_space}):
+            raise ConfigError(
+                f"{origins.get(f'{section}.{key}', path)}: {section}.{key} = {raw[section][key]} is also searched "
+                f"(search_space.{key} in {origins.get('search_space', path)}); a fixed value and a searched range "
+                "cannot both hold: drop one"
+            )
+    return s
 
 
-def settings_from_mapping(raw: dict, src: str) -> SweepSettings:
+def settings_from_mapping(raw: dict, src: str, origins: dict | None = None) -> SweepSettings:
     """Check a YAML-shaped mapping and build the settings from it (also how a record is read back).
     Makes ``data`` and ``weights`` absolute: trials run in folders of their own, and a resume compares them.
+    ``origins``: where keys not from ``src`` came from (``SweepSettings.origins``).
     """
     for key in raw:
         if key not in TOP_KEYS:
@@ -225,9 +244,10 @@ def settings_from_mapping(raw: dict, src: str) -> SweepSettings:
     given |= {f"{k}.{sub}" for k in _SECTIONS if isinstance(raw.get(k), dict) for sub in raw[k]}
     values["initial_points"] = _initial_points(raw.get("initial_points") or [], space, src)
     s = SweepSettings(
-        **values, train=train, retrain=retrain, search_space=space, given=frozenset(given), source=src
-    )
-    _check(s, src)
+        **values, train=train, retrain=retrain, search_space=space, given=frozenset(given), source=src,
+        origins=dict(origins or {}),
+    )  # fmt: skip
+    _check(s)
     return s
 
 
@@ -258,22 +278,35 @@ def _initial_points(points, space: tuple[Param, ...], src: str) -> tuple[dict, .
     return tuple(points)
 
 
-def _check(s: SweepSettings, src: str) -> None:
-    """Rules between keys (each key's own type and range is checked as it is read)."""
-    check_name(s.name, f"{src}: 'name'")
+def source_of(s: SweepSettings, key: str) -> str:
+    """Where ``key`` (``mode``, ``scheduler.max_epochs``) got its value, as messages name it: ``FILE: 'key'``,
+    ``command line: 'key'``, the flag (``--time-budget``), or ``'key' (default)``."""
+    origin = s.origins.get(key)
+    if origin is None and key not in s.given:
+        return f"'{key}' (default)"
+    return origin if origin and origin.startswith("--") else f"{origin or s.source}: '{key}'"
+
+
+def _check(s: SweepSettings) -> None:
+    """Rules between keys (each key's own type and range is checked as it is read), naming each key's source."""
+    check_name(s.name, source_of(s, "name"))
     if s.time_budget:
-        parse_duration(s.time_budget, f"{src}: 'time_budget'")
+        parse_duration(s.time_budget, source_of(s, "time_budget"))
     if lower_is_better(s.metric) != (s.mode == "min"):
         raise ConfigError(
-            f"{src}: 'mode' = {s.mode} does not fit metric {s.metric} (loss is minimised, the others maximised)"
+            f"{source_of(s, 'mode')} = {s.mode} does not fit metric {s.metric} ({source_of(s, 'metric')}): "
+            f"loss is minimised, the others maximised; set mode to {'max' if s.mode == 'min' else 'min'}"
         )
     sch = s.scheduler
     if sch.grace_period > sch.max_epochs:
         raise ConfigError(
-            f"{src}: scheduler needs 1 <= grace_period ({sch.grace_period}) <= max_epochs ({sch.max_epochs})"
+            f"{source_of(s, 'scheduler.grace_period')}: scheduler needs 1 <= grace_period ({sch.grace_period}) "
+            f"<= max_epochs ({sch.max_epochs}, {source_of(s, 'scheduler.max_epochs')}); lower one or raise the other"
         )
     if sch.reduction_factor <= 1:
-        raise ConfigError(f"{src}: scheduler.reduction_factor must be > 1, got {sch.reduction_factor}")
+        raise ConfigError(
+            f"{source_of(s, 'scheduler.reduction_factor')} must be > 1, got {sch.reduction_factor}"
+        )
     for key in ("cpus_per_trial", "gpus_per_trial"):
         v = getattr(s.resources, key)
         if v != "auto" and (
@@ -282,7 +315,8 @@ def _check(s: SweepSettings, src: str) -> None:
             or (key == "gpus_per_trial" and v > 1 and v != int(v))
         ):
             raise ConfigError(
-                f"{src}: resources.{key} = {v:g} is impossible (cpus >= 1; gpus a fraction in (0, 1] or a whole number)"
+                f"{source_of(s, 'resources.' + key)} = {v:g} is impossible (cpus >= 1; gpus a fraction in (0, 1] "
+                "or a whole number)"
             )
 
 

@@ -116,9 +116,14 @@ def _usable(trials: pd.DataFrame, settings: SweepSettings) -> pd.Series:
 
 
 def ranked(trials: pd.DataFrame, settings: SweepSettings) -> pd.DataFrame:
-    """The trials best first by their best epoch's metric (unusable ones last), one column per parameter."""
+    """The trials best first by their best epoch's metric (unusable ones last; a tie goes to the smaller trial
+    id, so the order never depends on the order Ray lists them in), one column per parameter."""
+    keys, ascending = (
+        ["_usable", f"best_{settings.metric}", "trial_id"],
+        [False, settings.mode == "min", True],
+    )
     r = trials.assign(_usable=_usable(trials, settings)).sort_values(
-        ["_usable", f"best_{settings.metric}"], ascending=[False, settings.mode == "min"], na_position="last"
+        keys, ascending=ascending, na_position="last"
     )
     params = pd.DataFrame(r["params"].tolist(), index=r.index)
     return r.drop(columns="_usable").join(params.reindex(columns=[p.name for p in settings.search_space]))

@@ -1,21 +1,25 @@
-"""The experiment's record of its settings (``STORAGE/NAME/fer_sweep.json``), so ``--resume`` continues it.
-
-One writer (``write_record``), signed like Ray's state; the resume rules are in docs/architecture.md.
-"""
+"""What an experiment records beside Ray's state, so that ``--resume`` continues the same experiment: its
+settings, the data it started on, the winner chosen once and the time each phase took (signed JSON files
+in STORAGE/NAME; the resume rules are in docs/architecture.md)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+from collections import Counter
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from fer_core.data import CLASS_NAMES, scan_split
 from fer_core.errors import FerError
 from sweeps.config.settings import SweepSettings, settings_from_mapping, to_mapping
 from sweeps.state.signing import sign_files
 from sweeps.state.storage import open_storage
 
-RECORD = "fer_sweep.json"
+RECORD, DATA, WINNER, PHASES = "fer_sweep.json", "fer_data.json", "fer_winner.json", "fer_phases.json"
 # Read only by the retrain and the report, after the search: safe to change until the retrain starts.
 RETRAIN_KEYS = ("retrain_epochs", "ensemble_top_k", "retrain.")
 LOCATION = ("name", "storage")  # where the experiment is, not what it is
@@ -34,27 +38,102 @@ def flat_settings(s: SweepSettings) -> dict:
     return json.loads(json.dumps(out, default=str))
 
 
-def write_record(exp: str, s: SweepSettings) -> None:
-    """Write (or rewrite) the record into the experiment folder ``exp`` (a path or URI) and sign it."""
+def _write(exp: str, name: str, doc) -> None:
     fs, root = open_storage(exp)
     fs.create_dir(root)
-    doc = {"version": 1, "settings": to_mapping(s), "given": sorted(s.given)}
-    with fs.open_output_stream(f"{root}/{RECORD}") as f:
+    with fs.open_output_stream(f"{root}/{name}") as f:
         f.write(json.dumps(doc, indent=1, default=str).encode())
-    sign_files(exp, [RECORD])
+    sign_files(exp, [name])
+
+
+def _read(exp: str, name: str):
+    """A recorded document, or None when the experiment has none (call after ``verify_experiment``)."""
+    fs, root = open_storage(exp)
+    if fs.get_file_info(f"{root}/{name}").type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(f"{root}/{name}") as f:
+        return json.loads(f.readall())
+
+
+def write_record(exp: str, s: SweepSettings) -> None:
+    """Write (or rewrite) the settings' record into the experiment folder ``exp`` (a path or URI), signed."""
+    _write(exp, RECORD, {"version": 1, "settings": to_mapping(s), "given": sorted(s.given)})
 
 
 def read_record(exp: str) -> SweepSettings:
     """The recorded settings; call after ``verify_experiment``. A FerError when there is no record."""
-    fs, root = open_storage(exp)
-    if fs.get_file_info(f"{root}/{RECORD}").type == pafs.FileType.NotFound:
+    doc = _read(exp, RECORD)
+    if doc is None:
         raise FerError(
             f"{exp}: no {RECORD} in the experiment folder, so its settings are unknown; start a new --name"
         )
-    with fs.open_input_stream(f"{root}/{RECORD}") as f:
-        doc = json.loads(f.readall())
     s = settings_from_mapping(doc["settings"], f"{exp}/{RECORD}")
     return dataclasses.replace(s, given=frozenset(doc["given"]))
+
+
+def data_fingerprint(data: str) -> dict:
+    """Per split: its image count, class counts and a hash of its file list with sizes and times."""
+    out = {}
+    for split in ("train", "val", "test"):
+        if split == "test" and not (Path(data) / "test").is_dir():
+            continue
+        files = scan_split(data, split)
+        stats = sorted(
+            f"{os.path.relpath(p, data)} {os.stat(p).st_size} {os.stat(p).st_mtime_ns}" for p in files.paths
+        )
+        counts = Counter(files.labels)
+        classes = {c: counts.get(i, 0) for i, c in enumerate(CLASS_NAMES)}
+        files_hash = hashlib.sha256("\n".join(stats).encode()).hexdigest()
+        out[split] = {"images": len(files.paths), "classes": classes, "files": files_hash}
+    return out
+
+
+def check_data(exp: str, data: str, record: bool) -> None:
+    """Refuse data that changed since the experiment recorded it (one line naming what changed); with
+    ``record``, record the data when the experiment has none yet (a new one, or one stopped before)."""
+    now, then = data_fingerprint(data), _read(exp, DATA)
+    if then is None:
+        if record:
+            _write(exp, DATA, now)
+        return
+    changed = []
+    for split in sorted(then.keys() | now.keys()):
+        a, b = then.get(split, {}), now.get(split, {})
+        if a.get("images") != b.get("images"):
+            changed.append(f"{split} {a.get('images', 'none')} -> {b.get('images', 'none')} images")
+        elif a.get("classes") != b.get("classes"):
+            moved = [
+                f"{c} {n} -> {b['classes'].get(c)}"
+                for c, n in a["classes"].items()
+                if b["classes"].get(c) != n
+            ]
+            changed.append(f"{split} class counts {', '.join(moved)}")
+        elif a.get("files") != b.get("files"):
+            changed.append(f"{split} files replaced or changed (same counts)")
+    if changed:
+        raise FerError(
+            f"--resume: {data} changed since {exp} started ({'; '.join(changed)}); resume on the data it "
+            "started with, or start a new --name"
+        )
+
+
+def write_winner(exp: str, members: list[dict]) -> None:
+    """Record the trials the retrain starts from (the winner first), chosen once before it starts."""
+    _write(exp, WINNER, {"members": members})
+
+
+def read_winner(exp: str) -> list[dict] | None:
+    doc = _read(exp, WINNER)
+    return None if doc is None else doc["members"]
+
+
+def write_phases(exp: str, seconds: dict) -> None:
+    """Record the seconds each phase has taken so far, over every run of the driver."""
+    _write(exp, PHASES, seconds)
+
+
+def read_phases(exp: str) -> dict:
+    return _read(exp, PHASES) or {}
 
 
 def _show(v) -> str:

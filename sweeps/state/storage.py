@@ -5,6 +5,7 @@ A URI is opened as Ray opens it (same server, same credentials: see docs/archite
 
 from __future__ import annotations
 
+import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -105,11 +106,43 @@ def experiment_uri(settings) -> str:
 def report_folder(settings) -> Path:
     """Where the driver writes the report: STORAGE/NAME/report for a local storage; for a URI, a local
     copy under ./fer-sweep-reports/ that mirrors the URI, uploaded by ``upload_report``."""
-    if "://" not in settings.storage:
-        return Path(experiment_uri(settings)) / "report"
-    scheme, _, rest = settings.storage.partition("://")
-    parts = [p for p in rest.split("/") if p]
-    return Path("fer-sweep-reports", scheme, *parts, settings.name, "report").resolve()
+    exp = experiment_uri(settings)
+    return (_local_copy(exp) if "://" in exp else Path(exp)) / "report"
+
+
+def _local_copy(exp: str) -> Path:
+    """./fer-sweep-reports/SCHEME/BUCKET/.../NAME: the driver's local folder of a URI experiment (links kept)."""
+    scheme, _, rest = exp.partition("://")
+    return Path("fer-sweep-reports", scheme, *[p for p in rest.split("/") if p]).absolute()
+
+
+_NEVER_THROUGH = (
+    "the sweep never writes through a link that leads out of its experiment folder: remove the link"
+)
+
+
+def check_contained(exp: str) -> None:
+    """Before anything is written: a one-line FerError naming the first symbolic link in the experiment
+    folder ``exp`` (a path or file:// URI; for any URI, the local copy of its report) whose target lies outside
+    it, or that folder itself being a link; the sweep would write the report and checkpoints through it.
+    Object storage has no links."""
+    folders = [_local_copy(exp)] if "://" in exp else [Path(exp)]
+    if exp.startswith("file://"):
+        folders.append(Path(open_storage(exp)[1]))
+    for root in folders:
+        if root.is_symlink():
+            raise FerError(
+                f"{root}: the experiment folder is a symbolic link to {os.path.realpath(root)}; {_NEVER_THROUGH}"
+            )
+        real = root.resolve()
+        for top, dirs, files in os.walk(root):  # followlinks=False: a linked folder is listed, never entered
+            for link in (Path(top, n) for n in dirs + files if os.path.islink(os.path.join(top, n))):
+                target = os.path.realpath(link)  # a loop stays as it is (Path.resolve raises)
+                if not Path(target).is_relative_to(real):
+                    raise FerError(
+                        f"{link}: a symbolic link to {target}, outside the experiment folder {root}; "
+                        + _NEVER_THROUGH
+                    )
 
 
 def upload_report(storage: str, name: str, report_dir: Path) -> str | None:

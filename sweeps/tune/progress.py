@@ -13,22 +13,38 @@ from sweeps.config.settings import fmt_duration
 
 
 class Phases:
-    """Wall time per phase of one command, in order (``lines``/``to_dict`` for the summary and report)."""
+    """Wall time per phase, in order (``lines``/``to_dict`` for the summary and report), added to the
+    ``earlier`` seconds of the runs of the driver that worked on the experiment before; ``save`` (if given)
+    records them at each phase's end and, through ``tick``, every ``every_s`` seconds while one runs."""
 
-    def __init__(self, t0: float | None = None):
+    def __init__(
+        self, t0: float | None = None, earlier: dict | None = None, save=None, every_s: float = 30.0
+    ):
         self.t0 = time.monotonic() if t0 is None else t0
-        self._mark, self.seconds = self.t0, {}
+        self._mark, self.seconds = self.t0, dict(earlier or {})
+        self._before = sum(self.seconds.values())
+        self._save, self._saved, self.every_s = save, self.t0, every_s
 
     def end(self, name: str) -> float:
         """Close phase ``name`` now (it began where the previous one ended); returns its seconds."""
         now = time.monotonic()
         self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
         self._mark = now
+        if self._save:
+            self._save(self.seconds)
         return self.seconds[name]
+
+    def tick(self, name: str) -> None:
+        """Record the phases so far, ``name`` running, if ``every_s`` has passed since the last record: a
+        killed driver's time then still counts when the experiment is resumed."""
+        now = time.monotonic()
+        if self._save and now - self._saved >= self.every_s:
+            self._saved = now
+            self._save({**self.seconds, name: self.seconds.get(name, 0.0) + now - self._mark})
 
     @property
     def total(self) -> float:
-        return time.monotonic() - self.t0
+        return self._before + time.monotonic() - self.t0
 
     def to_dict(self) -> dict:
         return {**{k: round(v, 1) for k, v in self.seconds.items()}, "total": round(self.total, 1)}
@@ -41,11 +57,23 @@ class Phases:
 class EpochProgress(Callback):
     """A Tune callback printing ``[sweeps] retrain: 5/12 epochs, 40s elapsed, ETA 56s`` as epochs report.
     ``total_epochs`` over all trials may be an estimate; ``deadline`` is a ``time.time()`` the phase stops
-    at (or None); at most one line per ``every_s`` seconds, and always the last epoch's."""
+    at (or None); at most one line per ``every_s`` seconds, and always the last epoch's. ``phases``: the
+    command's ``Phases``, told of each epoch (``Phases.tick``)."""
 
-    def __init__(self, phase: str, total_epochs: float, deadline: float | None = None, every_s: float = 15.0):
-        self.phase, self.total, self.deadline, self.every_s = phase, total_epochs, deadline, every_s
+    def __init__(
+        self, phase: str, total_epochs: float, deadline: float | None = None, phases: Phases | None = None
+    ):
+        self.phase, self.total, self.deadline, self.phases, self.every_s = (
+            phase,
+            total_epochs,
+            deadline,
+            phases,
+            15.0,
+        )
         self.setup()
+
+    def __getstate__(self):  # Tune pickles its callbacks into the experiment's state: no clock of this run
+        return {**self.__dict__, "phases": None}
 
     def setup(self, **info) -> None:
         # Called by Tune when fit() starts, also after a restore: the clock starts here.
@@ -54,6 +82,8 @@ class EpochProgress(Callback):
             self.deadline = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if self.phases:
+            self.phases.tick(self.phase)
         self.done += 1
         now = time.time()
         total = max(self.total, self.done)

@@ -3,6 +3,8 @@ ensemble's next best), both resumable and signed for ``--resume``; and the time 
 
 from __future__ import annotations
 
+import logging
+import signal
 import time
 
 import optuna
@@ -71,12 +73,37 @@ def _trainable(base: dict, resources: dict, members: list[dict] | None = None):
     return tune.with_resources(tune.with_parameters(fer_trainable, base=base, members=members), resources)
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drop Tune's "resume with Tuner.restore(...)" hint: the driver prints its own command instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_NoRestoreHint())
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _fit(tuner, exp: str, resumed: bool):
     """``tuner.fit()``, after signing the ``tuner.pkl`` a fresh Tuner has just written (a restored one was
-    verified before Ray started); Tune's own state is signed as it is saved (``SignStateCallback``)."""
+    verified before Ray started); Tune's own state is signed as it is saved (``SignStateCallback``).
+
+    Raises KeyboardInterrupt once the run is stopped by Ctrl-C: Tune's handler of the first Ctrl-C saves
+    the experiment's state, ends the run and hands SIGINT back to the handler it found (a second Ctrl-C
+    then stops at once), so finding ours back in place says the run was interrupted.
+    """
     if not resumed:
         sign_files(exp, ["tuner.pkl"])
-    return tuner.fit()
+    signal.signal(signal.SIGINT, _interrupt)
+    results = tuner.fit()
+    interrupted = signal.getsignal(signal.SIGINT) is _interrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:
+        raise KeyboardInterrupt
+    return results
 
 
 def run_search(

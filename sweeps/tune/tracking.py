@@ -16,6 +16,10 @@ from pathlib import Path
 from fer_core.errors import FerError
 
 PHASE_TAG, WINNER_TAG = "fer_sweep.phase", "fer_sweep.winner"
+# The check's HTTP bounds (unless the environment sets its own), read by MLflow at each request: a server
+# that is down or never answers is one line within ~12 s, not after MLflow's 7 retries with backoff (~4 min).
+# Timeout: seconds to connect, and between bytes of the answer; one retry, which waits no backoff.
+CHECK_HTTP = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 
 
 def _folder(settings) -> Path | None:
@@ -48,6 +52,8 @@ def check_tracking(settings) -> None:
     if settings.tracking != "mlflow":
         return
     mlflow = _mlflow()
+    bounds = {k: v for k, v in CHECK_HTTP.items() if k not in os.environ}
+    os.environ.update(bounds)
     try:
         folder = _folder(settings)
         if folder:
@@ -63,6 +69,9 @@ def check_tracking(settings) -> None:
             f"tracking_uri {tracking_uri(settings)}: MLflow cannot open it ({first}); give a reachable "
             "--tracking-uri or leave it empty for the local ./mlruns folder"
         ) from None
+    finally:
+        for key in bounds:  # the sweep's own logging keeps MLflow's patient defaults
+            os.environ.pop(key, None)
 
 
 def tracking_callbacks(settings, phase: str) -> list:

@@ -6,6 +6,7 @@ It merges the trial's parameters into the fixed config, resumes from Tune's chec
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import ray
@@ -24,9 +25,17 @@ def _flat(row: dict) -> dict:
     return out
 
 
+def _quiet_stop(unraisable) -> None:
+    # Ray stops a worker with SIGTERM raising SystemExit wherever it is; inside a garbage-collector callback
+    # Python would print that as an "Exception ignored" traceback, though the stop is intended (a Ctrl-C).
+    if not isinstance(unraisable.exc_value, SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
 def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -> None:
     """Run one trial of the sampled ``params`` over the fixed ``base`` keys; in a retrain, params is
     ``{"member": i}`` and the trial trains ``members[i]``."""
+    sys.unraisablehook = _quiet_stop
     if members is not None:
         params = members[int(params["member"])]
     # out: the trial's own folder (Tune changes into it); what must survive a lost node is in the checkpoints.

@@ -1,0 +1,168 @@
+"""sweeps.state.lock: one driver at a time holds an experiment, with real processes holding real leases (a
+local folder, and moto's S3 server on 127.0.0.1); a killed or silent holder's lease is taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fer_core.errors import FerError
+from sweeps.state.lock import LEASE_NAME, Lease
+
+from .conftest import REPO
+from .s3_server import BUCKET, S3
+
+# A driver stand-in: takes the lease (at START, an epoch time, when given), says so, holds it for HOLD_S.
+HOLDER = """
+import sys, time
+from fer_core.errors import FerError
+from sweeps.state.lock import Lease
+uri, lease_s, start, hold_s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+time.sleep(max(0.0, start - time.time()))
+try:
+    with Lease(uri, lease_s=lease_s):
+        print("held", flush=True)
+        time.sleep(hold_s)
+except FerError as e:
+    print(f"error: {e}", flush=True)
+"""
+
+
+def holder(uri: str, lease_s: float = 2, start: float = 0, hold_s: float = 600, env=None) -> subprocess.Popen:
+    env = {**(env or os.environ), "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", HOLDER, uri, str(lease_s), str(start), str(hold_s)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def wait_held(proc: subprocess.Popen) -> None:
+    line = proc.stdout.readline()
+    assert line == "held\n", line + proc.stdout.read()
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)  # reaped: its pid is gone, as a killed driver's is
+    proc.stdout.close()
+
+
+def write_lease(folder, **fields) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lease = dict(host="elsewhere-node-7", pid=4242, started="2025-01-01T00:00:00+00:00", token="x" * 32)
+    (folder / LEASE_NAME).write_text(json.dumps({**lease, **fields}))
+
+
+def test_a_held_experiment_is_refused_in_one_line_until_its_holder_exits(tmp_path, capsys):
+    exp = tmp_path / "runs" / "x"
+    proc = holder(str(exp), lease_s=2)
+    try:
+        wait_held(proc)
+        time.sleep(2.5)  # past its lease time: only its renewals keep it held
+        with pytest.raises(FerError) as e:
+            Lease(str(exp), lease_s=2).__enter__()
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(f"{exp}: held by another driver")
+        assert f"host {socket.gethostname()}, pid {proc.pid}, started " in msg
+        assert "its lease expires 2s after its last renewal" in msg
+    finally:
+        kill(proc)
+    with Lease(str(exp), lease_s=2) as lease:  # held in this process now: a second one is refused
+        held = json.loads((exp / LEASE_NAME).read_text())
+        assert (held["host"], held["pid"], held["token"]) == (
+            socket.gethostname(),
+            os.getpid(),
+            lease.mine["token"],
+        )
+        with pytest.raises(FerError, match=f"pid {os.getpid()}, started"):
+            Lease(str(exp), lease_s=2).__enter__()
+    assert "taking over" in capsys.readouterr().out  # from the killed holder
+    assert not (exp / LEASE_NAME).exists() and sorted(os.listdir(exp)) == []  # released, no temp file left
+    with Lease(str(exp), lease_s=2):  # and the next driver takes it, quietly
+        pass
+    assert "taking over" not in capsys.readouterr().out
+
+
+def test_a_killed_holders_lease_is_taken_over_and_the_log_says_so(tmp_path, capsys):
+    exp = tmp_path / "x"
+    proc = holder(str(exp), lease_s=60)  # well within its lease time: only the dead pid makes it stale
+    wait_held(proc)
+    kill(proc)
+    with Lease(str(exp), lease_s=60) as lease:
+        assert json.loads((exp / LEASE_NAME).read_text())["token"] == lease.mine["token"]
+    out = capsys.readouterr().out
+    assert (
+        f"[sweeps] taking over the lease of a driver that is gone (host {socket.gethostname()}, pid {proc.pid}"
+        in out
+    )
+    assert "its process is no longer running on this host" in out
+
+
+def test_a_lease_not_renewed_within_its_time_is_taken_over(tmp_path, capsys):
+    write_lease(tmp_path / "x", renewed=time.time() - 100, lease_s=60)
+    with Lease(str(tmp_path / "x"), lease_s=60):
+        pass
+    out = capsys.readouterr().out
+    assert "taking over the lease of a driver that is gone (host elsewhere-node-7, pid 4242" in out
+    assert "last renewed 100s ago, more than its 60s" in out
+    assert not (tmp_path / "x" / LEASE_NAME).exists()
+
+
+def test_a_live_lease_of_another_host_is_refused_and_left_alone(tmp_path):
+    write_lease(tmp_path / "x", renewed=time.time() - 5, lease_s=60)
+    before = (tmp_path / "x" / LEASE_NAME).read_text()
+    with pytest.raises(FerError) as e:
+        Lease(str(tmp_path / "x"), lease_s=2).__enter__()  # the holder's own lease time counts, not ours
+    assert str(e.value) == (
+        f"{tmp_path / 'x'}: held by another driver (host elsewhere-node-7, pid 4242, started "
+        "2025-01-01T00:00:00+00:00, renewed 5s ago); wait for it to finish, or stop it (if it was killed, "
+        "its lease expires 60s after its last renewal)"
+    )
+    assert (tmp_path / "x" / LEASE_NAME).read_text() == before
+
+
+def test_the_lease_is_renewed_while_held_and_released_on_an_exception(tmp_path):
+    exp = tmp_path / "x"
+    with pytest.raises(KeyboardInterrupt):
+        with Lease(str(exp), lease_s=0.4):
+            first = json.loads((exp / LEASE_NAME).read_text())["renewed"]
+            time.sleep(0.5)
+            assert json.loads((exp / LEASE_NAME).read_text())["renewed"] > first
+            raise KeyboardInterrupt
+    assert not exp.exists()  # made for the lease and still empty: removed with it
+
+
+def test_of_two_drivers_starting_at_once_one_holds_the_experiment(tmp_path):
+    start = time.time() + 3  # both are past their imports by then
+    procs = [holder(str(tmp_path / "x"), start=start, hold_s=4) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=60)[0] for p in procs)
+    assert outs[0].startswith(f"error: {tmp_path / 'x'}: held by another driver"), outs
+    assert outs[1] == "held\n", outs
+
+
+def test_an_experiment_on_object_storage_is_held_the_same_way(tmp_path, monkeypatch, capsys):
+    store = S3(tmp_path)
+    try:
+        for k, v in store.env.items():
+            if k.startswith("AWS_") or k == "NO_PROXY":
+                monkeypatch.setenv(k, v)
+        uri = f"s3://{BUCKET}/sweeps/x"
+        proc = holder(uri, lease_s=60, env=store.env)
+        try:
+            wait_held(proc)
+            assert store.files("sweeps/x") == [f"sweeps/x/{LEASE_NAME}"]
+            with pytest.raises(FerError, match=f"{uri}: held by another driver .*pid {proc.pid}, started"):
+                Lease(uri, lease_s=60).__enter__()
+        finally:
+            kill(proc)
+        with Lease(uri, lease_s=60) as lease:
+            assert json.loads(store.read(f"sweeps/x/{LEASE_NAME}"))["token"] == lease.mine["token"]
+        assert f"driver that is gone (host {socket.gethostname()}, pid {proc.pid}" in capsys.readouterr().out
+        assert store.files("sweeps/x") == []
+    finally:
+        store.stop()
