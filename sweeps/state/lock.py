@@ -20,7 +20,7 @@ from datetime import datetime
 import pyarrow.fs as pafs
 
 from fer_core.errors import FerError
-from sweeps.state.storage import _cause, _one_line, open_storage
+from sweeps.state.storage import error_cause, one_line, open_storage
 
 LEASE_NAME = ".fer-lease"
 LEASE_S = 60.0  # a lease not renewed for this long is stale: its driver was killed (on any host)
@@ -58,7 +58,7 @@ class Lease:
             back = self._read()
         except OSError as e:
             raise FerError(
-                f"{self.exp}: cannot take the experiment's lease: {_cause(e)} ({_one_line(e)})"
+                f"{self.exp}: cannot take the experiment's lease: {error_cause(e)} ({one_line(e)})"
             ) from None
         except KeyboardInterrupt:  # between writing and reading back: leave no lease behind
             self.__exit__()
@@ -79,7 +79,7 @@ class Lease:
                 self.fs.delete_file(self.path)
         except OSError as e:
             _warn(
-                f"could not remove the lease {self.path} ({_one_line(e)}); it expires in {self.lease_s:.0f}s"
+                f"could not remove the lease {self.path} ({one_line(e)}); it expires in {self.lease_s:.0f}s"
             )
         if self._created:
             try:  # only an empty folder (os.rmdir): e.g. a --resume refused for want of an experiment
@@ -140,7 +140,7 @@ class Lease:
             except Exception as e:  # noqa: BLE001 - a lost renewal must not stop the sweep
                 if not warned:
                     _warn(
-                        f"could not renew the lease on {self.exp} ({_one_line(e)}); another driver may take it over"
+                        f"could not renew the lease on {self.exp} ({one_line(e)}); another driver may take it over"
                     )
                 warned = True
 

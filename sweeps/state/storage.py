@@ -35,7 +35,7 @@ def open_storage(uri: str, what: str = "--storage"):
         fs, path = pafs.FileSystem.from_uri(uri)
     except (OSError, ValueError, ImportError) as e:
         raise FerError(
-            f"{what} {uri}: not a storage pyarrow can open ({_one_line(e)}); pass a folder or an "
+            f"{what} {uri}: not a storage pyarrow can open ({one_line(e)}); pass a folder or an "
             "s3://bucket/prefix or gs://bucket/prefix URI"
         ) from None
     if isinstance(fs, pafs.S3FileSystem):
@@ -61,7 +61,7 @@ def check_uri_writable(uri: str, what: str = "--storage") -> None:
             f.write(b"probe")
         fs.delete_file(probe)
     except OSError as e:
-        raise FerError(f"{what} {uri}: cannot write there: {_cause(e)} ({_one_line(e)})") from None
+        raise FerError(f"{what} {uri}: cannot write there: {error_cause(e)} ({one_line(e)})") from None
 
 
 def check_writable(folder: str, what: str) -> None:
@@ -157,7 +157,7 @@ def upload_report(storage: str, name: str, report_dir: Path) -> str | None:
         pafs.copy_files(local, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     except OSError as e:
         raise FerError(
-            f"{dest}: the report could not be copied there: {_cause(e)} ({_one_line(e)}); it is complete "
+            f"{dest}: the report could not be copied there: {error_cause(e)} ({one_line(e)}); it is complete "
             f"in {report_dir} on this machine"
         ) from None
     print(f"[sweeps] report copied to {dest}", flush=True)
@@ -168,7 +168,7 @@ _DENIED = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY", "SIGNATURE_DOE
            "EXPIRED_TOKEN", "INVALID_CLIENT_TOKEN", "credentials", "Forbidden", "HTTP status 403")  # fmt: skip
 
 
-def _cause(e: Exception) -> str:
+def error_cause(e: Exception) -> str:
     """The likely cause of a pyarrow storage error, and what to do about it."""
     text = str(e)
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
@@ -183,6 +183,6 @@ def _cause(e: Exception) -> str:
     return "check the URI, the server and the credentials"
 
 
-def _one_line(e: Exception, limit: int = 240) -> str:
+def one_line(e: Exception, limit: int = 240) -> str:
     text = " ".join(str(e).split())
     return text if len(text) <= limit else text[:limit] + "..."
