@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO
-from .sweep_utils import TINY, descendants, kill_all, trial_states
+from .sweep_utils import descendants, kill_all, sweep_cmd, trial_states
 
 pytestmark = pytest.mark.slow  # real sweeps on a local Ray
 
@@ -23,16 +23,7 @@ pytestmark = pytest.mark.slow  # real sweeps on a local Ray
 def _interrupt_when(tmp_path: Path, name: str, ready, what: str) -> subprocess.CompletedProcess:
     """Start a tiny sweep in a session of its own, press Ctrl-C (SIGINT to its whole process group, as a
     terminal does) once ``ready(exp)`` holds, and return how it ended."""
-    cmd = [
-        sys.executable,
-        "sweeps/run.py",
-        "--storage",
-        str(tmp_path),
-        "--name",
-        name,
-        *TINY,
-        "num_samples=3",
-    ]
+    cmd = sweep_cmd(tmp_path, name, "num_samples=3")
     out, err = open(tmp_path / f"{name}.out", "w+"), open(tmp_path / f"{name}.err", "w+")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, start_new_session=True)
     children = []
@@ -95,16 +86,7 @@ def test_a_driver_killed_in_the_retrain_resumes_with_the_winner_it_announced(tmp
     run retrains and reports the winner the killed driver announced, recorded before its retrain began,
     and its time table counts the killed run's search too."""
     name, exp = "killed", tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "sweeps/run.py",
-        "--storage",
-        str(tmp_path),
-        "--name",
-        name,
-        *TINY,
-        "num_samples=3",
-    ]
+    cmd = sweep_cmd(tmp_path, name, "num_samples=3")
     cmd += ["retrain_epochs=3"]
     log = open(tmp_path / "first.log", "w+")
     started, announced_at = time.monotonic(), None
@@ -141,7 +123,7 @@ def test_a_driver_killed_in_the_retrain_resumes_with_the_winner_it_announced(tmp
 def test_a_second_driver_new_or_resuming_is_refused_while_the_first_runs(tmp_path):
     """Two drivers on one experiment wrote two searches into one folder; the second is refused in one line
     naming the holder, and the first finishes undisturbed."""
-    cmd = [sys.executable, "sweeps/run.py", "--storage", str(tmp_path), "--name", "x", *TINY, "num_samples=2"]
+    cmd = sweep_cmd(tmp_path, "x", "num_samples=2")
     log = open(tmp_path / "first.log", "w+")
     first = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
