@@ -260,3 +260,10 @@ def test_a_weights_file_is_made_absolute_or_refused_before_ray(tmp_path, monkeyp
         match=r"^train.weights: missing.pt: weights file not found; .*weights= model=efficientnet_b0",
     ):
         resolve_settings(args)
+
+
+def test_a_resource_given_as_a_word_names_both_forms():
+    with pytest.raises(
+        ConfigError, match=r"'resources'.cpus_per_trial must be a number or 'auto', got 'four'"
+    ):
+        load_settings(CONFIGS / "default.yaml", {"resources.cpus_per_trial": "four"})

@@ -127,7 +127,9 @@ CLI = "command line"
 
 def _typed(f: dataclasses.Field, value, where: str):
     """One value of a settings field, converted and checked by fer_core's own rules."""
-    if f.default == "auto" and value == "auto":
+    if f.default == "auto" and isinstance(value, str):
+        if value != "auto":
+            raise ConfigError(f"{where} must be a number or 'auto', got {value!r}")
         return value
     typ = float if f.default == "auto" else type(f.default)
     return coerce(value, typ, where, choices=f.metadata.get("choices"), low=f.metadata.get("low"))

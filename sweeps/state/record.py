@@ -71,6 +71,11 @@ def read_record(exp: str) -> SweepSettings:
     return dataclasses.replace(s, given=frozenset(doc["given"]))
 
 
+def _size_and_time(path) -> str:
+    st = os.stat(path)
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
 def data_fingerprint(data: str) -> dict:
     """Per split: its image count, class counts and a hash of its file list with sizes and times."""
     out = {}
@@ -78,9 +83,7 @@ def data_fingerprint(data: str) -> dict:
         if split == "test" and not (Path(data) / "test").is_dir():
             continue
         files = scan_split(data, split)
-        stats = sorted(
-            f"{os.path.relpath(p, data)} {os.stat(p).st_size} {os.stat(p).st_mtime_ns}" for p in files.paths
-        )
+        stats = sorted(f"{os.path.relpath(p, data)} {_size_and_time(p)}" for p in files.paths)
         counts = Counter(files.labels)
         classes = {c: counts.get(i, 0) for i, c in enumerate(CLASS_NAMES)}
         files_hash = hashlib.sha256("\n".join(stats).encode()).hexdigest()
