@@ -4,17 +4,21 @@
 (worker start, cuDNN autotuning, compilation), then the timed steps, in chunks so that the fastest chunk
 shows the rate a slow spell of a shared machine did not touch; optionally validation on some val images
 and the checkpoint an epoch writes. The sweep's time budget and the benchmark (``fer_core.tools.bench``)
-both measure through it.
+both measure through it. ``time_ready_step`` times the trainer's own step alone, on one batch already on
+the device: what the GPU and the host's launch work allow, with no data loading or augmentation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .checkpoint import save_checkpoint
@@ -103,3 +107,54 @@ def _split(steps: int, chunks: int) -> list[int]:
     """``steps`` as ``chunks`` near-equal positive parts (fewer when there are fewer steps)."""
     chunks = min(chunks, steps)
     return [steps // chunks + (i < steps % chunks) for i in range(chunks)]
+
+
+def time_ready_step(trainer: Trainer, *, min_seconds: float = 2.0, warmup_steps: int = 5) -> dict:
+    """Images per second of the trainer's own training step on one batch already on the device.
+
+    The step is exactly a trial's (``Trainer.train_pass``: autocast, loss, backward, gradient clipping,
+    optimizer, schedule, EMA, mixing), fed the same uint8 batch over and over: the trainer's batch size of
+    its first training images, moved to the device once. After ``warmup_steps`` untimed steps (cuDNN
+    autotuning, compilation), passes of growing length run until one lasts at least ``min_seconds``;
+    that pass is the figure (each pass ends with a CUDA sync, so the clock includes the queued GPU work).
+
+    It trains: the trainer's weights, optimizer, schedule and EMA move on (time on a Trainer built for
+    timing, or on one whose run is over). Torch's global RNG is left as it was.
+
+    Args:
+        trainer: the Trainer whose step to time.
+        min_seconds: shortest timed pass.
+        warmup_steps: untimed steps first (at least 1).
+
+    Returns:
+        {"images_per_s", "steps", "seconds", "batch_size"} of the timed pass.
+    """
+    if warmup_steps < 1 or min_seconds <= 0:
+        raise ValueError(
+            f"time_ready_step: warmup_steps = {warmup_steps} and min_seconds = {min_seconds}; "
+            "they must be at least 1 and above 0"
+        )
+    bs, idx = trainer.cfg.batch_size, trainer.train_idx
+    rows = idx[np.arange(bs) % len(idx)]  # a subset smaller than a batch repeats its images
+    device = trainer.runtime.device
+    batch = (
+        torch.from_numpy(np.ascontiguousarray(trainer.train_data.images[rows])).to(device),
+        torch.from_numpy(trainer.train_data.labels[rows]).to(device),
+    )
+    with torch.random.fork_rng(devices=[device] if trainer.runtime.is_cuda else []):
+        torch.manual_seed(trainer.cfg.seed)
+        trainer.train_pass(max_steps=warmup_steps, batches=itertools.repeat(batch))
+        steps = warmup_steps
+        while True:
+            r = trainer.train_pass(max_steps=steps, batches=itertools.repeat(batch))
+            if r["epoch_seconds"] >= min_seconds:
+                break
+            # Aim 20 % past min_seconds from this pass's rate, growing at most 16x per pass.
+            want = math.ceil(steps * 1.2 * min_seconds / max(r["epoch_seconds"], 1e-6))
+            steps = min(16 * steps, max(steps + 1, want))
+    return {
+        "images_per_s": r["images_per_s"],
+        "steps": r["train_steps"],
+        "seconds": r["epoch_seconds"],
+        "batch_size": bs,
+    }

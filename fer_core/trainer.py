@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -277,11 +277,18 @@ class Trainer:
             return True
         return value < self.best if lower_is_better(self.cfg.best_metric) else value > self.best
 
-    def train_pass(self, max_steps: int = 0, progress: bool = False, desc: str = "train") -> dict:
-        """One pass of the training loader (at most ``max_steps`` steps; ``fer_core.timing`` times it)."""
+    def train_pass(
+        self, max_steps: int = 0, progress: bool = False, desc: str = "train", batches: Iterable | None = None
+    ) -> dict:
+        """One pass of the training loader (at most ``max_steps`` steps; ``fer_core.timing`` times it).
+
+        Args:
+            batches: (uint8 images, labels) to train on instead of the loader (``timing.time_ready_step``
+                feeds one batch already on the device, to time the step alone through this same code).
+        """
         return engine.train_one_epoch(
             model=self.train_model,
-            loader=self.loader,
+            loader=self.loader if batches is None else batches,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             loss_fn=self.loss_fn,

@@ -1,14 +1,16 @@
-"""``fer_core.timing.time_training``: the timing of one TrainConfig's training steps, validation and
-checkpoint write, on the small demo set."""
+"""``fer_core.timing``: the timing of one TrainConfig's training steps, validation and checkpoint write, and
+of the trainer's own step on a ready batch, on the small demo set."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
+import torch
 
 from fer_core.config import make_config
-from fer_core.timing import TrainingTiming, time_training
+from fer_core.timing import TrainingTiming, time_ready_step, time_training
+from fer_core.trainer import Trainer
 
 from .conftest import tiny_config
 
@@ -36,3 +38,18 @@ def test_time_training_without_validation_or_warmup(demo_root, tmp_path):
     assert t.warmup_s < t.setup_s  # no warm-up pass ran (building the model alone takes longer)
     with pytest.raises(ValueError, match="timed_steps = 0; it must be at least 1"):
         time_training(cfg, warmup_steps=1, timed_steps=0)
+
+
+def test_time_ready_step_times_the_trainers_own_step(demo_root, tmp_path):
+    trainer = Trainer(make_config(tiny_config(demo_root, tmp_path / "o", ema_decay=0.9)))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    rng = torch.get_rng_state()
+    r = time_ready_step(trainer, min_seconds=0.2, warmup_steps=2)
+    assert r["seconds"] >= 0.2 and r["batch_size"] == 8, r
+    assert r["images_per_s"] == pytest.approx(r["steps"] * 8 / r["seconds"]), r
+    # It ran the real step (the weights, the optimizer's count and the EMA moved) and left torch's RNG alone.
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert trainer.scheduler.last_epoch == trainer.ema.updates >= 2 + r["steps"]
+    assert torch.equal(torch.get_rng_state(), rng)
+    with pytest.raises(ValueError, match="warmup_steps = 0"):
+        time_ready_step(trainer, warmup_steps=0)
