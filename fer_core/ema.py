@@ -13,7 +13,9 @@ from torch import nn
 
 class ModelEma(ModelEmaV3):
     """timm's ``ModelEmaV3`` (foreach lerp of the parameters, BatchNorm statistics copied as they are,
-    stochastic rounding for bf16) with this project's warm-up and an update count kept for resume.
+    stochastic rounding for bf16) with this project's warm-up, an update count kept for resume, and the
+    buffers copied in one batched call over lists built once (timm copies them one by one: ~150 small
+    copies a step for an EfficientNet).
 
     Args:
         model: the trained model (copied).
@@ -27,6 +29,7 @@ class ModelEma(ModelEmaV3):
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.updates = 0
+        self._pairs: tuple | None = None  # (model, ema params, model params, ema buffers, model buffers)
 
     def get_decay(self, step: int | None = None) -> float:
         # Early on the average would be dominated by the random init, so the effective decay starts near 0
@@ -38,7 +41,18 @@ class ModelEma(ModelEmaV3):
     def update(self, model: nn.Module, step: int | None = None) -> None:
         """Blend the model's current weights in (call after every optimizer step)."""
         self.updates += 1
-        super().update(model, step=self.updates)
+        if self._pairs is None or self._pairs[0] is not model:
+            self._pairs = (
+                model,
+                list(self.module.parameters()),
+                list(model.parameters()),
+                list(self.module.buffers()),
+                list(model.buffers()),
+            )
+        _, ema_params, model_params, ema_buffers, model_buffers = self._pairs
+        self._foreach_lerp_(ema_params, model_params, weight=1.0 - self.get_decay(self.updates))
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, model_buffers)
 
     def checkpoint_state(self) -> dict:
         """What a checkpoint keeps (``"module"`` is read by ``checkpoint.load_model``)."""

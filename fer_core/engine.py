@@ -16,6 +16,11 @@ from .metrics import confusion_matrix, summarize
 from .preprocess import Preprocess
 from .runtime import Runtime
 
+# Steps between the step loop's host reads: the finite-loss check and the progress bar's figures read the
+# running sums at the same step, and each read waits for the GPU to finish the queued work; every other step
+# runs without one (tests/test_host_sync.py counts them).
+HOST_READ_EVERY = 25
+
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
@@ -91,6 +96,8 @@ def train_one_epoch(
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         if scaler is not None:
+            # fp16 only. With the fused optimizer (CUDA) scaler.step hands its found-inf flag to the kernel;
+            # with another it reads the flag on the host, a sync by GradScaler's design.
             scaler.step(optimizer)
             scaler.update()
         else:
@@ -106,13 +113,14 @@ def train_one_epoch(
         seen += n
         steps += 1
         # A divergence check every step would sync the GPU every batch; NaN/inf persists in the running
-        # sum, so checking it every 25 steps catches the same runs a few steps later.
-        if steps % 25 == 0 and not torch.isfinite(loss_sum):
-            raise DivergedError(
-                f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip"
-            )
-        if progress and steps % 10 == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        # sum, so checking it every HOST_READ_EVERY steps catches the same runs a few steps later.
+        if steps % HOST_READ_EVERY == 0:
+            if not torch.isfinite(loss_sum):
+                raise DivergedError(
+                    f"training loss became non-finite by step {steps}; the run diverged: lower lr or set grad_clip"
+                )
+            if progress:  # the check above has waited for the GPU already: these reads cost nothing more
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         if steps == max_steps:
             break
     if not torch.isfinite(loss_sum):

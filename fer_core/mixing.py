@@ -8,6 +8,10 @@ epoch, so a resumed run mixes exactly as an uninterrupted one.
 Kept by hand rather than timm's ``Mixup`` + ``SoftTargetCrossEntropy``: that pair turns labels into soft
 targets, which drops the class-weighted loss (``class_weighting``), it needs an even batch size, and it
 draws from NumPy's global generator.
+
+A mixed batch reads its few random numbers (whether to mix, which mix, lam, the box) as Python values from
+torch's CPU generator: host values drawn on the host, no wait for the GPU; the loss uses lam as a Python
+scalar.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ class BatchMixer:
         if mixup_alpha < 0 or cutmix_alpha < 0 or not 0.0 <= prob <= 1.0:
             raise ValueError("mixup_alpha and cutmix_alpha must be >= 0 and mix_prob in [0, 1]")
         self.mixup_alpha, self.cutmix_alpha, self.prob = float(mixup_alpha), float(cutmix_alpha), float(prob)
+        # Built once: a Beta built per batch makes (and validates) its parameter tensors every step.
+        self._beta = {
+            a: torch.distributions.Beta(a, a) for a in (self.mixup_alpha, self.cutmix_alpha) if a > 0
+        }
 
     @property
     def enabled(self) -> bool:
@@ -45,7 +53,7 @@ class BatchMixer:
             return x, y, y, 1.0
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or float(torch.rand(())) < 0.5)
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        lam = float(self._beta[alpha].sample())
         perm = torch.randperm(x.shape[0]).to(x.device, non_blocking=True)
         if not use_cutmix:
             return x * lam + x[perm] * (1.0 - lam), y, y[perm], lam

@@ -36,6 +36,7 @@ class Runtime:
     num_workers: int
     threads: int
     eval_batch_size: int
+    fused_optimizer: bool = False  # one fused kernel per optimizer step, its step count on the device
 
     @property
     def pin_memory(self) -> bool:
@@ -87,6 +88,8 @@ def plan_runtime(
     - workers: none on CPU (augmentation costs ~0.2 ms an image, ~6 % of a CPU step; a worker would
       take a core from the model), CPUs-1 up to 8 on CUDA (one core augments ~4,800 img/s at 48 px).
     - eval batch: 1024 on CUDA, 256 on CPU (no gradients; larger batches only add latency on a CPU).
+    - fused optimizer: on CUDA (one kernel per step instead of a few per parameter group, and no step
+      count read on the host); off on CPU, which keeps the foreach optimizer and its figures.
 
     Args:
         device: the device ("cpu", "cuda" or "cuda:N").
@@ -123,6 +126,7 @@ def plan_runtime(
         num_workers=num_workers,
         threads=threads or cpus,
         eval_batch_size=eval_batch_size or (1024 if cuda else 256),
+        fused_optimizer=cuda,
     )
 
 

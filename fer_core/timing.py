@@ -1,9 +1,10 @@
 """How long a training step, a validation pass and a checkpoint write take for one TrainConfig.
 
-``time_training`` builds the ``Trainer`` a run of that config would build and times its passes: a warm-up
-(worker start, cuDNN autotuning, compilation), then the timed steps, in chunks so that the fastest chunk
-shows the rate a slow spell of a shared machine did not touch; optionally validation on some val images
-and the checkpoint an epoch writes. The sweep's time budget and the benchmark (``fer_core.tools.bench``)
+``time_training`` builds the ``Trainer`` a run of that config would build and times its steps within one
+pass of its loader, as an epoch runs them: a warm-up (worker start, cuDNN autotuning, compilation), then
+the timed steps, clocked in consecutive chunks so that the fastest chunk shows the rate a slow spell of a
+shared machine did not touch; optionally validation on some val images (after one untimed batch) and the
+checkpoint an epoch writes. The sweep's time budget and the benchmark (``fer_core.tools.bench``)
 both measure through it. ``time_ready_step`` times the trainer's own step alone, on one batch already on
 the device: what the GPU and the host's launch work allow, with no data loading or augmentation.
 """
@@ -15,6 +16,7 @@ import itertools
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +47,19 @@ def time_training(
 ) -> TrainingTiming:
     """Build the Trainer of ``cfg`` and time its training steps (and, asked for, what else an epoch does).
 
-    The Trainer writes into a temporary folder (deleted on return), without a progress bar, with epochs of
-    ``warmup_steps + timed_steps`` steps; the warm-up runs in epoch 1, the timed steps in epoch 2.
+    The Trainer writes into a temporary folder (deleted on return), without a progress bar. Warm-up and
+    timed steps are consecutive steps of one loader pass (a new pass would refill the prefetch queue), in
+    an epoch longer than them by what the loader may prefetch, so no timed step gets a batch made ahead
+    at the end of an epoch.
 
     Args:
         cfg: the config to time (its ``out``, ``progress``, ``epochs`` and ``steps_per_epoch`` are replaced).
         warmup_steps: untimed steps first (0: none).
         timed_steps: timed steps.
-        chunks: time the steps in this many consecutive passes; ``best_images_per_s`` is the fastest.
+        chunks: clock the timed steps in this many consecutive chunks; ``best_images_per_s`` is the fastest.
         eval_images: also validate (``Trainer.evaluate``, with the config's flip TTA) on this many val
-            images and write the epoch's checkpoint, timing both (0: neither).
+            images, after one untimed eval batch (cuDNN autotunes the new shapes), and write the epoch's
+            checkpoint, timing both (0: neither).
 
     Raises:
         ValueError: a count below its minimum (timed_steps and chunks 1, the others 0).
@@ -68,39 +73,54 @@ def time_training(
     ):
         if value < low:
             raise ValueError(f"time_training: {name} = {value}; it must be at least {low}")
+    sizes = _split(timed_steps, chunks)
+    # Chunk boundaries, as steps done: the clock is read before the batch of each of these steps is fetched.
+    bounds = [warmup_steps + sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    # The Trainer's loader prefetches 4 batches per worker (auto: at most 8 workers).
+    margin = 4 * max(8, cfg.num_workers)
     with tempfile.TemporaryDirectory() as out:
-        cfg = dataclasses.replace(
-            cfg, out=out, progress=False, steps_per_epoch=warmup_steps + timed_steps, epochs=2
-        )
+        cfg = dataclasses.replace(cfg, out=out, progress=False, steps_per_epoch=bounds[-1] + margin, epochs=1)
         t0 = time.perf_counter()
         trainer = Trainer(cfg)
         setup_s = time.perf_counter() - t0
         trainer.sampler.set_epoch(1)
         torch.manual_seed(cfg.seed)
+        clock: list[float] = []
         t1 = time.perf_counter()
-        if warmup_steps:  # max_steps=0 would be a whole pass
-            trainer.train_pass(max_steps=warmup_steps)
-        warmup_s = time.perf_counter() - t1
-        trainer.sampler.set_epoch(2)
-        parts = [trainer.train_pass(max_steps=n) for n in _split(timed_steps, chunks)]
+        trainer.train_pass(batches=_clocked(trainer.loader, bounds, clock, trainer.runtime))
         eval_images_per_s = checkpoint_s = 0.0
         if eval_images:
             idx = trainer.val_idx[:eval_images]
+            trainer.evaluate(indices=idx[: trainer.runtime.eval_batch_size])  # warm: cuDNN autotuning
             t2 = time.perf_counter()
             trainer.evaluate(indices=idx)
             t3 = time.perf_counter()
             save_checkpoint(trainer.state(), Path(out) / "last.pt")
             eval_images_per_s, checkpoint_s = len(idx) / (t3 - t2), time.perf_counter() - t3
+    bs = cfg.batch_size
     return TrainingTiming(
         setup_s=setup_s,
-        warmup_s=warmup_s,
-        images_per_s=sum(p["train_images"] for p in parts) / sum(p["epoch_seconds"] for p in parts),
-        best_images_per_s=max(p["images_per_s"] for p in parts),
+        warmup_s=clock[0] - t1,
+        images_per_s=timed_steps * bs / (clock[-1] - clock[0]),
+        best_images_per_s=max(n * bs / (b - a) for n, a, b in zip(sizes, clock, clock[1:])),
         eval_images_per_s=eval_images_per_s,
         checkpoint_s=checkpoint_s,
         runtime=trainer.runtime.describe(),
         train_images=len(trainer.train_idx),
     )
+
+
+def _clocked(loader, bounds: list[int], clock: list[float], runtime) -> Iterator:
+    """Yield ``bounds[-1]`` batches of one pass of ``loader``, appending to ``clock`` the time (after a CUDA
+    sync, so queued GPU work counts) when each step of ``bounds`` asks for its batch and after the last."""
+    it = iter(loader)
+    for step in range(bounds[-1] + 1):
+        if step in bounds:
+            if runtime.is_cuda:
+                torch.cuda.synchronize(runtime.device)
+            clock.append(time.perf_counter())
+        if step < bounds[-1]:
+            yield next(it)
 
 
 def _split(steps: int, chunks: int) -> list[int]:

@@ -57,15 +57,20 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD (Nesterov) from timm's factory, which leaves norms and biases out of weight decay
-    (decaying BN scales only hurts)."""
+    (decaying BN scales only hurts).
+
+    Args:
+        fused: torch's fused implementation (``Runtime.fused_optimizer``: on CUDA); else torch's default.
+    """
     return create_optimizer_v2(
         model_or_params=model,
         opt=cfg.optimizer,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         momentum=cfg.momentum,
+        **({"fused": True} if fused else {}),
     )
 
 
@@ -169,7 +174,7 @@ class Trainer:
             prefetch_factor=4 if w > 0 else None,
             worker_init_fn=worker_init if w > 0 else None,
         )
-        self.optimizer = build_optimizer(model=self.model, cfg=cfg)
+        self.optimizer = build_optimizer(model=self.model, cfg=cfg, fused=self.runtime.fused_optimizer)
         total = cfg.epochs * self.steps_per_epoch
         warm = min(total, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
