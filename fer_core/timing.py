@@ -16,7 +16,6 @@ import itertools
 import math
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,21 +72,16 @@ def time_training(
     ):
         if value < low:
             raise ValueError(f"time_training: {name} = {value}; it must be at least {low}")
-    sizes = _split(timed_steps, chunks)
-    # Chunk boundaries, as steps done: the clock is read before the batch of each of these steps is fetched.
-    bounds = [warmup_steps + sum(sizes[:i]) for i in range(len(sizes) + 1)]
     # The Trainer's loader prefetches 4 batches per worker (auto: at most 8 workers).
     margin = 4 * max(8, cfg.num_workers)
     with tempfile.TemporaryDirectory() as out:
-        cfg = dataclasses.replace(cfg, out=out, progress=False, steps_per_epoch=bounds[-1] + margin, epochs=1)
+        cfg = dataclasses.replace(
+            cfg, out=out, progress=False, steps_per_epoch=warmup_steps + timed_steps + margin, epochs=1
+        )
         t0 = time.perf_counter()
         trainer = Trainer(cfg)
         setup_s = time.perf_counter() - t0
-        trainer.sampler.set_epoch(1)
-        torch.manual_seed(cfg.seed)
-        clock: list[float] = []
-        t1 = time.perf_counter()
-        trainer.train_pass(batches=_clocked(trainer.loader, bounds, clock, trainer.runtime))
+        loop = time_loader_steps(trainer, warmup_steps=warmup_steps, timed_steps=timed_steps, chunks=chunks)
         eval_images_per_s = checkpoint_s = 0.0
         if eval_images:
             idx = trainer.val_idx[:eval_images]
@@ -97,12 +91,11 @@ def time_training(
             t3 = time.perf_counter()
             save_checkpoint(trainer.state(), Path(out) / "last.pt")
             eval_images_per_s, checkpoint_s = len(idx) / (t3 - t2), time.perf_counter() - t3
-    bs = cfg.batch_size
     return TrainingTiming(
         setup_s=setup_s,
-        warmup_s=clock[0] - t1,
-        images_per_s=timed_steps * bs / (clock[-1] - clock[0]),
-        best_images_per_s=max(n * bs / (b - a) for n, a, b in zip(sizes, clock, clock[1:])),
+        warmup_s=loop["warmup_s"],
+        images_per_s=loop["images_per_s"],
+        best_images_per_s=loop["best_images_per_s"],
         eval_images_per_s=eval_images_per_s,
         checkpoint_s=checkpoint_s,
         runtime=trainer.runtime.describe(),
@@ -110,17 +103,71 @@ def time_training(
     )
 
 
-def _clocked(loader, bounds: list[int], clock: list[float], runtime) -> Iterator:
-    """Yield ``bounds[-1]`` batches of one pass of ``loader``, appending to ``clock`` the time (after a CUDA
-    sync, so queued GPU work counts) when each step of ``bounds`` asks for its batch and after the last."""
-    it = iter(loader)
-    for step in range(bounds[-1] + 1):
-        if step in bounds:
-            if runtime.is_cuda:
-                torch.cuda.synchronize(runtime.device)
-            clock.append(time.perf_counter())
-        if step < bounds[-1]:
+def time_loader_steps(
+    trainer: Trainer, *, warmup_steps: int, timed_steps: int, chunks: int = 1, min_seconds: float = 0.0
+) -> dict:
+    """Time consecutive steps of one pass of the trainer's loader (epoch 1's order): data, augmentation
+    and the step, as an epoch runs them.
+
+    The clock is read (after a CUDA sync) when a chunk's first step asks for its batch and after the last
+    step. The timed steps end at least as many batches before the epoch's end as the loader prefetches,
+    so none is a batch made ahead while the step waited.
+
+    Args:
+        trainer: the Trainer to time (it trains: weights, optimizer and schedule move on; torch's global
+            RNG is left as it was).
+        warmup_steps: untimed steps first (0: none).
+        timed_steps: timed steps, clocked in ``chunks`` consecutive chunks.
+        chunks: ``best_images_per_s`` is the fastest chunk's rate.
+        min_seconds: go on past ``timed_steps`` (in the last chunk) until the timed steps took this long,
+            or the epoch's end is that near.
+
+    Returns:
+        {"warmup_s", "images_per_s", "best_images_per_s", "steps", "seconds"} of the timed steps.
+    """
+    sizes = _split(timed_steps, chunks)
+    bounds = [warmup_steps + sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    last = len(trainer.loader) - 4 * trainer.runtime.num_workers  # the prefetched batches left out
+    if bounds[-1] > last:
+        raise ValueError(
+            f"time_loader_steps: {bounds[-1]} steps do not fit an epoch of {len(trainer.loader)} steps "
+            f"less the {len(trainer.loader) - last} batches its loader prefetches"
+        )
+    clock: list[tuple[int, float]] = []  # (steps done, time)
+    runtime = trainer.runtime
+
+    def mark(step: int) -> None:
+        if runtime.is_cuda:
+            torch.cuda.synchronize(runtime.device)
+        clock.append((step, time.perf_counter()))
+
+    def clocked():
+        it = iter(trainer.loader)
+        for step in range(last + 1):
+            done = step >= bounds[-1] and (
+                step == last or not min_seconds or time.perf_counter() - clock[0][1] >= min_seconds
+            )
+            if step in bounds[:-1] or done:
+                mark(step)
+            if done:
+                return
             yield next(it)
+
+    with torch.random.fork_rng(devices=[runtime.device] if runtime.is_cuda else []):
+        trainer.sampler.set_epoch(1)
+        torch.manual_seed(trainer.cfg.seed)
+        t0 = time.perf_counter()
+        trainer.train_pass(batches=clocked())
+    bs = trainer.cfg.batch_size
+    rates = [(b - a) * bs / (tb - ta) for (a, ta), (b, tb) in zip(clock, clock[1:])]
+    (first, t_first), (end, t_end) = clock[0], clock[-1]
+    return {
+        "warmup_s": t_first - t0,
+        "images_per_s": (end - first) * bs / (t_end - t_first),
+        "best_images_per_s": max(rates),
+        "steps": end - first,
+        "seconds": t_end - t_first,
+    }
 
 
 def _split(steps: int, chunks: int) -> list[int]:

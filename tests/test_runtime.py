@@ -70,6 +70,7 @@ def test_compiled_bf16_training_runs_and_saves_plain_weights(demo_root, tmp_path
 
 @pytest.mark.slow  # a benchmark run
 def test_bench_cli_prints_all_three_paths_and_ratios(demo_root):
+    """A sweep's trial config (the demo sweep: lr, batch and augmentation at their middles, the shape given)."""
     r = subprocess.run(
         [
             sys.executable,
@@ -83,12 +84,14 @@ def test_bench_cli_prints_all_three_paths_and_ratios(demo_root):
             "32",
             "--batch-size",
             "8",
-            "--steps",
-            "2",
+            "--min-seconds",
+            "0.2",
             "--warmup",
             "1",
             "--rounds",
             "1",
+            "--config",
+            "sweeps/configs/default.yaml",
             "--json",
         ],
         cwd=REPO,
@@ -100,11 +103,14 @@ def test_bench_cli_prints_all_three_paths_and_ratios(demo_root):
     assert r.stderr.splitlines()[0] == f"data: {demo_root} (given with --data)", (
         r.stderr
     )  # says what it measures
+    assert "config: a trial of sweeps/configs/default.yaml at the middle of its search space" in r.stderr
     res = json.loads(r.stdout)
     ips = res["images_per_s"]
-    assert all(ips[k] > 0 for k in ("seed", "fer_core", "compute"))
+    assert all(ips[k] > 0 for k in ("seed", "fer_core", "ready_step"))
+    assert all(t >= 0.2 for t in res["timed_s"].values()), res["timed_s"]
     assert res["ratio_b_over_a"] == pytest.approx(ips["fer_core"] / ips["seed"])
-    assert res["ratio_b_over_c"] == pytest.approx(ips["fer_core"] / ips["compute"])
+    assert res["ratio_b_over_c"] == pytest.approx(ips["fer_core"] / ips["ready_step"])
+    assert res["seed_colab_reference_images_per_s"] is None  # a reference printed on CUDA only
     assert all(res["peak_memory_mib"][k] > 50 for k in ips)  # at least the model and torch are resident
     s = res["settings"]
     assert (s["img_size"], s["batch_size"], s["device"]) == (32, 8, "cpu") and "channels_last=on" in s[
@@ -129,7 +135,7 @@ def test_bench_asked_for_a_missing_gpu_says_so_in_one_line(demo_root):
 @pytest.mark.slow  # four benchmark CLI processes: ~8 s
 def test_bench_rejects_impossible_settings_in_one_line():
     for argv, msg in (
-        (["--steps", "0"], "error: --steps = 0; it must be at least 1"),
+        (["--min-seconds", "0"], "error: --min-seconds = 0.0; it must be at least 0.01"),
         (["--batch-size", "-2"], "error: --batch-size = -2; it must be at least 1"),
         (["no_such_key=1"], "error: command line: unknown key 'no_such_key'"),
         (["--parity", "channels_last=off"], "error: --parity compares fixed plain and fast settings"),

@@ -1,16 +1,16 @@
-"""The benchmark's measurements, one function per path: (a) ``bench_seed``, (b) ``bench_fer_core``, (c)
-``bench_compute`` (what each stands for: ``fer_core.tools.bench``'s docstring), with the peak-memory sampler
-and the warm-up/timed step loop (a) and (c) share; (b) is ``fer_core.timing.time_training``.
+"""The benchmark's measurements: (a) ``bench_seed``, then (b) and (c') on one Trainer, ``bench_fer_core`` (what
+each stands for: ``fer_core.tools.bench``'s docstring), with the peak-memory sampler and the timed loop (a)
+uses; (b) is ``fer_core.timing.time_loader_steps``, (c') ``fer_core.timing.time_ready_step``.
 
-Each call builds its path, runs ``warmup`` untimed then ``steps`` timed steps and returns images per second,
-warm-up seconds and peak memory. ``bench`` alternates them over rounds, takes medians and ratios, runs the
-parity check and is the CLI.
+Each figure comes from a timed pass of at least ``min_seconds`` after ``warmup`` untimed steps.
+``bench`` alternates them over rounds, takes medians and ratios, runs the parity check and is the CLI.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,10 +21,14 @@ import torchvision.transforms as T
 from torch import nn
 from torchvision.datasets import ImageFolder
 
-from ..config import make_config
-from ..timing import time_training
+from ..config import TrainConfig
+from ..timing import time_loader_steps, time_ready_step
+from ..trainer import Trainer
 
 SEED_WORKERS = 2  # what the seed notebooks pass to DataLoader
+# The (b) Trainer's epoch, in steps: its timed pass never reaches the epoch's end (2 s at batch 64 is
+# 1,000 steps up to 32,000 img/s).
+BENCH_EPOCH_STEPS = 1000
 
 
 class PeakMemory:
@@ -72,19 +76,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_steps(step, batches, warmup: int, steps: int, batch_size: int, device: torch.device) -> dict:
-    """Run ``warmup`` untimed then ``steps`` timed calls of ``step(batch)``; returns img/s and warm-up seconds."""
+def _timed_steps(
+    step, batches, warmup: int, min_seconds: float, batch_size: int, device: torch.device
+) -> dict:
+    """``warmup`` untimed calls of ``step(batch)``, then calls until ``min_seconds`` have passed (the host's
+    clock; a CUDA sync before the last reading); returns img/s, steps, seconds and warm-up seconds."""
     it = iter(batches)
     t0 = time.perf_counter()
     for _ in range(warmup):
         step(next(it))
     _sync(device)
     t1 = time.perf_counter()
-    for _ in range(steps):
+    steps = 0
+    while time.perf_counter() - t1 < min_seconds:
         step(next(it))
+        steps += 1
     _sync(device)
-    t2 = time.perf_counter()
-    return {"images_per_s": steps * batch_size / (t2 - t1), "warmup_s": t1 - t0}
+    seconds = time.perf_counter() - t1
+    return {
+        "images_per_s": steps * batch_size / seconds,
+        "steps": steps,
+        "seconds": seconds,
+        "warmup_s": t1 - t0,
+    }
 
 
 def _endless(loader):
@@ -98,7 +112,7 @@ def bench_seed(
     img_size: int,
     batch_size: int,
     warmup: int,
-    steps: int,
+    min_seconds: float,
     workers: int = SEED_WORKERS,
 ) -> dict:
     """(a) The seed-style loop: ImageFolder + PIL + torchvision transforms, Adam, fp32, NCHW.
@@ -108,7 +122,8 @@ def bench_seed(
         device: where the model runs.
         img_size: input size.
         batch_size: batch size.
-        warmup, steps: untimed and timed steps.
+        warmup: untimed steps.
+        min_seconds: shortest timed pass.
         workers: DataLoader workers.
     """
     tf = T.Compose(
@@ -143,68 +158,44 @@ def bench_seed(
         opt.step()
 
     with PeakMemory(device) as mem:
-        out = _timed_steps(step, _endless(loader), warmup, steps, batch_size, device)
+        out = _timed_steps(step, _endless(loader), warmup, min_seconds, batch_size, device)
     del loader  # stops the workers
     return {**out, "peak_memory_bytes": mem.peak}
 
 
-def bench_fer_core(
-    data: Path,
-    device: torch.device,
-    img_size: int,
-    batch_size: int,
-    warmup: int,
-    steps: int,
-    overrides: dict | None = None,
-) -> dict:
-    """(b) fer_core's training path exactly as a trial builds it: ``fer_core.timing.time_training`` on the
-    TrainConfig of these settings, with the peak memory of building and timing it.
+def bench_fer_core(cfg: TrainConfig, device: torch.device, warmup: int, min_seconds: float) -> dict:
+    """(b) and (c') on one ``Trainer`` of ``cfg``, built as a trial builds it: (b) consecutive steps of one
+    pass of its loader (``time_loader_steps``), then (c') its own step on a batch already on the device
+    (``time_ready_step``).
 
     Args:
-        data: dataset root.
-        device: where the model runs.
-        img_size, batch_size: as in the trial config.
-        warmup, steps: untimed and timed steps.
-        overrides: further TrainConfig keys (e.g. channels_last=off to measure one choice).
+        cfg: the trial's config (its ``out``, ``progress`` and ``steps_per_epoch`` are replaced).
+        device: the config's device, resolved (where peak memory is read).
+        warmup: untimed steps before each.
+        min_seconds: shortest timed pass of each.
 
     Returns:
-        ``TrainingTiming``'s fields and ``peak_memory_bytes``.
+        {"fer_core": ..., "ready_step": ...}: each with ``images_per_s``, ``seconds``, ``warmup_s`` and
+        ``peak_memory_bytes``; (b)'s also ``setup_s``, ``runtime`` and ``train_images``.
     """
-    cfg = make_config(
-        {
-            "data": str(data),
-            "img_size": img_size,
-            "batch_size": batch_size,
-            "device": str(device),
-            **(overrides or {}),
+    with tempfile.TemporaryDirectory() as out:
+        cfg = dataclasses.replace(cfg, out=out, progress=False, steps_per_epoch=BENCH_EPOCH_STEPS)
+        with PeakMemory(device) as mem_b:
+            t0 = time.perf_counter()
+            trainer = Trainer(cfg)
+            setup_s = time.perf_counter() - t0
+            b = time_loader_steps(trainer, warmup_steps=warmup, timed_steps=1, min_seconds=min_seconds)
+        with PeakMemory(device) as mem_c:
+            t1 = time.perf_counter()
+            c = time_ready_step(trainer, min_seconds=min_seconds, warmup_steps=max(1, warmup))
+            c["warmup_s"] = time.perf_counter() - t1 - c["seconds"]  # the warm-up and any shorter passes
+    return {
+        "fer_core": {
+            **b,
+            "setup_s": setup_s,
+            "runtime": trainer.runtime.describe(),
+            "train_images": len(trainer.train_idx),
+            "peak_memory_bytes": mem_b.peak,
         },
-        source="bench",
-    )
-    with PeakMemory(device) as mem:
-        timing = time_training(cfg, warmup_steps=warmup, timed_steps=steps)
-    return {**dataclasses.asdict(timing), "peak_memory_bytes": mem.peak}
-
-
-def bench_compute(
-    device: torch.device, img_size: int, batch_size: int, warmup: int, steps: int, classes: int = 7
-) -> dict:
-    """(c) Forward + backward of the plain eager fp32 NCHW efficientnet_b0 on a batch already on the device.
-
-    Args:
-        device: where it runs.
-        img_size, batch_size: input shape.
-        warmup, steps: untimed and timed steps.
-        classes: classifier outputs.
-    """
-    model = timm.create_model("efficientnet_b0", num_classes=classes).to(device).train()
-    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
-    y = torch.randint(0, classes, (batch_size,), device=device)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step(_):
-        model.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-
-    with PeakMemory(device) as mem:
-        out = _timed_steps(step, _endless([None]), warmup, steps, batch_size, device)
-    return {**out, "peak_memory_bytes": mem.peak}
+        "ready_step": {**c, "peak_memory_bytes": mem_c.peak},
+    }
