@@ -241,6 +241,10 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for (
+            group
+        ) in self.optimizer.param_groups:  # this runtime's choice, not that of the checkpoint's device
+            group["fused"] = self.runtime.fused_optimizer or None
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])

@@ -19,6 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fer_core import engine
+from fer_core.checkpoint import save_checkpoint
 from fer_core.config import make_config
 from fer_core.runtime import resolve_runtime
 from fer_core.trainer import Trainer
@@ -143,3 +144,16 @@ def test_ema_update_is_two_batched_calls(demo_root, tmp_path):
     with Count():
         trainer.ema.update(trainer.model)
     assert calls == {"_foreach_lerp_": 1, "_foreach_copy_": 1}, calls
+
+
+def test_resume_uses_this_runtimes_optimizer_implementation(demo_root, tmp_path):
+    """A checkpoint written with the fused optimizer (a GPU run) resumes on the CPU with the CPU's choice."""
+    cfg = make_config(tiny_config(demo_root, tmp_path / "o"))
+    runtime = resolve_runtime(device="cpu", threads=cfg.threads, eval_batch_size=cfg.eval_batch_size)
+    fused = Trainer(cfg, runtime=dataclasses.replace(runtime, fused_optimizer=True))
+    fused.train_pass(max_steps=1)
+    save_checkpoint(fused.state(), tmp_path / "last.pt")
+    plain = Trainer(cfg, runtime=runtime)
+    plain.restore(tmp_path / "last.pt")
+    assert [g["fused"] for g in plain.optimizer.param_groups] == [None] * len(plain.optimizer.param_groups)
+    plain.train_pass(max_steps=1)  # and it trains on
