@@ -17,6 +17,7 @@ from fer_core.checkpoint import load_checkpoint
 from fer_core.config import make_config
 from fer_core.data import SplitData
 from fer_core.dataset import DeviceBatches, EpochSampler
+from fer_core.tools import bench_augment
 from fer_core.train import train
 from fer_core.trainer import Trainer
 
@@ -234,3 +235,22 @@ def test_trainer_imports_and_trains_without_albumentations(demo_root, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "trained 1 False" in out.stdout
     assert "refused: key 'augment_backend' resolved to albumentations, which is not installed" in out.stdout
+
+
+def test_bench_augment_prints_both_backends_and_their_ratio(demo_root, capsys):
+    args = [
+        "--data",
+        str(demo_root),
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--seconds",
+        "0.01",
+        "--rounds",
+        "1",
+    ]
+    bench_augment.main([*args, "--strengths", "0.5"])
+    out = capsys.readouterr().out
+    assert f"data: {demo_root} (val split), 24 of 28 images at 32 px" in out
+    assert "strength 0.5: albumentations" in out and "torch/albumentations" in out
