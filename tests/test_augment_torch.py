@@ -133,6 +133,25 @@ def test_same_parameters_for_the_same_sample_whatever_the_batch():
     assert (u[0] != u[1]).all() and u.min() >= 0 and u.max() < 1  # another sample
 
 
+def _fmix32(h: int) -> int:  # MurmurHash3's finaliser on Python's exact integers
+    h ^= h >> 16
+    h = h * 0x85EBCA6B & 0xFFFFFFFF
+    h ^= h >> 13
+    h = h * 0xC2B2AE35 & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def test_the_hash_is_exact_integer_arithmetic():
+    """The tensor hash equals the same hash on Python's unbounded integers, bit for bit (also for seeds and
+    epochs past 32 bits and a negative seed): no step overflows int64, so every device computes it alike."""
+    positions = [0, 1, 63, 12_345, 2**32 - 1]
+    for seed, epoch in ((0, 1), (123_456_789_012, 7), (-5, 2**33 + 3)):
+        key = [_fmix32(p ^ _fmix32((epoch & 0xFFFFFFFF) ^ _fmix32(seed & 0xFFFFFFFF))) for p in positions]
+        want = [[(_fmix32((k + j * 0x9E3779B9) & 0xFFFFFFFF) >> 8) / 2**24 for j in range(1, 4)] for k in key]
+        got = T.uniforms(seed, epoch, torch.tensor(positions), draws=3)
+        assert got.tolist() == want
+
+
 def _batches(seed: int, strength: float = 1.0) -> DeviceBatches:
     images = np.stack([np.roll(SMOOTH, k, axis=1) for k in range(40)])
     data = SplitData("train", ("a", "b"), images, np.arange(40) % 2, [], [], [])
