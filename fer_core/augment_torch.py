@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
-DRAWS = 21  # uniform numbers per sample: see ``sample_params``
+DRAWS = 20  # uniform numbers per sample: see ``sample_params``
 
 
 def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
@@ -99,7 +99,7 @@ def sample_params(u: torch.Tensor, strength: float, height: int, width: int) -> 
     n_sizes = hi_hole - lo_hole + 1
     holes = []
     for k in range(2):
-        c = 13 + 4 * k
+        c = 12 + 4 * k
         h = lo_hole + integer(c, n_sizes)
         w = lo_hole + integer(c + 1, n_sizes)
         y0 = integer(c + 2, height - h + 1)
@@ -118,7 +118,7 @@ def sample_params(u: torch.Tensor, strength: float, height: int, width: int) -> 
         color=u[:, 7] < min(1.0, 0.8 * s + 0.1),
         alpha=1.0 + between(8, -0.3 * s, 0.3 * s),
         beta=between(9, -0.3 * s, 0.3 * s) * 255.0,
-        boxes=torch.stack(holes, dim=1) * (u[:, 12] < 0.5 * s)[:, None, None],
+        boxes=torch.stack(holes, dim=1) * (u[:, 10] < 0.5 * s)[:, None, None],
     )
 
 
