@@ -37,20 +37,38 @@ def test_auto_cpus_fit_the_smallest_usable_node_and_bigger_nodes_take_more():
 
 
 def test_gpu_trials_go_to_gpu_nodes_only_with_their_cpus_split_per_gpu_share():
+    """With albumentations (CPU workers augment), each GPU node's CPUs are split between its trials."""
     nodes = [N("head", 8, head=True), N("gpu1", 4, 1), N("gpu2", 16, 2)]
-    placed = place(nodes)  # auto: one GPU per trial
+    placed = place(nodes, augment_backend="albumentations")  # auto: one GPU per trial
     assert placed.resources == {"cpu": 4, "gpu": 1.0}
     assert [k for _, k in placed.per_node] == [0, 1, 2]
-    half = place(nodes, gpus_per_trial=0.5)
+    half = place(nodes, gpus_per_trial=0.5, augment_backend="albumentations")
     assert half.resources == {"cpu": 2, "gpu": 0.5} and [k for _, k in half.per_node] == [0, 2, 4]
-    assert "(no GPU)" in half.lines()[1]
+    assert "(no GPU)" in half.lines()[1] and "one CPU feeds" not in half.lines()[0]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_gpu_trials_augmenting_on_the_gpu_need_one_cpu_and_pack_by_gpu_share(backend):
+    """auto (torch on CUDA) or torch: the data and its augmentation live on the GPU, so one CPU feeds a
+    trial; trials per node follow the GPU share, no longer the CPU count."""
+    nodes = [N("head", 8, head=True), N("gpu1", 4, 1), N("gpu2", 16, 2)]
+    placed = place(nodes, augment_backend=backend)
+    assert placed.resources == {"cpu": 1, "gpu": 1.0} and [k for _, k in placed.per_node] == [0, 1, 2]
+    assert "(data and augmentation on the GPU: one CPU feeds a trial)" in placed.lines()[0]
+    quarter = place(nodes, gpus_per_trial=0.25, augment_backend=backend)
+    assert quarter.resources == {"cpu": 1, "gpu": 0.25} and [k for _, k in quarter.per_node] == [0, 4, 8]
+    eighth = place([N("g5", 4, 1)], gpus_per_trial=0.125, augment_backend=backend)
+    assert [k for _, k in eighth.per_node] == [4]  # still one CPU each: a 4-CPU node holds 4
+    assert place(nodes, cpus_per_trial=2, augment_backend=backend).cpus == 2  # an explicit count is kept
+    cpu_only = place([N("a", 16)], augment_backend=backend)
+    assert cpu_only.resources == {"cpu": 4, "gpu": 0.0} and not cpu_only.gpu_fed  # CPU planning unchanged
 
 
 def test_autoscaled_gpu_type_is_planned_before_any_gpu_is_up():
     """cluster.yaml's shape: a head with no CPUs for trials and GPU workers from 0: GPU trials, not CPU ones."""
     nodes = [N("head", 0, head=True), N("gpu_worker", 4, 1, count=4, launchable=True)]
     placed = place(nodes)
-    assert placed.resources == {"cpu": 4, "gpu": 1.0} and placed.concurrent == 4
+    assert placed.resources == {"cpu": 1, "gpu": 1.0} and placed.concurrent == 4
     assert "node type gpu_worker (autoscaled, up to 4)" in "\n".join(placed.lines())
     # Once two workers are up, they are not counted twice.
     up = nodes + [N("w1", 4, 1), N("w2", 4, 1)]
@@ -62,11 +80,15 @@ def test_the_settings_resources_cap_and_trial_count_decide_the_placement():
     one = [N("local", 2)]
     assert (place_trials(s, one).resources, place_trials(s, one).concurrent) == ({"cpu": 2, "gpu": 0.0}, 1)
     assert place_trials(s, [N("local", 16)]).resources == {"cpu": 4, "gpu": 0.0}
-    gpus = place_trials(s, [N("local", 16, 2)])
-    assert (gpus.resources, gpus.concurrent) == ({"cpu": 8, "gpu": 1.0}, 2)
+    gpus = place_trials(s, [N("local", 16, 2)])  # augment_backend auto: torch on the GPU, one CPU each
+    assert (gpus.resources, gpus.concurrent) == ({"cpu": 1, "gpu": 1.0}, 2)
     shared = dataclasses.replace(s, resources=dataclasses.replace(s.resources, gpus_per_trial=0.25))
     quarter = place_trials(shared, [N("local", 16, 2)])  # four trials share each GPU
-    assert (quarter.resources, quarter.concurrent) == ({"cpu": 2, "gpu": 0.25}, 8)
+    assert (quarter.resources, quarter.concurrent) == ({"cpu": 1, "gpu": 0.25}, 8)
+    alb = dataclasses.replace(shared, train=dataclasses.replace(s.train, augment_backend="albumentations"))
+    assert place_trials(alb, [N("local", 16, 2)]).resources == {"cpu": 2, "gpu": 0.25}
+    retrain_alb = dataclasses.replace(shared, retrain={"augment_backend": "albumentations"})
+    assert place_trials(retrain_alb, [N("local", 16, 2)]).cpus == 2  # the retrain shares the placement
     few = dataclasses.replace(shared, num_samples=3, max_concurrent_trials=0)
     assert place_trials(few, [N("local", 16, 2)]).concurrent == 3  # no more at once than trials
     capped = dataclasses.replace(s, max_concurrent_trials=2)
@@ -150,7 +172,9 @@ def test_shipped_cluster_yaml_plans_gpu_trials_on_its_workers():
     assert [(t.name, t.gpus, t.count) for t in types] == [("gpu_worker", 1.0, 4)]
     head = N("head", 0, head=True)  # cluster.yaml's head: CPU 0
     placed = place([head, *types], cpus_per_trial="auto", gpus_per_trial="auto")
-    assert placed.gpus == 1.0 and placed.cpus == types[0].cpus and placed.concurrent == 4
+    assert placed.gpus == 1.0 and placed.cpus == 1 and placed.concurrent == 4  # torch backend: 1 CPU feeds
+    alb = place([head, *types], augment_backend="albumentations")
+    assert alb.cpus == types[0].cpus and alb.concurrent == 4
     cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
     assert cfg["available_node_types"][cfg["head_node_type"]]["resources"]["CPU"] == 0
 

@@ -119,9 +119,9 @@ def test_resource_plans():
 
     assert placed(s, 2) == ({"cpu": 2, "gpu": 0.0}, 1)
     assert placed(s, 16) == ({"cpu": 4, "gpu": 0.0}, 4)
-    assert placed(s, 16, 2) == ({"cpu": 8, "gpu": 1.0}, 2)
+    assert placed(s, 16, 2) == ({"cpu": 1, "gpu": 1.0}, 2)  # augment_backend auto: on the GPU, 1 CPU feeds
     shared = dataclasses.replace(s, resources=Resources(gpus_per_trial=0.25))  # four trials share each GPU
-    assert placed(shared, 16, 2) == ({"cpu": 2, "gpu": 0.25}, 8)
+    assert placed(shared, 16, 2) == ({"cpu": 1, "gpu": 0.25}, 8)
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ class Placement:
     per_node: tuple[tuple[NodeShape, int], ...]  # each node (type) and the trials one such node holds at once
     requested: tuple  # (cpus_per_trial, gpus_per_trial) as configured, for the log
     warnings: tuple[str, ...] = ()
+    gpu_fed: bool = False  # auto CPUs were 1 because the trials augment on the GPU (the torch backend)
 
     @property
     def resources(self) -> dict:  # for tune.with_resources
@@ -61,7 +62,9 @@ class Placement:
         cpt, gpt = self.requested
         out = [
             f"plan: each trial {self.cpus} CPU + {self.gpus:g} GPU (cpus_per_trial: {cpt}, gpus_per_trial: {gpt}), "
-            f"up to {self.concurrent} at once; trials run on " + ("GPU" if self.gpus else "CPU")
+            f"up to {self.concurrent} at once; trials run on "
+            + ("GPU" if self.gpus else "CPU")
+            + (" (data and augmentation on the GPU: one CPU feeds a trial)" if self.gpu_fed else "")
         ]
         for node, k in self.per_node:
             why = "" if k else (" (too few CPUs)" if node.cpus + _EPS < self.cpus else " (no GPU)")
@@ -91,10 +94,12 @@ def place(
     gpus_per_trial: float | str = "auto",
     max_concurrent: int = 0,
     num_samples: int = 1 << 30,
+    augment_backend: str = "auto",
 ) -> Placement:
     """Trials that each fit on one of ``nodes``, at most ``max_concurrent`` (0: no cap) and ``num_samples``
-    at once (auto: a whole GPU each when there are GPUs, CPUs so the smallest usable node takes trials); a
-    one-line FerError naming the request and the nodes when no node can hold one."""
+    at once (auto: a whole GPU each when there are GPUs; CPUs so the smallest usable node takes trials, or
+    one CPU for a GPU trial whose data and augmentation live on the GPU: ``augment_backend`` torch, or auto,
+    which is torch on CUDA); a one-line FerError naming the request and the nodes when no node can hold one."""
     has_gpu = [n for n in nodes if n.gpus > 0]
     gpt = (1.0 if has_gpu else 0.0) if gpus_per_trial == "auto" else float(gpus_per_trial)
     # A trial needs at least one CPU (its process and data pipeline), and its whole GPU share on one node.
@@ -108,7 +113,11 @@ def place(
             "set gpus_per_trial: 0 or auto, or give the cluster GPU nodes (an autoscaling cluster: pass its "
             "launcher file with --cluster-config)"
         )
-    if cpus_per_trial == "auto":
+    # With the torch backend a GPU trial's CPU only launches GPU work: trials pack by their GPU share.
+    gpu_fed = bool(gpt) and cpus_per_trial == "auto" and augment_backend != "albumentations"
+    if gpu_fed:
+        cpt = 1
+    elif cpus_per_trial == "auto":
 
         def share(n: NodeShape) -> int:  # trials one node of this shape should hold
             if gpt:
@@ -143,18 +152,21 @@ def place(
             "CPU while the GPUs stay idle; set gpus_per_trial: auto (or a fraction) to use them",
         )
     concurrent = max(1, min(slots, max_concurrent or slots, num_samples))
-    return Placement(cpt, gpt, concurrent, per_node, (cpus_per_trial, gpus_per_trial), warnings)
+    return Placement(cpt, gpt, concurrent, per_node, (cpus_per_trial, gpus_per_trial), warnings, gpu_fed)
 
 
 def place_trials(settings: SweepSettings, nodes: list[NodeShape]) -> Placement:
-    """``place`` with these settings' resources, concurrency cap and trial count."""
+    """``place`` with these settings' resources, concurrency cap, trial count and augmentation backend (the
+    retrain runs in the same placement, so albumentations in either plans CPUs for it)."""
     r = settings.resources
+    backends = {settings.train.augment_backend, settings.retrain.get("augment_backend", "auto")}
     return place(
         nodes,
         cpus_per_trial=r.cpus_per_trial,
         gpus_per_trial=r.gpus_per_trial,
         max_concurrent=settings.max_concurrent_trials,
         num_samples=settings.num_samples,
+        augment_backend="albumentations" if "albumentations" in backends else settings.train.augment_backend,
     )
 
 
