@@ -4,7 +4,8 @@
 Temperature scaling (Guo et al., 2017) divides a model's logits by one scalar T before the softmax: T > 1
 softens over-confident probabilities, T < 1 sharpens under-confident ones, and the argmax, so every
 accuracy figure, never changes. A checkpoint stores its T (``fer_core.checkpoint.store_temperature``);
-evaluation, the ``Predictor`` and the ONNX graph divide each view's logits by it before their softmax.
+evaluation, the ``Predictor`` and the ONNX graph divide the logits by it before the softmax (flip TTA tempers
+the mean of its two views' probabilities: ``fer_core.engine.view_probs``).
 """
 
 from __future__ import annotations

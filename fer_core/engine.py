@@ -159,9 +159,9 @@ def evaluate(
             temperature) under those bare keys (and "probs_tta" and "logits_flip" with ``tta_flip``).
         tta_flip: also score the average of the image's and its mirror's probabilities; those metrics
             come under ``prefix + "tta_"`` (val_tta_accuracy, ...), beside the plain ones.
-        temperature: the softmax temperature (``fer_core.calibration``): each view's logits are divided by
-            it before their softmax, as the Predictor and the ONNX graph do; the loss is that of these
-            probabilities.
+        temperature: the softmax temperature (``fer_core.calibration``), applied as ``view_probs`` says
+            (the plain probabilities as the Predictor and the ONNX graph give them); the losses are those of
+            the tempered probabilities.
     """
     model.eval()
     loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -203,11 +203,15 @@ def evaluate(
 def view_probs(
     logits: torch.Tensor, flipped: torch.Tensor | None, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The image's probabilities and, given its mirror image's logits, the flip-TTA average of both: each
-    view's logits divided by the temperature before its own softmax (by 1.0 exactly: an uncalibrated model's
-    figures are those without a temperature)."""
+    """The image's probabilities, softmax(logits / T), and, given its mirror image's logits, the flip-TTA
+    probabilities: the mean of both views' softmaxes, tempered as a whole (p^(1/T), renormalised), as the
+    ensemble's pool is. Tempering the mean rather than each view keeps its argmax, so no accuracy figure, plain
+    or TTA, depends on T; at T = 1 both are exactly the untempered ones."""
     probs = (logits / temperature).softmax(1)
-    return probs, None if flipped is None else (probs + (flipped / temperature).softmax(1)) / 2
+    if flipped is None:
+        return probs, None
+    mean = (logits.softmax(1) + flipped.softmax(1)) / 2
+    return probs, mean if temperature == 1.0 else (mean.clamp_min(1e-12).log() / temperature).softmax(1)
 
 
 def probs_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str], prefix: str) -> dict:

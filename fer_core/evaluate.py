@@ -120,10 +120,10 @@ def score(ckpt: Path, data: str, cache_dir: str | None, runtime: Runtime) -> dic
     return {sp: evaluate_checkpoint(ckpt, data, sp, **kwargs) for sp in splits(data)}
 
 
-def at_temperature(scores: dict, temperature: float, classes: list[str]) -> dict:
+def at_temperature(scores: dict, temperature: float) -> dict:
     """A split's scores (``evaluate_checkpoint`` with ``return_probs``) as its checkpoint gives them with
-    ``temperature`` stored: probabilities, losses and flip-TTA metrics from the raw logits, without a second
-    pass over the images (the plain accuracy figures do not depend on the temperature)."""
+    ``temperature`` stored: probabilities and losses from the raw logits, without a second pass over the
+    images (no accuracy figure depends on the temperature)."""
     split, labels = scores["split"], torch.from_numpy(scores["labels"]).long()
     flipped = torch.from_numpy(scores["logits_flip"]) if "logits_flip" in scores else None
     logits = torch.from_numpy(scores["logits"])
@@ -131,7 +131,6 @@ def at_temperature(scores: dict, temperature: float, classes: list[str]) -> dict
     out = dict(scores, probs=probs.numpy())
     out[f"{split}_loss"] = float(torch.nn.functional.cross_entropy(logits / temperature, labels))
     if tta is not None:
-        out |= probs_metrics(tta.numpy(), scores["labels"], classes, f"{split}_tta_")
         out[f"{split}_tta_loss"] = float(torch.nn.functional.nll_loss(tta.clamp_min(1e-12).log(), labels))
         out["probs_tta"] = tta.numpy()
     return out

@@ -102,15 +102,18 @@ def test_the_temperature_is_applied_by_onnx_the_predictor_and_evaluate(checkpoin
     # softmax(z / 0.4) from the plain probabilities: log p = z + const per row.
     expected = torch.from_numpy(np.log(p_plain) / 0.4).softmax(1).numpy()
     assert np.abs(p_hot - expected).max() < 1e-4
-    plain, tempered = (
-        evaluate_checkpoint(c, str(demo_root), "val", runtime=resolve_runtime("cpu"), return_probs=True)
-        for c in (checkpoint, hot)
-    )
+    kw = dict(runtime=resolve_runtime("cpu"), return_probs=True, tta_flip=True)
+    plain, tempered = (evaluate_checkpoint(c, str(demo_root), "val", **kw) for c in (checkpoint, hot))
     assert np.allclose(plain["logits"], tempered["logits"], atol=1e-5)  # the raw logits, before T
     assert np.allclose(
         tempered["probs"], torch.from_numpy(plain["logits"] / 0.4).softmax(1).numpy(), atol=1e-5
     )
-    assert tempered["val_accuracy"] == plain["val_accuracy"] and tempered["val_loss"] != plain["val_loss"]
+    # Flip TTA tempers the mean of both views' probabilities: its prediction, so its accuracy, is kept.
+    pooled = torch.from_numpy(np.log(plain["probs_tta"]) / 0.4).softmax(1).numpy()
+    assert np.allclose(tempered["probs_tta"], pooled, atol=1e-5)
+    for key in ("val_accuracy", "val_tta_accuracy", "val_tta_macro_f1"):
+        assert tempered[key] == plain[key], key
+    assert tempered["val_loss"] != plain["val_loss"] and tempered["val_tta_loss"] != plain["val_tta_loss"]
 
 
 def test_export_rejects_a_non_checkpoint(tmp_path, capsys):

@@ -37,15 +37,15 @@ def _entry(t: float, logits: np.ndarray, labels: np.ndarray, split: str) -> dict
     }
 
 
-def calibrate_winner(best: Path, raw: dict[str, dict], classes: list[str]) -> tuple[dict, dict]:
+def calibrate_winner(best: Path, raw: dict[str, dict]) -> tuple[dict, dict]:
     """Fit the winner's temperature on its val logits and store it in ``best``; ``raw``: ``score``'s splits
     at temperature 1. Returns the splits' scores as ``best`` now gives them, and metrics.json's
     ``calibration``. Fitted on the plain logits: the Predictor and the ONNX graph apply no flip TTA (with
-    TTA, evaluation divides each view's logits by the same T before its softmax)."""
+    TTA, evaluation tempers the mean of both views' probabilities by the same T)."""
     t = fit_temperature(raw["val"]["logits"], raw["val"]["labels"])
     store_temperature(best, t)
     sp = reported_split(raw)
-    scores = {s: at_temperature(v, t, classes) for s, v in raw.items()}
+    scores = {s: at_temperature(v, t) for s, v in raw.items()}
     return scores, _entry(t, raw[sp]["logits"], raw[sp]["labels"], sp)
 
 

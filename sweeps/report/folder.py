@@ -75,7 +75,7 @@ def write_report(
         seed = settings.retrain.get("seed", settings.train.seed)
         scoring = dict(data=data, cache_dir=cache_dir, runtime=runtime)
         ensembled = ensemble(out, members, finals, raw, classes, seed, **scoring)
-    winner, calibration = calibrate_winner(out / "best.pt", raw, classes)
+    winner, calibration = calibrate_winner(out / "best.pt", raw)
     metrics = {
         "best_trial": members[0]["trial_id"],
         f"best_trial_{settings.metric}": members[0]["best"],
