@@ -1,7 +1,8 @@
 """Atomic checkpoints that carry everything needed to resume, evaluate or predict.
 
 A checkpoint is one dict: model, optimizer, scheduler (and grad-scaler) state, epoch, best metric, the
-resolved config, class names, the preprocessing contract and the epoch history. It is written to a
+resolved config, class names, the preprocessing contract, the epoch history and, once one is fitted, the
+softmax temperature its predictions are made with. It is written to a
 temporary file in the same folder and renamed over the target, so a crash mid-write leaves the previous
 file intact. Loading uses ``weights_only=True``: a checkpoint cannot run code.
 """
@@ -150,6 +151,16 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"{p}: checkpoint format {state['format']!r} is not {FORMAT!r}; retrain or use the fer_core version that wrote it"
         )
     return state
+
+
+def temperature_of(state: dict) -> float:
+    """The softmax temperature a checkpoint deploys with (``fer_core.calibration``): 1 unless one was fitted."""
+    return float(state.get("temperature", 1.0))
+
+
+def store_temperature(path: str | os.PathLike, temperature: float) -> None:
+    """Store a fitted softmax temperature in the checkpoint at ``path`` (rewritten atomically)."""
+    save_checkpoint({**load_checkpoint(path), "temperature": float(temperature)}, path)
 
 
 def load_model(path, runtime: Runtime | None = None):

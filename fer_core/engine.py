@@ -151,6 +151,7 @@ def evaluate(
     prefix: str = "val_",
     return_probs: bool = False,
     tta_flip: bool = False,
+    temperature: float = 1.0,
 ) -> dict:
     """Evaluate on labelled batches: loss, accuracy, balanced accuracy, macro-F1, per-class figures, confusion matrix.
 
@@ -162,28 +163,33 @@ def evaluate(
         class_names: names in label order.
         loss_fn: criterion for the loss figure (None: plain cross-entropy).
         prefix: prepended to every metric key.
-        return_probs: also return "probs" (N×C numpy) and "labels" (N) under those bare keys
-            (and "probs_tta" with ``tta_flip``).
+        return_probs: also return "probs" (N×C numpy), "labels" (N) and "logits" (N×C, before the
+            temperature) under those bare keys (and "probs_tta" and "logits_flip" with ``tta_flip``).
         tta_flip: also score the average of the image's and its mirror's probabilities; those metrics
             come under ``prefix + "tta_"`` (val_tta_accuracy, ...), beside the plain ones.
+        temperature: the softmax temperature (``fer_core.calibration``), applied as ``view_probs`` says
+            (the plain probabilities as the Predictor and the ONNX graph give them); the losses are those of
+            the tempered probabilities.
     """
     model.eval()
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     loss_sum, seen = 0.0, 0
     tta_sum = 0.0
-    all_probs, all_tta, all_labels = [], [], []
+    all_probs, all_tta, all_labels, all_logits, all_flipped = [], [], [], [], []
     for images, labels in batches:
         x = preprocess(images, runtime)
         y = labels.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             logits = model(x).float()
             flipped = model(x.flip(-1)).float() if tta_flip else None
-        loss_sum += float(loss_fn(logits, y)) * y.shape[0]
+        if return_probs:
+            all_logits.append(logits.cpu())
+            all_flipped += [flipped.cpu()] if tta_flip else []
+        loss_sum += float(loss_fn(logits / temperature, y)) * y.shape[0]
         seen += y.shape[0]
-        probs = logits.softmax(1)
+        probs, tta = view_probs(logits, flipped, temperature)
         all_probs.append(probs.cpu())
         if tta_flip:
-            tta = (probs + flipped.softmax(1)) / 2
             tta_sum += float(nn.functional.nll_loss(tta.clamp_min(1e-12).log(), y)) * y.shape[0]
             all_tta.append(tta.cpu())
         all_labels.append(labels.cpu())
@@ -196,10 +202,24 @@ def evaluate(
         out.update(probs_metrics(tta_probs, labels_np, class_names, prefix + "tta_"))
         out[prefix + "tta_loss"] = tta_sum / max(seen, 1)
     if return_probs:
-        out["probs"], out["labels"] = probs, labels_np
+        out["probs"], out["labels"], out["logits"] = probs, labels_np, torch.cat(all_logits).numpy()
         if tta_flip:
-            out["probs_tta"] = tta_probs
+            out["probs_tta"], out["logits_flip"] = tta_probs, torch.cat(all_flipped).numpy()
     return out
+
+
+def view_probs(
+    logits: torch.Tensor, flipped: torch.Tensor | None, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The image's probabilities, softmax(logits / T), and, given its mirror image's logits, the flip-TTA
+    probabilities: the mean of both views' softmaxes, tempered as a whole (p^(1/T), renormalised), as the
+    ensemble's pool is. Tempering the mean rather than each view keeps its argmax, so no accuracy figure, plain
+    or TTA, depends on T; at T = 1 both are exactly the untempered ones."""
+    probs = (logits / temperature).softmax(1)
+    if flipped is None:
+        return probs, None
+    mean = (logits.softmax(1) + flipped.softmax(1)) / 2
+    return probs, mean if temperature == 1.0 else (mean.clamp_min(1e-12).log() / temperature).softmax(1)
 
 
 def probs_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str], prefix: str) -> dict:

@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import engine
-from .checkpoint import load_model
+from .checkpoint import load_model, temperature_of
 from .dataset import iter_batches
 from .decode_cache import load_split
-from .engine import probs_metrics
+from .engine import probs_metrics, view_probs
 from .errors import CheckpointError, FerError
 from .outputs import check_output
 from .runtime import Runtime, resolve_runtime
@@ -64,7 +65,7 @@ def evaluate_checkpoint(
     return_probs: bool = False,
     tta_flip: bool = False,
 ) -> dict:
-    """Evaluate a checkpoint on ``data/split``, with the checkpoint's own preprocessing.
+    """Evaluate a checkpoint on ``data/split``, with the checkpoint's own preprocessing and temperature.
 
     Args:
         path: checkpoint file.
@@ -73,7 +74,7 @@ def evaluate_checkpoint(
         batch_size: evaluation batch size (0 = the runtime's: 1024 on CUDA, 256 on CPU).
         runtime: device settings (default: auto).
         cache_dir: decoded-image cache folder (None: default).
-        return_probs: include "probs"/"labels" arrays (and "probs_tta").
+        return_probs: include "probs"/"labels"/"logits" arrays (and "probs_tta"/"logits_flip").
         tta_flip: add horizontal-flip TTA metrics under ``split_tta_``.
 
     Returns:
@@ -102,6 +103,7 @@ def evaluate_checkpoint(
         prefix=f"{split}_",
         return_probs=return_probs,
         tta_flip=tta_flip,
+        temperature=temperature_of(state),
     )
     out.update({"checkpoint": str(path), "split": split, "epoch": int(state["epoch"])})
     return out
@@ -116,6 +118,22 @@ def score(ckpt: Path, data: str, cache_dir: str | None, runtime: Runtime) -> dic
     """A checkpoint's metrics per split, plain and with flip TTA, with the probability arrays."""
     kwargs = dict(runtime=runtime, cache_dir=cache_dir, return_probs=True, tta_flip=True)
     return {sp: evaluate_checkpoint(ckpt, data, sp, **kwargs) for sp in splits(data)}
+
+
+def at_temperature(scores: dict, temperature: float) -> dict:
+    """A split's scores (``evaluate_checkpoint`` with ``return_probs``) as its checkpoint gives them with
+    ``temperature`` stored: probabilities and losses from the raw logits, without a second pass over the
+    images (no accuracy figure depends on the temperature)."""
+    split, labels = scores["split"], torch.from_numpy(scores["labels"]).long()
+    flipped = torch.from_numpy(scores["logits_flip"]) if "logits_flip" in scores else None
+    logits = torch.from_numpy(scores["logits"])
+    probs, tta = view_probs(logits, flipped, temperature)
+    out = dict(scores, probs=probs.numpy())
+    out[f"{split}_loss"] = float(torch.nn.functional.cross_entropy(logits / temperature, labels))
+    if tta is not None:
+        out[f"{split}_tta_loss"] = float(torch.nn.functional.nll_loss(tta.clamp_min(1e-12).log(), labels))
+        out["probs_tta"] = tta.numpy()
+    return out
 
 
 def format_metrics(m: dict, split: str) -> str:

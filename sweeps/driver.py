@@ -242,7 +242,7 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
     ensemble = f", with the next {others} configuration(s) for the ensemble" if others else ""
     print(
         f"[sweeps] best trial {best['trial_id']}: {settings.metric} {best['best']:.4f} with {best['params']}; "
-        f"retraining it from scratch for {settings.retrain_epochs} epochs{ensemble}",
+        f"retraining it anew (not continued from its trial) for {settings.retrain_epochs} epochs{ensemble}",
         flush=True,
     )
     callbacks = [EpochProgress("retrain", len(members) * settings.retrain_epochs, phases=phases)]

@@ -13,10 +13,11 @@ from torch import nn
 
 from fer_core.apps.export import check_onnx, export_onnx, main
 from fer_core.apps.predict import Predictor
-from fer_core.checkpoint import load_model, save_checkpoint
+from fer_core.checkpoint import load_model, save_checkpoint, store_temperature
 from fer_core.data import CLASS_NAMES
 from fer_core.decode_cache import load_split
 from fer_core.errors import CheckpointError
+from fer_core.evaluate import evaluate_checkpoint
 from fer_core.runtime import resolve_runtime
 from fer_core.train import train
 
@@ -66,6 +67,7 @@ def test_onnx_matches_pytorch(checkpoint, demo_root, tmp_path, capsys):
     assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
     contract = meta["input_contract"]
     assert set(pre) == {"img_size", "grayscale", "mean", "std", "per_image"}, pre  # the whole contract
+    assert json.loads(meta["temperature"]) == 1.0 and "temperature 1)" in contract  # none fitted
     assert "uint8" in contract and (
         "zero mean" in contract if pre.get("per_image") else str(pre["mean"]) in contract
     ), contract
@@ -80,6 +82,38 @@ def test_onnx_matches_pytorch(checkpoint, demo_root, tmp_path, capsys):
     probs = session.run(None, {inp.name: x})[0]
     assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert np.abs(probs - Predictor.from_checkpoint(checkpoint, device="cpu").predict_batch(x)).max() < 1e-4
+
+
+def test_the_temperature_is_applied_by_onnx_the_predictor_and_evaluate(checkpoint, demo_root, tmp_path):
+    hot = tmp_path / "hot.pt"
+    save_checkpoint(torch.load(checkpoint, weights_only=True), hot)
+    store_temperature(hot, 0.4)  # sharper: probabilities far from those at T = 1
+    path = export_onnx(hot, tmp_path / "hot.onnx")
+    assert json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["temperature"]) == 0.4
+    r = check_onnx(path, hot, batch_size=8, bench_batch=0)
+    assert r["temperature"] == 0.4 and r["max_abs_diff"] < 1e-4 and r["max_abs_diff_eager"] < 1e-4, r
+    pre = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["preprocess"])
+    x = np.ascontiguousarray(load_split(demo_root, "val", pre["img_size"], pre["grayscale"]).images[:6])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    p_onnx = session.run(None, {"images": x})[0]
+    p_hot = Predictor.from_checkpoint(hot, device="cpu").predict_batch(x)
+    p_plain = Predictor.from_checkpoint(checkpoint, device="cpu").predict_batch(x)
+    assert np.abs(p_onnx - p_hot).max() < 1e-4 and np.abs(p_hot - p_plain).max() > 0.02
+    # softmax(z / 0.4) from the plain probabilities: log p = z + const per row.
+    expected = torch.from_numpy(np.log(p_plain) / 0.4).softmax(1).numpy()
+    assert np.abs(p_hot - expected).max() < 1e-4
+    kw = dict(runtime=resolve_runtime("cpu"), return_probs=True, tta_flip=True)
+    plain, tempered = (evaluate_checkpoint(c, str(demo_root), "val", **kw) for c in (checkpoint, hot))
+    assert np.allclose(plain["logits"], tempered["logits"], atol=1e-5)  # the raw logits, before T
+    assert np.allclose(
+        tempered["probs"], torch.from_numpy(plain["logits"] / 0.4).softmax(1).numpy(), atol=1e-5
+    )
+    # Flip TTA tempers the mean of both views' probabilities: its prediction, so its accuracy, is kept.
+    pooled = torch.from_numpy(np.log(plain["probs_tta"]) / 0.4).softmax(1).numpy()
+    assert np.allclose(tempered["probs_tta"], pooled, atol=1e-5)
+    for key in ("val_accuracy", "val_tta_accuracy", "val_tta_macro_f1"):
+        assert tempered[key] == plain[key], key
+    assert tempered["val_loss"] != plain["val_loss"] and tempered["val_tta_loss"] != plain["val_tta_loss"]
 
 
 def test_export_rejects_a_non_checkpoint(tmp_path, capsys):

@@ -305,3 +305,30 @@ def test_real_fer_face_in_a_scene(predictor, tmp_path):
     r = predictor.predict_file(tmp_path / "real.jpg")
     assert r.ok and r.face_found and len(r.faces) == 1
     assert iou(r.faces[0].box, (300, 200, 160, 160)) > 0.5, r.faces[0].box
+
+
+def test_min_confidence_labels_unsure_faces_uncertain(checkpoint, demo_root, tmp_path, capsys):
+    from sweeps.predict import main
+
+    crops = [str(sorted((demo_root / "val" / c).iterdir())[0]) for c in CLASS_NAMES]
+    tops = Predictor.from_checkpoint(checkpoint, device="cpu").predict(crops).max(1)
+    distinct = np.unique(tops)
+    p = float(
+        distinct[len(distinct) // 2 - 1 : len(distinct) // 2 + 1].mean()
+    )  # some faces under it, some not
+    out = tmp_path / "o"
+    argv = [str(checkpoint), *crops, "--out", str(out), "--no-face-detect", "--device", "cpu"]
+    assert main([*argv, "--json", "--min-confidence", str(p)]) == 0
+    faces = [r["faces"][0] for r in json.loads(capsys.readouterr().out)["images"]]
+    for f, top in zip(faces, tops):
+        assert (f["expression"] == "uncertain") == (top < p), (f, p)
+        assert abs(sum(f["probabilities"].values()) - 1) < 1e-4  # the probabilities are kept
+    assert {f["expression"] == "uncertain" for f in faces} == {True, False}
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["expression"] for r in rows] == [f["expression"] for f in faces]
+    assert all(r["happy"] != "" for r in rows) and len(list(out.glob("*.png"))) == len(crops) + 1
+    for bad in ("1", "-0.1", "nan"):
+        assert main([*argv, "--min-confidence", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--min-confidence" in err and "[0, 1)" in err and err.count("\n") == 1, err

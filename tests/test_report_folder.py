@@ -4,19 +4,24 @@ the retrains (as Ray ``Result`` objects, without starting Ray), beside a hand-ma
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
 from ray.tune import Checkpoint, Result
 
 from fer_core.audit import audit_dataset
+from fer_core.checkpoint import load_checkpoint
+from fer_core.evaluate import evaluate_checkpoint
 from fer_core.train import train
 from sweeps.config.settings import Scheduler, SweepSettings
 from sweeps.config.space import parse_space
 from sweeps.report.folder import write_report
-from sweeps.report.markdown import print_summary
+from sweeps.report.markdown import print_summary, started_from
+from sweeps.report.plots import STATES
 from sweeps.report.trials import top_trials
 from sweeps.tune.progress import Phases
 
@@ -123,6 +128,8 @@ def test_the_folder_has_every_file_and_the_ensemble(report):
         "param_importance.png",
         "parallel_coordinate.png",
         "contour.png",
+        "reliability.png",
+        "optuna.db",
         "ensemble/member0.pt",
         "ensemble/member1.pt",
     ]
@@ -181,3 +188,63 @@ def test_summary_says_how_trials_ended_and_the_scores(report, capsys):
         and "| ensemble of 2 | val | none |" in text
     )
     assert text.rstrip().endswith(f"Report: {report.out / 'report.md'}\nTime: total 1s")
+
+
+def test_optuna_db_holds_the_study_of_trials_csv(report):
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{report.out / 'optuna.db'}")
+    assert study.metric_names == ["val_accuracy"] and study.direction == optuna.study.StudyDirection.MAXIMIZE
+    csv = pd.read_csv(report.out / "trials.csv").set_index("trial_id")
+    by_id = {t.user_attrs["trial_id"]: t for t in study.trials}
+    assert sorted(by_id) == sorted(csv.index)
+    for tid, row in csv.iterrows():
+        t = by_id[tid]
+        assert t.state == STATES[row["status"]] and t.user_attrs["status"] == row["status"], tid
+        assert t.params == pytest.approx({"lr": row["lr"], "aug_strength": row["aug_strength"]}), tid
+        assert len(t.intermediate_values) == row["epochs"], tid
+        if row["epochs"]:
+            assert t.intermediate_values[max(t.intermediate_values)] == pytest.approx(
+                row["last_val_accuracy"]
+            )
+            assert max(t.intermediate_values.values()) == pytest.approx(row["best_val_accuracy"])
+        expected = None if row["status"] == "failed" else row["best_val_accuracy"]
+        assert t.value == pytest.approx(expected), tid
+
+
+def test_the_winner_deploys_its_fitted_temperature(report, demo_root):
+    m = json.loads((report.out / "metrics.json").read_text())
+    c = m["calibration"]
+    t = load_checkpoint(report.out / "best.pt")["temperature"]
+    assert c["temperature"] == t != 1.0 and c["split"] == "test" and c["fitted_on"] == "val"
+    assert "temperature" not in load_checkpoint(report.out / "ensemble" / "member0.pt")  # pooled as trained
+    # metrics.json's figures are those best.pt gives now, its temperature applied (computed without a second
+    # pass): the loss and the flip-TTA figures, which depend on it.
+    val = evaluate_checkpoint(report.out / "best.pt", str(demo_root), "val", tta_flip=True)
+    for key in ("val_loss", "val_tta_loss", "val_accuracy", "val_tta_accuracy", "val_tta_macro_f1"):
+        assert val[key] == pytest.approx(m[key], abs=1e-5), key
+    ens = m["ensemble"]["calibration"]
+    assert ens["temperature"] > 0 and ens["split"] == "test" and set(ens["before"]) == {"ece", "nll"}
+    md = (report.out / "report.md").read_text()
+    section = md.split("## Calibration")[1].split("\n## ")[0]
+    assert (
+        f"T = {t:.3f}" in section
+        and "on test" in section
+        and "![reliability diagram](reliability.png)" in section
+    )
+    row = f"| winner | {t:.3f} | {c['before']['ece']:.4f} | {c['after']['ece']:.4f} |"
+    assert row in section and "| ensemble of 2 |" in section
+    worse = [k for k in ("ece", "nll") if c["after"][k] > c["before"][k]]
+    assert ("The winner's" in section) == bool(worse), section
+
+
+def test_the_report_says_what_the_winner_started_from_and_one_wall_time(report):
+    md = (report.out / "report.md").read_text()
+    assert "## Winner, retrained from random initialisation" in md and "from scratch" not in md
+    assert "epochs from random initialisation (not from its trial's checkpoint)" in md
+    assert "Search: Optuna TPE (seed 0), ASHA (grace" in md and "{" not in md.split("\n## ")[0]
+    header = re.search(r"Wall time: (\S+) ", md).group(1)
+    total = [r for r in md.split("## Time")[1].splitlines() if r.startswith("| total |")][0]
+    assert total == f"| total | {header} |", (header, total)
+    assert started_from({"weights": "../w/tf_efficientnet_lite0.in1k.safetensors", "pretrained": False}) == (
+        "the weights file `tf_efficientnet_lite0.in1k.safetensors`"
+    )
+    assert started_from({"weights": "", "pretrained": True}) == "ImageNet weights from timm's hub"

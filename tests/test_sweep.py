@@ -35,9 +35,11 @@ REPORT_FILES = [
     "param_importance.png",
     "parallel_coordinate.png",
     "sample_predictions.png",
+    "reliability.png",
     "report.md",
     "trials.csv",
     "audit.json",
+    "optuna.db",
 ]
 
 

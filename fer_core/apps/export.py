@@ -10,10 +10,11 @@ The exported model takes what a deployment has at hand, decoded uint8 pixels, an
 - inside: ``fer_core.preprocess.Preprocess.normalize`` itself, traced: uint8 -> float, the gray channel
   repeated to 3, then either each image standardised by its own mean and std (``per_image``, the default)
   or ``(x - 255*mean) / (255*std)`` per channel with the weights' mean/std.
-- output ``probabilities``: float32 N×7, softmax over the classes in ``class_names`` order.
+- output ``probabilities``: float32 N×7, softmax of the logits divided by the checkpoint's temperature (1
+  unless the sweep's report fitted one: ``fer_core.calibration``), over the classes in ``class_names`` order.
 
 The class names and this contract are stored in the ONNX file's ``metadata_props`` (keys ``class_names``,
-``preprocess``, ``input_contract``, ``source_checkpoint``, ``fer_core_version``).
+``preprocess``, ``temperature``, ``input_contract``, ``source_checkpoint``, ``fer_core_version``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import load_model
+from ..checkpoint import load_model, temperature_of
 from ..errors import FerError
 from ..outputs import check_output
 from ..preprocess import Preprocess
@@ -40,23 +41,24 @@ INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 
 
 class PreprocessedModel(nn.Module):
-    """uint8 images in, probabilities out: ``Preprocess`` and softmax wrapped around the network.
+    """uint8 images in, probabilities out: ``Preprocess`` and the tempered softmax wrapped around the network.
 
     Args:
         model: the classifier (logits out).
         preprocess: the checkpoint's contract.
+        temperature: the checkpoint's softmax temperature.
     """
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess):
+    def __init__(self, model: nn.Module, preprocess: Preprocess, temperature: float = 1.0):
         super().__init__()
-        self.model, self.preprocess = model, preprocess
+        self.model, self.preprocess, self.temperature = model, preprocess, temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # The very function training and evaluation use, traced into the graph: they cannot drift apart.
-        return self.model(self.preprocess.normalize(images)).softmax(1)
+        return (self.model(self.preprocess.normalize(images)) / self.temperature).softmax(1)
 
 
-def input_contract(pre: Preprocess, class_names: list[str]) -> str:
+def input_contract(pre: Preprocess, class_names: list[str], temperature: float = 1.0) -> str:
     """The sentence stored in the ONNX metadata that tells a deployment what to feed and what comes back."""
     shape = f"N x {pre.img_size} x {pre.img_size}" + ("" if pre.grayscale else " x 3")
     colour = "8-bit grayscale ('L')" if pre.grayscale else "8-bit RGB, channels last"
@@ -69,7 +71,8 @@ def input_contract(pre: Preprocess, class_names: list[str]) -> str:
     return (
         f"input '{INPUT_NAME}': uint8 {shape}, a face crop resized to {pre.img_size}x{pre.img_size} (bicubic), "
         f"{colour}; normalisation is inside the graph{gray}: {norm}. "
-        f"output '{OUTPUT_NAME}': float32 N x {len(class_names)} softmax probabilities for {', '.join(class_names)}"
+        f"output '{OUTPUT_NAME}': float32 N x {len(class_names)} softmax probabilities (logits / temperature "
+        f"{temperature:.4g}) for {', '.join(class_names)}"
     )
 
 
@@ -98,8 +101,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
         FerError: onnx is not installed.
     """
     onnx = _need("onnx")
-    model, pre, classes, _ = load_model(checkpoint, resolve_runtime("cpu", channels_last="off"))
-    wrapped = PreprocessedModel(model, pre).eval()
+    model, pre, classes, state = load_model(checkpoint, resolve_runtime("cpu", channels_last="off"))
+    temperature = temperature_of(state)
+    wrapped = PreprocessedModel(model, pre, temperature).eval()
     shape = (2, pre.img_size, pre.img_size) + (() if pre.grayscale else (3,))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +125,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     meta = {
         "class_names": json.dumps(classes),
         "preprocess": json.dumps(pre.to_dict()),
-        "input_contract": input_contract(pre, classes),
+        "temperature": json.dumps(temperature),
+        "input_contract": input_contract(pre, classes, temperature),
         "source_checkpoint": str(checkpoint),
         "fer_core_version": __version__,
     }
@@ -200,7 +205,7 @@ def check_onnx(
     Returns:
         {"max_abs_diff" (ONNX vs the wrapper), "max_abs_diff_eager" (ONNX vs model(Preprocess(x))),
         "prob_range" (largest spread of one class's probability across the images: near 0 means the
-        comparison proves little), "batch", "threads", "onnx_images_per_s", "torch_images_per_s",
+        comparison proves little), "temperature" (the checkpoint's, inside both), "batch", "threads", "onnx_images_per_s", "torch_images_per_s",
         "bench_batch", "class_names"}.
 
     Raises:
@@ -209,8 +214,9 @@ def check_onnx(
     """
     ort = _need("onnxruntime")
     runtime = resolve_runtime("cpu", channels_last="off")
-    model, pre, classes, _ = load_model(checkpoint, runtime)
-    wrapped = PreprocessedModel(model, pre).eval()
+    model, pre, classes, state = load_model(checkpoint, runtime)
+    temperature = temperature_of(state)
+    wrapped = PreprocessedModel(model, pre, temperature).eval()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = runtime.threads  # the same cores PyTorch uses, so the figures compare
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -233,12 +239,13 @@ def check_onnx(
     p_ort, p_torch = run_ort(batch), run_torch(batch)
     # The eager Preprocess path (as in training/evaluation) must give the same numbers as the wrapper.
     with torch.inference_mode():
-        p_eager = model(pre(torch.from_numpy(batch))).softmax(1).numpy()
+        p_eager = (model(pre(torch.from_numpy(batch))) / temperature).softmax(1).numpy()
     _check_finite_outputs(onnx_path, p_ort, p_torch, p_eager)
     out = {
         "max_abs_diff": float(np.abs(p_ort - p_torch).max()),
         "max_abs_diff_eager": float(np.abs(p_ort - p_eager).max()),
         "prob_range": float(np.ptp(p_torch, axis=0).max()),
+        "temperature": temperature,
         "batch": batch_size,
         "threads": runtime.threads,
         "class_names": classes,
@@ -292,7 +299,8 @@ def main(argv=None) -> int:
         if args.check:
             r = check_onnx(out, args.checkpoint, bench_batch=args.batch_size)
             print(
-                f"onnxruntime vs PyTorch on {r['batch']} images: max abs diff of probabilities {r['max_abs_diff']:.2e}"
+                f"onnxruntime vs PyTorch on {r['batch']} images: max abs diff of probabilities {r['max_abs_diff']:.2e} "
+                f"(temperature {r['temperature']:.4g} in both)"
             )
             print(
                 f"CPU inference, batch {r['bench_batch']}, {r['threads']} threads: onnxruntime {r['onnx_images_per_s']:.0f} images/s, "

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, temperature_of
 from ..data import CLASS_NAMES, decode_image, to_model_array
 from ..errors import CheckpointError, DataError
 from ..preprocess import Preprocess
@@ -37,6 +37,8 @@ from ..runtime import Runtime, resolve_runtime
 from .faces import Box, FaceDetector, crop_face
 from .predict_inputs import array_to_image, load_image
 
+# The label of a face whose top probability is under the caller's minimum confidence (``predict_files``).
+UNCERTAIN = "uncertain"
 # The copy kept for the per-image PNG (and, smaller, for the contact sheet).
 DISPLAY_SIDE = 1024
 THUMB_SIDE = 256
@@ -49,10 +51,16 @@ THUMB_SIDE = 256
 
 @dataclass
 class FacePrediction:
-    """One classified region: ``box`` (x, y, w, h) in the upright original's pixels, None for the whole image."""
+    """One classified region: ``box`` (x, y, w, h) in the upright original's pixels, None for the whole image;
+    ``uncertain`` when its top probability is under the minimum confidence asked for."""
 
     box: Box | None
     probs: np.ndarray
+    uncertain: bool = False
+
+    def label(self, class_names: Sequence[str]) -> str:
+        """The expression shown and written for this face: its top class, or ``UNCERTAIN``."""
+        return UNCERTAIN if self.uncertain else class_names[self.index]
 
     @property
     def index(self) -> int:
@@ -110,7 +118,7 @@ class ImageResult:
             "faces": [
                 {
                     "box": list(f.box) if f.box else None,
-                    "expression": class_names[f.index],
+                    "expression": f.label(class_names),
                     "probability": round(f.score, 6),
                     "probabilities": {c: round(float(v), 6) for c, v in zip(class_names, f.probs)},
                 }
@@ -134,6 +142,7 @@ class Predictor:
         runtime: device and precision.
         batch_size: images per forward pass.
         checkpoint: where the model came from (for messages).
+        temperature: the checkpoint's softmax temperature (``fer_core.calibration``).
     """
 
     def __init__(
@@ -144,8 +153,10 @@ class Predictor:
         runtime: Runtime,
         batch_size: int = 64,
         checkpoint: str | None = None,
+        temperature: float = 1.0,
     ):
         self.model, self.preprocess, self.runtime = model, preprocess, runtime
+        self.temperature = temperature
         self.class_names, self.batch_size, self.checkpoint = (
             list(class_names),
             max(1, int(batch_size)),
@@ -170,13 +181,13 @@ class Predictor:
             ConfigError: an unknown or unavailable device.
         """
         runtime = resolve_runtime(device)
-        model, pre, classes, _ = load_model(path, runtime)
+        model, pre, classes, state = load_model(path, runtime)
         if tuple(classes) != CLASS_NAMES:
             raise CheckpointError(
                 f"{path}: trained on classes {', '.join(classes)}, not the seven expressions "
                 f"({', '.join(CLASS_NAMES)}); pass a checkpoint trained on those"
             )
-        return cls(model, pre, classes, runtime, batch_size, str(path))
+        return cls(model, pre, classes, runtime, batch_size, str(path), temperature_of(state))
 
     @property
     def detector(self) -> FaceDetector:
@@ -216,7 +227,7 @@ class Predictor:
                 )
                 with self.runtime.autocast():
                     logits = self.model(x).float()
-                out.append(logits.softmax(1).cpu().numpy())
+                out.append((logits / self.temperature).softmax(1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
     def predict(self, images) -> np.ndarray:
@@ -277,7 +288,12 @@ class Predictor:
         return result, inputs
 
     def predict_files(
-        self, paths: Iterable[str | os.PathLike], detect: bool = True, margin: float = 0.1, chunk: int = 16
+        self,
+        paths: Iterable[str | os.PathLike],
+        detect: bool = True,
+        margin: float = 0.1,
+        chunk: int = 16,
+        min_confidence: float = 0.0,
     ) -> Iterator[ImageResult]:
         """Classify every face in every file; yields one ``ImageResult`` per path, in order.
 
@@ -289,6 +305,7 @@ class Predictor:
             detect: find faces (False: each file is already a face crop).
             margin: fraction of a face box added on each side before cropping.
             chunk: files held in memory at once.
+            min_confidence: a face whose top probability is under this is marked ``uncertain``.
         """
         paths = list(paths)
         for start in range(0, len(paths), max(1, chunk)):
@@ -298,6 +315,7 @@ class Predictor:
             for result, _xs in loaded:
                 for face in result.faces:
                     face.probs = next(probs)
+                    face.uncertain = face.score < min_confidence
                 yield result
 
     def predict_file(self, path: str | os.PathLike, detect: bool = True, margin: float = 0.1) -> ImageResult:

@@ -27,7 +27,9 @@ classified whole, and the output says so. Use --no-face-detect when the inputs a
 
 Output: a table on stdout (or JSON with --json), OUT/predictions.csv (one row per face), one PNG per
 image (the image with its face boxes beside the probability bars) and, for several images,
-OUT/contact_sheet.png. Files that cannot be read are listed at the end; the rest are predicted.
+OUT/contact_sheet.png. With --min-confidence P, a face whose top probability is under P is labelled
+"uncertain" instead of a class (its probabilities are still written). Files that cannot be read are listed
+at the end; the rest are predicted.
 Exit status: 0 all inputs predicted, 1 some failed, 2 usage error (bad checkpoint, nothing to predict).
 """
 
@@ -115,6 +117,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="label a face 'uncertain' when its top probability is under P, in [0, 1) (default 0: never)",
+    )
     args = p.parse_args(argv)
 
     # Imported after parsing: the prediction stack (timm, OpenCV, the model code) doubles the start-up time of --help.
@@ -127,6 +136,10 @@ def main(argv=None) -> int:
         if args.batch_size < 1:
             raise FerError(
                 f"--batch-size = {args.batch_size}; give the number of faces per forward pass, at least 1"
+            )
+        if not 0.0 <= args.min_confidence < 1.0:
+            raise FerError(
+                f"--min-confidence = {args.min_confidence}; give a probability in [0, 1), e.g. 0.5"
             )
         check_output_folder(
             out,
@@ -165,7 +178,10 @@ def main(argv=None) -> int:
     results, records, used = [], [], set(SUMMARY_FILES)
     rows = []
     for (_path, rel), r in zip(
-        files, predictor.predict_files([f for f, _ in files], detect=not args.no_face_detect)
+        files,
+        predictor.predict_files(
+            [f for f, _ in files], detect=not args.no_face_detect, min_confidence=args.min_confidence
+        ),
     ):
         png = None
         if r.ok:
@@ -193,7 +209,7 @@ def main(argv=None) -> int:
                 if f.box:
                     row.update(zip("xywh", f.box))
                 row.update(
-                    expression=classes[f.index],
+                    expression=f.label(classes),
                     probability=f"{f.score:.4f}",
                     **{c: f"{v:.4f}" for c, v in zip(classes, f.probs)},
                 )
@@ -201,7 +217,7 @@ def main(argv=None) -> int:
             if not args.json and f is not None:
                 note = "" if f.box else f"  ({r.note})"
                 print(
-                    f"{_short(rel, 36):<36} {i if f.box else '-':>4} {_box(f.box):<19} {classes[f.index]:<10} {f.score:>5.2f}  "
+                    f"{_short(rel, 36):<36} {i if f.box else '-':>4} {_box(f.box):<19} {f.label(classes):<10} {f.score:>5.2f}  "
                     + " ".join(f"{v:>8.3f}" for v in f.probs)
                     + note,
                     flush=True,

@@ -49,7 +49,7 @@ def _draw_boxes(
             ax.text(
                 x,
                 max(y - 3, 0),
-                f"{i}: {class_names[f.index]} {f.score:.2f}",
+                f"{i}: {f.label(class_names)} {f.score:.2f}",
                 color=_BOX,
                 fontsize=fontsize,
                 fontweight="bold",
@@ -94,7 +94,7 @@ def plot_prediction(
         draw_probability_bars(ax, f.probs, list(class_names))
         who = f"face {i + 1}" if f.box is not None else "whole image"
         ax.set_title(
-            f"{who}: {class_names[f.index]} ({f.score:.0%})", fontsize=9, loc="left", fontweight="bold"
+            f"{who}: {f.label(class_names)} ({f.score:.0%})", fontsize=9, loc="left", fontweight="bold"
         )
     more = (
         f"; {len(result.faces) - len(faces)} more face(s) in the table"
@@ -158,7 +158,7 @@ def plot_contact_sheet(
         _draw_boxes(ax, r, r.thumbnail.shape, class_names, labels=len(r.faces) > 1, fontsize=6)
         top = r.faces[0]
         extra = f" +{len(r.faces) - 1} face(s)" if len(r.faces) > 1 else ("" if r.face_found else " (whole)")
-        ax.set_title(f"{name}\n{class_names[top.index]} {top.score:.2f}{extra}", fontsize=7.5)
+        ax.set_title(f"{name}\n{top.label(class_names)} {top.score:.2f}{extra}", fontsize=7.5)
     total = len(list(results))
     fig.suptitle(
         f"{total} image(s)" + (f", first {len(items)} shown" if total > len(items) else ""), fontsize=10

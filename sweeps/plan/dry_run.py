@@ -56,7 +56,7 @@ def print_dry_run(
         *[f"  {_space_line(p)}" for p in settings.search_space],
         f"Scheduler: ASHA, rungs at epochs {rungs} (keeps the best 1/{sch.reduction_factor:g} at each); "
         f"~{epochs:.1f} epochs per trial expected",
-        f"Retrain: the best {members} configuration(s) from scratch for {settings.retrain_epochs} epochs"
+        f"Retrain: the best {members} configuration(s) anew (not continued from their trials) for {settings.retrain_epochs} epochs"
         + (f", with {settings.retrain}" if settings.retrain else ""),
         f"Output: {exp} (report in {exp}/report)"
         + (f"; MLflow experiment {settings.name!r}" if settings.tracking == "mlflow" else ""),

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from fer_core.evaluate import ensemble_metrics, score
+from sweeps.report.calibration import calibrate_ensemble
 
 
 def copy_result_checkpoint(result, dst: Path) -> None:
@@ -20,8 +21,9 @@ def ensemble(
     out: Path, members: list[dict], finals: list, winner: dict, classes: list, seed: int, **scoring
 ) -> dict:
     """metrics.json's ``ensemble`` of the retrained ``members`` (``finals``: their results, with ``error`` and
-    ``checkpoint``), copied to ``out/ensemble/`` (member0 is ``out/best.pt``, scored as ``winner``;
-    ``scoring``: ``score``'s other arguments); or ``ensemble_skipped`` when under two retrains succeeded."""
+    ``checkpoint``), copied to ``out/ensemble/`` (member0 is ``out/best.pt`` before its temperature is stored,
+    scored as ``winner``: every member as trained, at temperature 1; ``scoring``: ``score``'s other
+    arguments); or ``ensemble_skipped`` when under two retrains succeeded."""
     pairs = list(zip(members, finals))
     ok = [(t, r) for t, r in pairs if not r.error]
     if len(ok) < 2:
@@ -42,4 +44,5 @@ def ensemble(
         result["members"].append({**entry, "seed": seed_i, "val_accuracy": s["val"]["val_accuracy"]})
     for sp in winner:
         result.update(ensemble_metrics([s[sp] for s in scores], sp, classes))
+    result["calibration"] = calibrate_ensemble(scores)
     return {"ensemble": result}

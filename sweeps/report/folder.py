@@ -19,8 +19,10 @@ from fer_core.runtime import resolve_runtime
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
 from sweeps.report import plots
+from sweeps.report.calibration import FILE as RELIABILITY
+from sweeps.report.calibration import calibrate_winner, plot_reliability
 from sweeps.report.evaluate import copy_result_checkpoint, ensemble
-from sweeps.report.markdown import write_markdown
+from sweeps.report.markdown import started_from, write_markdown
 from sweeps.report.trials import status_counts, write_csv
 from sweeps.tune.progress import Phases, Steps
 
@@ -53,7 +55,7 @@ def write_report(
     returns ``out``. ``members`` (``top_trials``, winner first) and ``finals`` (their retrains' Ray Results)
     share one order; ``phases`` gets "report" ended here, so metrics.json and report.md time every phase."""
     step = Steps("report", 5 if len(members) > 1 else 4)
-    step("checkpoint and scores on " + " and ".join(splits(data)))
+    step("checkpoint, scores and temperature on " + " and ".join(splits(data)))
     out.mkdir(parents=True, exist_ok=True)
     # The retrain's final epoch is the winner (no extra selection on val): cosine ends at its lowest lr.
     copy_result_checkpoint(finals[0], out / "best.pt")
@@ -66,7 +68,14 @@ def write_report(
     # Images are decoded where the trials decoded them: the default cache may be read-only or full.
     cache_dir = config.get("cache_dir") or None
     runtime = resolve_runtime()
-    winner = score(out / "best.pt", data, cache_dir, runtime)
+    raw = score(out / "best.pt", data, cache_dir, runtime)  # at temperature 1: the retrain stores none
+    ensembled = {}
+    if len(members) > 1:  # first: the members, best.pt's copy included, are pooled as trained (T = 1)
+        step("ensemble members' scores")
+        seed = settings.retrain.get("seed", settings.train.seed)
+        scoring = dict(data=data, cache_dir=cache_dir, runtime=runtime)
+        ensembled = ensemble(out, members, finals, raw, classes, seed, **scoring)
+    winner, calibration = calibrate_winner(out / "best.pt", raw)
     metrics = {
         "best_trial": members[0]["trial_id"],
         f"best_trial_{settings.metric}": members[0]["best"],
@@ -74,19 +83,17 @@ def write_report(
         "metric": settings.metric,
         "mode": settings.mode,
         "retrain_epochs": int(config["epochs"]),
+        "started_from": started_from(config),
         "device": runtime.describe(),
         "seed": int(config["seed"]),
         "search_seed": settings.seed,
         "data": data,
         "dedupe": config.get("dedupe", "none"),
         "trials": status_counts(trials),
+        "calibration": calibration,
         **{k: v for sp, m in winner.items() for k, v in m.items() if k.startswith(f"{sp}_")},
+        **ensembled,
     }
-    if len(members) > 1:
-        step("ensemble members' scores")
-        seed = settings.retrain.get("seed", settings.train.seed)
-        scoring = dict(data=data, cache_dir=cache_dir, runtime=runtime)
-        metrics |= ensemble(out, members, finals, winner, classes, seed, **scoring)
     step("training curves, confusion matrix, per-class accuracy")
     val, history = winner["val"], finals[0].metrics_dataframe
     curves = [] if history is None else history.to_dict("records")
@@ -95,9 +102,11 @@ def write_report(
     viz.plot_confusion_matrix(val["val_confusion_matrix"], classes, out / "confusion_matrix.png", title=title)
     per_class, support = val["val_per_class_recall"], val["val_support"]
     viz.plot_per_class_accuracy(per_class, out / "per_class_accuracy.png", support=support)
+    plot_reliability(raw, calibration["temperature"], out / RELIABILITY)
     step("hyperparameter plots")
     study, plot_notes = plots.build_study(trials, to_optuna(settings.search_space), settings.mode)
     plot_notes += plots.write_plots(study, settings.metric, out)
+    plots.save_study(study, settings.name, settings.metric, out / plots.STUDY_FILE)
     step("sample predictions, trials.csv, report.md")
     size, gray = config["img_size"], config["grayscale"]
     images = np.asarray(load_split(data, "val", size, gray, cache_dir=cache_dir, classes=classes).images)

@@ -10,6 +10,7 @@ import pandas as pd
 from fer_core.audit import summarize
 from sweeps.config.settings import SweepSettings, fmt_duration
 from sweeps.report import plots
+from sweeps.report.calibration import markdown_lines as calibration_lines
 from sweeps.report.trials import STATUSES, device_lines, ranked, status_counts
 
 
@@ -23,6 +24,13 @@ def _table(columns, rows) -> list[str]:
     """A markdown table (pandas' to_markdown needs the tabulate package)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+
+
+def started_from(config: dict) -> str:
+    """What a training config starts its weights from, in words (the report's "retrained from ...")."""
+    if config.get("weights"):
+        return f"the weights file `{Path(config['weights']).name}`"
+    return "ImageNet weights from timm's hub" if config.get("pretrained") else "random initialisation"
 
 
 def trials_line(counts: dict) -> str:
@@ -100,22 +108,24 @@ def write_markdown(
     lines = [
         f"# Sweep report: {settings.name}",
         "",
-        f"Data: `{m['data']}`. Device: {m['device']}. Wall time (sweep + retrain + report): "
-        f"{m['wall_seconds']:.0f} s. Search: Optuna TPE (seed {settings.seed}), ASHA (grace {s.grace_period}, "
+        f"Data: `{m['data']}`. Device: {m['device']}. Wall time: {fmt_duration(m['wall_seconds'])} (every "
+        f"phase, listed under Time). Search: Optuna TPE (seed {settings.seed}), ASHA (grace {s.grace_period}, "
         f"max {s.max_epochs} epochs, reduction {s.reduction_factor:g}); metric `{metric}` ({settings.mode}).",
         "",
         trials_line(m["trials"]),
         *[f"\n{line}" for line in device_lines(trials)],
         *_time_lines(m["timing"]),
-        "\n## Winner, retrained from scratch\n",
+        f"\n## Winner, retrained from {m['started_from']}\n",
         f"Trial `{m['best_trial']}` ({metric} {m[f'best_trial_{metric}']:.4f} during the sweep), retrained for "
-        f"{m['retrain_epochs']} epochs with seed {m['seed']}: `best.pt`, config in `best_config.yaml`.",
+        f"{m['retrain_epochs']} epochs from {m['started_from']} (not from its trial's checkpoint) with seed "
+        f"{m['seed']}: `best.pt`, config in `best_config.yaml`.",
         "",
         f"Seeds: training {m['seed']}, search (TPE) {settings.seed}. "
         "TTA \"flip\" averages each image's and its mirror image's probabilities.",
         "",
         *_score_table(m),
         *_ensemble_lines(m),
+        *calibration_lines(m),
         *_audit_lines(audit, m["dedupe"]),
         "\n## Training\n",
         "![training curves](training_curves.png)",

@@ -27,6 +27,7 @@ FILES = {
     "parallel": "parallel_coordinate.png",
     "contour": "contour.png",
 }
+STUDY_FILE = "optuna.db"  # the study itself, for optuna-dashboard and optuna.load_study
 MIN_TRIALS = 3  # trials with a value below which importance (and so the contour's choice) says nothing
 # The study's state for each trial status (``sweeps.report.trials.STATUSES``).
 STATES = {
@@ -78,6 +79,21 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
         except ValueError as e:
             notes.append(f"trial `{t['trial_id']}` is left out of the sweep plots: {e}")
     return study, notes
+
+
+def save_study(study: optuna.Study, name: str, metric: str, path: Path) -> Path:
+    """Save ``study`` (``build_study``'s) as the Optuna study ``name`` in a new SQLite file at ``path``, which
+    ``optuna-dashboard sqlite:///PATH`` opens and ``optuna.load_study`` reads: every trial with its state,
+    parameters, per-epoch values and value. A file an earlier report of the sweep left is replaced."""
+    path.unlink(missing_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
+    with _quiet():
+        saved = optuna.create_study(storage=storage, study_name=name, directions=study.directions)
+        saved.set_metric_names([metric])
+        saved.add_trials(study.trials)
+    storage.remove_session()
+    storage.engine.dispose()  # close the file: the report folder may be uploaded next
+    return path
 
 
 def _finish(axes, title: str, path: Path) -> Path:

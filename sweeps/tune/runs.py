@@ -180,8 +180,9 @@ def run_retrain(
     time_limit_s: float | None = None,
     callbacks: list | tuple = (),
 ) -> list:
-    """Retrain the winning parameters (``members[0]``; for an ensemble, the next best too) from scratch for
-    ``retrain_epochs``, one trial per member; returns Ray's Results in the order of ``members``."""
+    """Retrain the winning parameters (``members[0]``; for an ensemble, the next best too) anew, from the
+    config's starting weights (not the trial's checkpoint), for ``retrain_epochs``, one trial per member;
+    returns Ray's Results in the order of ``members``."""
     base = trial_config(settings, data=data, retrain=True)
     trainable = _trainable(base, placement.resources, members=[dict(m) for m in members])
     exp = f"{experiment_uri(settings)}/retrain"
