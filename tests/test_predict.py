@@ -332,3 +332,29 @@ def test_min_confidence_labels_unsure_faces_uncertain(checkpoint, demo_root, tmp
         assert main([*argv, "--min-confidence", bad]) == 2
         err = capsys.readouterr().err
         assert "--min-confidence" in err and "[0, 1)" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow  # two predict CLI runs: ~15 s
+def test_explain_maps_each_face_over_the_crop_the_model_saw(predictor, checkpoint, tmp_path):
+    photo = tmp_path / "scene.jpg"
+    scene([(drawn_face(s), x, y) for x, y, s in SCENE_FACES]).save(photo, quality=95)
+    plain, explained = predictor.predict_file(photo), predictor.predict_file(photo, explain=True)
+    side = predictor.preprocess.img_size
+    assert len(explained.faces) == 2 and all(f.saliency is None for f in plain.faces)
+    for f, g in zip(explained.faces, plain.faces):
+        assert np.allclose(f.probs, g.probs) and f.saliency.shape == (side, side)
+        assert 0 <= f.saliency.min() and f.saliency.max() <= 1
+        x, y, w, h = f.region  # the margin crop holds the face box
+        assert x <= f.box[0] and y <= f.box[1] and x + w >= f.box[0] + f.box[2] and w > f.box[2]
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "sweeps" / "predict.py"), str(checkpoint), str(photo), "--out"]
+    for name, extra in (("plain", []), ("explained", ["--explain"])):
+        done = subprocess.run([*cmd, str(out / name), *extra], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    # The maps are drawn: far more strongly coloured pixels than the plain PNG's bars and boxes.
+    pngs = [
+        np.asarray(Image.open(out / n / "scene.png").convert("RGB")).astype(int)
+        for n in ("plain", "explained")
+    ]
+    coloured = [((p.max(-1) - p.min(-1)) > 80).sum() for p in pngs]
+    assert coloured[1] - coloured[0] > 0.02 * pngs[1][..., 0].size, coloured

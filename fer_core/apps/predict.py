@@ -34,7 +34,8 @@ from ..data import CLASS_NAMES, decode_image, to_model_array
 from ..errors import CheckpointError, DataError
 from ..preprocess import Preprocess
 from ..runtime import Runtime, resolve_runtime
-from .faces import Box, FaceDetector, crop_face
+from ..saliency import class_activation_maps
+from .faces import Box, FaceDetector, crop_face, margin_box
 from .predict_inputs import array_to_image, load_image
 
 # The label of a face whose top probability is under the caller's minimum confidence (``predict_files``).
@@ -52,11 +53,15 @@ THUMB_SIDE = 256
 @dataclass
 class FacePrediction:
     """One classified region: ``box`` (x, y, w, h) in the upright original's pixels, None for the whole image;
-    ``uncertain`` when its top probability is under the minimum confidence asked for."""
+    ``uncertain`` when its top probability is under the minimum confidence asked for; with ``explain``,
+    ``saliency`` is the top class's map over the model input, which shows ``region`` (the margin crop, in the
+    same pixels; None: the whole image)."""
 
     box: Box | None
     probs: np.ndarray
     uncertain: bool = False
+    region: Box | None = None
+    saliency: np.ndarray | None = None
 
     def label(self, class_names: Sequence[str]) -> str:
         """The expression shown and written for this face: its top class, or ``UNCERTAIN``."""
@@ -271,7 +276,12 @@ class Predictor:
         s, gray = self.preprocess.img_size, self.preprocess.grayscale
         if boxes:
             inputs = [to_model_array(Image.fromarray(crop_face(rgb, b, margin)), s, gray) for b in boxes]
-            result.faces = [FacePrediction(tuple(int(round(v * scale)) for v in b), None) for b in boxes]
+            result.faces = [
+                FacePrediction(
+                    _scaled(b, scale), None, region=_scaled(margin_box(b, rgb.shape, margin), scale)
+                )
+                for b in boxes
+            ]
         else:
             # No crop: the file itself is the input, decoded as training decodes it.
             try:
@@ -294,6 +304,7 @@ class Predictor:
         margin: float = 0.1,
         chunk: int = 16,
         min_confidence: float = 0.0,
+        explain: bool = False,
     ) -> Iterator[ImageResult]:
         """Classify every face in every file; yields one ``ImageResult`` per path, in order.
 
@@ -306,18 +317,35 @@ class Predictor:
             margin: fraction of a face box added on each side before cropping.
             chunk: files held in memory at once.
             min_confidence: a face whose top probability is under this is marked ``uncertain``.
+            explain: also give each face the class activation map of its top class (``fer_core.saliency``).
         """
         paths = list(paths)
         for start in range(0, len(paths), max(1, chunk)):
             loaded = [self._load_file(p, detect, margin) for p in paths[start : start + chunk]]
             inputs = [x for _, xs in loaded for x in xs]
-            probs = iter(self.predict_batch(np.stack(inputs)) if inputs else [])
+            probs = self.predict_batch(np.stack(inputs)) if inputs else np.zeros((0, len(self.class_names)))
+            maps = iter(self.explain(np.stack(inputs), probs.argmax(1)) if explain and inputs else [])
+            rows = iter(probs)
             for result, _xs in loaded:
                 for face in result.faces:
-                    face.probs = next(probs)
+                    face.probs = next(rows)
                     face.uncertain = face.score < min_confidence
+                    face.saliency = next(maps, None)
                 yield result
 
-    def predict_file(self, path: str | os.PathLike, detect: bool = True, margin: float = 0.1) -> ImageResult:
+    def explain(self, batch: np.ndarray, targets) -> np.ndarray:
+        """Prepared uint8 inputs -> N×S×S class activation maps of ``targets`` in [0, 1] (``fer_core.saliency``)."""
+        return class_activation_maps(
+            self.model, self.preprocess, batch, targets, self.runtime, self.batch_size
+        )
+
+    def predict_file(
+        self, path: str | os.PathLike, detect: bool = True, margin: float = 0.1, explain: bool = False
+    ) -> ImageResult:
         """``predict_files`` for one file."""
-        return next(self.predict_files([path], detect, margin))
+        return next(self.predict_files([path], detect, margin, explain=explain))
+
+
+def _scaled(box: Box, scale: float) -> Box:
+    """A box in loaded pixels -> the original's pixels."""
+    return tuple(int(round(v * scale)) for v in box)

@@ -26,10 +26,10 @@ each image (OpenCV Haar cascade), cropped with a margin and classified; an image
 classified whole, and the output says so. Use --no-face-detect when the inputs are face crops already.
 
 Output: a table on stdout (or JSON with --json), OUT/predictions.csv (one row per face), one PNG per
-image (the image with its face boxes beside the probability bars) and, for several images,
-OUT/contact_sheet.png. With --min-confidence P, a face whose top probability is under P is labelled
-"uncertain" instead of a class (its probabilities are still written). Files that cannot be read are listed
-at the end; the rest are predicted.
+image (the image with its face boxes beside the probability bars; --explain adds each face's map of
+where the model found its top expression) and, for several images, OUT/contact_sheet.png. With
+--min-confidence P, a face whose top probability is under P is labelled "uncertain" instead of a class (its
+probabilities are still written). Files that cannot be read are listed at the end; the rest are predicted.
 Exit status: 0 all inputs predicted, 1 some failed, 2 usage error (bad checkpoint, nothing to predict).
 """
 
@@ -115,6 +115,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout instead of the table"
     )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="draw over each face in its PNG where the model found its top expression (Grad-CAM)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
     p.add_argument(
@@ -180,7 +185,10 @@ def main(argv=None) -> int:
     for (_path, rel), r in zip(
         files,
         predictor.predict_files(
-            [f for f, _ in files], detect=not args.no_face_detect, min_confidence=args.min_confidence
+            [f for f, _ in files],
+            detect=not args.no_face_detect,
+            min_confidence=args.min_confidence,
+            explain=args.explain,
         ),
     ):
         png = None

@@ -1,4 +1,4 @@
-"""The prediction PNGs: one photo with its face boxes beside its probability bars, and a folder's overview.
+"""The prediction PNGs: one photo with its face boxes (and maps) beside its probability bars, and a folder's overview.
 
 Drawing only: they take the ``ImageResult`` objects ``Predictor.predict_files`` yields and write PNGs
 with the project's save rule (``figures.save_png``). Kept out of ``predict`` so the inference API stays
@@ -21,6 +21,23 @@ if TYPE_CHECKING:
     from .predict import ImageResult
 
 _BOX = "#ffd400"
+SALIENCY_CMAP, SALIENCY_ALPHA = "jet", 0.45  # translucent: the face stays visible under its map
+
+
+def _draw_saliency(ax, result: ImageResult, shape: tuple[int, ...]) -> None:
+    """Each face's class activation map over the region the model saw (its margin crop, or the whole image)."""
+    if not result.size:
+        return
+    k = shape[1] / result.size[0]
+    limits = ax.get_xlim(), ax.get_ylim()
+    for f in result.faces:
+        if f.saliency is None:
+            continue
+        x, y, w, h = (v * k for v in f.region) if f.region else (0, 0, shape[1], shape[0])
+        extent = (x - 0.5, x + w - 0.5, y + h - 0.5, y - 0.5)
+        ax.imshow(f.saliency, cmap=SALIENCY_CMAP, alpha=SALIENCY_ALPHA, vmin=0, vmax=1, extent=extent)
+    ax.set_xlim(limits[0])  # the photo's frame, not the maps' extents
+    ax.set_ylim(limits[1])
 
 
 def _draw_boxes(
@@ -88,6 +105,7 @@ def plot_prediction(
     ax_img.imshow(img)
     ax_img.set_xticks([])
     ax_img.set_yticks([])
+    _draw_saliency(ax_img, result, img.shape)
     _draw_boxes(ax_img, result, img.shape, class_names)
     for i, f in enumerate(faces):
         ax = fig.add_subplot(gs[i, 1])
@@ -101,7 +119,9 @@ def plot_prediction(
         if len(result.faces) > len(faces)
         else ""
     )
-    fig.suptitle(f"{Path(result.path).name}: {result.note}{more}", fontsize=10)
+    explained = any(f.saliency is not None for f in faces)
+    maps = "\nmaps: where the model found its top expression (red: most)" if explained else ""
+    fig.suptitle(f"{Path(result.path).name}: {result.note}{more}{maps}", fontsize=10)
     return save_png(fig, path)  # the one save rule (tight box, white background, figure closed)
 
 

@@ -1,5 +1,5 @@
 """The report folder of a finished sweep, written in its steps: the winner's checkpoint and config, the scores,
-the figures, the sweep's plots, then (the report's own time known) metrics.json and report.md."""
+the figures, the sweep's plots, then (the report's own time known) metrics.json, report.md and report.html."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fer_core.apps import viz
+from fer_core.apps import explain, viz
 from fer_core.checkpoint import load_checkpoint
 from fer_core.config import FIELDS
 from fer_core.decode_cache import load_split
@@ -22,6 +22,7 @@ from sweeps.report import plots
 from sweeps.report.calibration import FILE as RELIABILITY
 from sweeps.report.calibration import calibrate_winner, plot_reliability
 from sweeps.report.evaluate import copy_result_checkpoint, ensemble
+from sweeps.report.html import write_html
 from sweeps.report.markdown import started_from, write_markdown
 from sweeps.report.trials import status_counts, write_csv
 from sweeps.tune.progress import Phases, Steps
@@ -107,13 +108,15 @@ def write_report(
     study, plot_notes = plots.build_study(trials, to_optuna(settings.search_space), settings.mode)
     plot_notes += plots.write_plots(study, settings.metric, out)
     plots.save_study(study, settings.name, settings.metric, out / plots.STUDY_FILE)
-    step("sample predictions, trials.csv, report.md")
+    step("sample predictions, saliency maps, trials.csv, report.md and report.html")
     size, gray = config["img_size"], config["grayscale"]
     images = np.asarray(load_split(data, "val", size, gray, cache_dir=cache_dir, classes=classes).images)
     labels, probs = val["labels"], val["probs"]
     pick = _sample_indices(labels, probs)
     samples = out / "sample_predictions.png"
     viz.plot_sample_predictions(images[pick], labels[pick], probs[pick], classes, samples)
+    cm = val["val_confusion_matrix"]
+    explain.write_saliency_figures(out / "best.pt", images, labels, probs, cm, classes, out, runtime)
     write_csv(trials, settings, out / "trials.csv")
     if audit is not None:
         (out / "audit.json").write_text(json.dumps(audit, indent=1))
@@ -125,4 +128,5 @@ def write_report(
     metrics |= {"wall_seconds": timing["phases"]["total"], "timing": timing}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     write_markdown(settings, trials, metrics, out / "report.md", audit, plot_notes)
+    write_html(out / "report.md")  # last: it inlines every image report.md links
     return out

@@ -98,6 +98,21 @@ def _time_lines(timing: dict) -> list[str]:
     return ["", "## Time", "", *plan, *_table(["phase", "time"], phases)]
 
 
+def _saliency_lines(folder: Path) -> list[str]:
+    """What the model looks at: the two saliency figures, when the report has them."""
+    figures = {
+        "saliency_by_class.png": "Where the winner looks for each expression: its mean class activation map "
+        "(Grad-CAM) over the val images of that class, drawn over their mean face.",
+        "confusions.png": "The class pairs it confuses most on val, with the faces it got most confidently wrong "
+        "and, beside each, where it found the class it wrongly chose.",
+    }
+    shown = [(name, text) for name, text in figures.items() if (folder / name).is_file()]
+    lines = ["\n## What the model looks at\n"] if shown else []
+    for name, text in shown:
+        lines += [f"{text}", "", f"![{name[:-4].replace('_', ' ')}]({name})", ""]
+    return lines[:-1]
+
+
 def write_markdown(
     settings: SweepSettings, trials: pd.DataFrame, m: dict, path: Path, audit=None, plot_notes=()
 ) -> None:
@@ -132,6 +147,7 @@ def write_markdown(
         "![confusion matrix](confusion_matrix.png)",
         "![per-class accuracy](per_class_accuracy.png)",
         "![sample predictions](sample_predictions.png)",
+        *_saliency_lines(path.parent),
         "\n## The search\n",
         "Optuna's plots of the sweep's study. Per epoch: every trial, those stopped early by ASHA dashed, those "
         "stopped by the time limit dotted, failed ones in red. The parameter plots: every trial that reported "

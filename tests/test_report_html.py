@@ -1,0 +1,102 @@
+"""report.html in a real headless Chromium (Debian's chromium and chromium-driver, driven by Selenium): one
+self-contained file whose every image decodes, with no console error, that fits a phone's width.
+
+The report folder is the one tests/test_report_folder.py writes for real (two tiny trainings, no sweep).
+Without the browser the test skips, saying what to install; with FER_REQUIRE_BROWSER=1 (CI) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from .test_report_folder import report  # noqa: F401  (the fixture: a report folder written for real)
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+# Headless, and nothing that reaches the network or a profile outside the test's own folder.
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if missing:
+        why = f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver to run it"
+        if os.environ.get("FER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"FER_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(f"browser test: {why}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()
+
+
+def _images(driver) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.images).map(i => ({src: i.src.slice(0, 22), alt: i.alt, "
+        "complete: i.complete, width: i.naturalWidth}))"
+    )
+
+
+def test_report_html_is_self_contained_and_says_what_report_md_says(report):  # noqa: F811
+    page = (report.out / "report.html").read_text()
+    md = (report.out / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {"saliency_by_class.png", "confusions.png", "training_curves.png"} <= set(linked)
+    assert page.count("<img") == len(linked) and page.count('src="data:image/png;base64,') == len(linked)
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert "<table>" in page and "## " not in page  # markdown converted, tables included
+    assert "What the model looks at" in page and "7 trials: 3 completed" in page
+
+
+def test_every_image_decodes_without_console_errors_on_a_desktop_and_a_phone(report, browser):  # noqa: F811
+    browser.set_window_size(1280, 900)
+    browser.get((report.out / "report.html").as_uri())
+    browser.execute_script("return document.readyState")
+    images = _images(browser)
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (report.out / "report.md").read_text())
+    assert len(images) == len(linked)
+    assert all(i["complete"] and i["width"] > 0 and i["src"].startswith("data:image/png") for i in images), [
+        i for i in images if not i["width"]
+    ]
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    try:
+        browser.refresh()
+        widths = browser.execute_script(
+            "return [window.innerWidth, document.documentElement.scrollWidth, document.body.scrollWidth]"
+        )
+        assert widths[0] == PHONE["width"] and max(widths[1:]) <= widths[0], widths
+        assert all(i["width"] > 0 for i in _images(browser))
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_checks_see_a_broken_image(browser, tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><html><body><img src="missing.png" alt="x"></body></html>')
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(page.as_uri())
+    assert [i["width"] for i in _images(browser)] == [0]
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
