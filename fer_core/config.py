@@ -166,6 +166,11 @@ class TrainConfig:
     aug_strength: float = _opt(
         0.5, "One knob in [0, 1] scaling the whole augmentation policy (0 = none).", low=0.0, high=1.0
     )
+    augment_backend: str = _opt(
+        "auto",
+        "Who augments training batches: albumentations (per image on CPU, in the data-loader workers), torch (the same policy on a whole batch on the device, the decoded train split kept there; per-sample parameters hashed from seed, epoch and position), or auto = torch on CUDA, albumentations elsewhere.",
+        choices=("auto", "albumentations", "torch"),
+    )
     grad_clip: float = _opt(0.0, "Clip the gradient norm to this value (0 = off).", low=0.0)
     # --- run --------------------------------------------------------------------------------------------
     seed: int = _opt(

@@ -1,4 +1,4 @@
-"""The one place that decides device, precision, memory format, threads and data-loader workers.
+"""The one place that decides device, precision, memory format, threads, data-loader workers and augmentation backend.
 
 Training, evaluation and prediction ask a ``Runtime`` for their device, autocast context and how to move
 a batch.
@@ -10,10 +10,14 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-import cv2
 import torch
 
 from .errors import ConfigError
+
+try:  # OpenCV is albumentations' backend: a machine that augments with torch may not have it
+    import cv2
+except ImportError:
+    cv2 = None
 
 
 def available_cpus() -> int:
@@ -36,6 +40,7 @@ class Runtime:
     num_workers: int
     threads: int
     eval_batch_size: int
+    augment_backend: str = "albumentations"  # "albumentations" or "torch" (never "auto": resolved)
 
     @property
     def pin_memory(self) -> bool:
@@ -57,7 +62,7 @@ class Runtime:
         name = torch.cuda.get_device_name(self.device) if self.is_cuda else f"cpu ({self.threads} threads)"
         return (
             f"{self.device} [{name}], {prec}, channels_last={'on' if self.channels_last else 'off'}, "
-            f"compile={'on' if self.compile else 'off'}, workers={self.num_workers}"
+            f"compile={'on' if self.compile else 'off'}, workers={self.num_workers}, augment={self.augment_backend}"
         )
 
 
@@ -71,8 +76,10 @@ def plan_runtime(
     threads: int = 0,
     num_workers: int = -1,
     eval_batch_size: int = 0,
+    augment_backend: str = "auto",
 ) -> Runtime:
-    """Decide precision, memory format, compilation, threads, workers and eval batch for a device, without
+    """Decide precision, memory format, compilation, threads, workers, eval batch and augmentation backend
+    for a device, without
     touching it: a pure function of the machine, so tests on a CPU-only machine can check what a GPU run
     would use.
 
@@ -84,8 +91,11 @@ def plan_runtime(
       (oneDNN's depthwise convolutions prefer NHWC); on CUDA tensor cores want NHWC too.
     - compile: off unless asked for. On CPU torch.compile measured slower (252 vs 278 img/s) after
       ~100 s of compilation; it has not been measured on a GPU, so it is not on by default there either.
-    - workers: none on CPU (augmentation costs ~0.2 ms an image, ~6 % of a CPU step; a worker would
-      take a core from the model), CPUs-1 up to 8 on CUDA (one core augments ~4,800 img/s at 48 px).
+    - augmentation backend: torch on CUDA (the split lives on the GPU and a whole batch is augmented there,
+      so a trial needs about one CPU), albumentations on CPU (what CPU runs have always computed).
+    - workers: none with the torch backend (no loader), none on CPU (augmentation costs ~0.2 ms an image,
+      ~6 % of a CPU step; a worker would take a core from the model), CPUs-1 up to 8 on CUDA with
+      albumentations (one core augments ~4,800 img/s at 48 px).
     - eval batch: 1024 on CUDA, 256 on CPU (no gradients; larger batches only add latency on a CPU).
 
     Args:
@@ -96,6 +106,7 @@ def plan_runtime(
         threads: torch CPU threads and this process's CPU share, which caps auto workers (0 = cpus).
         num_workers: DataLoader workers (-1 = auto: from the share).
         eval_batch_size: evaluation batch (0 = auto).
+        augment_backend: "auto", "albumentations" or "torch".
 
     Raises:
         ConfigError: fp16 asked for on a CPU.
@@ -113,8 +124,9 @@ def plan_runtime(
     # A set ``threads`` is this process's share of the machine (a sweep trial's CPU allocation): workers come
     # out of that share, not out of every CPU the node has, or four trials on a 16-core node start 8 each.
     share = min(cpus, threads) if threads else cpus
+    backend = ("torch" if cuda else "albumentations") if augment_backend == "auto" else augment_backend
     if num_workers < 0:
-        num_workers = min(8, max(1, share - 1)) if cuda else 0
+        num_workers = min(8, max(1, share - 1)) if cuda and backend == "albumentations" else 0
     return Runtime(
         device=device,
         amp_dtype=amp,
@@ -123,6 +135,7 @@ def plan_runtime(
         num_workers=num_workers,
         threads=threads or cpus,
         eval_batch_size=eval_batch_size or (1024 if cuda else 256),
+        augment_backend=backend,
     )
 
 
@@ -140,7 +153,8 @@ def limit_threads(n: int) -> None:
         torch.set_num_interop_threads(n)
     except RuntimeError:
         pass
-    cv2.setNumThreads(n)
+    if cv2 is not None:
+        cv2.setNumThreads(n)
 
 
 def worker_init(worker_id: int) -> None:
@@ -157,6 +171,7 @@ def resolve_runtime(
     num_workers: int = -1,
     compile: str = "auto",
     eval_batch_size: int = 0,
+    augment_backend: str = "auto",
 ) -> Runtime:
     """Turn config strings into a Runtime and apply process-wide settings (threads, cudnn).
 
@@ -168,6 +183,7 @@ def resolve_runtime(
         num_workers: DataLoader workers (-1 = auto).
         compile: "auto", "on" or "off" (torch.compile of the training forward).
         eval_batch_size: evaluation batch size (0 = auto).
+        augment_backend: "auto" (torch on CUDA, albumentations elsewhere), "albumentations" or "torch".
 
     Raises:
         ConfigError: CUDA asked for but absent, or an unknown device string.
@@ -194,6 +210,7 @@ def resolve_runtime(
         threads=threads,
         num_workers=num_workers,
         eval_batch_size=eval_batch_size,
+        augment_backend=augment_backend,
     )
     limit_threads(runtime.threads)
     if cuda:

@@ -18,15 +18,15 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 
 from . import engine
-from .augment import build_train_transform
+from .augment_torch import BatchAugment
 from .checkpoint import load_checkpoint, nonfinite_weights
 from .config import TrainConfig, config_to_dict, resolve_normalize
 from .data import SplitData
-from .dataset import EpochSampler, FerDataset, iter_batches, stratified_indices
+from .dataset import DeviceBatches, EpochSampler, FerDataset, iter_batches, stratified_indices
 from .decode_cache import load_split
 from .duplicates import cross_split_duplicates
 from .ema import ModelEma
-from .errors import CheckpointError, DataError, DivergedError, FerError
+from .errors import CheckpointError, ConfigError, DataError, DivergedError, FerError
 from .metrics import ROW_VAL_KEYS, lower_is_better
 from .mixing import BatchMixer
 from .model import build_model, normalization
@@ -128,6 +128,7 @@ class Trainer:
             num_workers=cfg.num_workers,
             compile=cfg.compile,
             eval_batch_size=cfg.eval_batch_size,
+            augment_backend=cfg.augment_backend,
         )
         seed_everything(cfg.seed)
         common = dict(
@@ -178,20 +179,7 @@ class Trainer:
             )
         self.steps_per_epoch = cfg.steps_per_epoch or n // cfg.batch_size
         self.sampler = EpochSampler(n, seed=cfg.seed, num_samples=self.steps_per_epoch * cfg.batch_size)
-        transform = build_train_transform(strength=cfg.aug_strength, img_size=cfg.img_size, seed=cfg.seed)
-        dataset = FerDataset(self.train_data, self.train_idx, transform=transform, seed=cfg.seed)
-        w = self.runtime.num_workers
-        self.loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            sampler=self.sampler,
-            num_workers=w,
-            drop_last=True,
-            pin_memory=self.runtime.pin_memory,
-            persistent_workers=w > 0,
-            prefetch_factor=4 if w > 0 else None,
-            worker_init_fn=worker_init if w > 0 else None,
-        )
+        self.loader = self._train_loader()
         self.optimizer = build_optimizer(model=self.model, cfg=cfg)
         total = cfg.epochs * self.steps_per_epoch
         warm = min(total, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
@@ -208,6 +196,37 @@ class Trainer:
         )
         self.epoch, self.best, self.history = 0, None, []
         self.best_val: dict | None = None  # full val metrics (confusion matrix included) of the best epoch
+
+    def _train_loader(self):
+        """The training batches of the runtime's augmentation backend: a DataLoader of albumentations-augmented
+        images, or the split on the device augmented batch by batch (``augment_torch``)."""
+        cfg = self.cfg
+        if self.runtime.augment_backend == "torch":
+            augment = BatchAugment(cfg.aug_strength, seed=cfg.seed) if cfg.aug_strength > 0 else None
+            return DeviceBatches(
+                self.train_data, self.train_idx, self.sampler, cfg.batch_size, self.runtime.device, augment
+            )
+        try:  # albumentations only where it is used: the torch backend trains without it
+            from .augment import build_train_transform
+        except ImportError:
+            raise ConfigError(
+                "key 'augment_backend' resolved to albumentations, which is not installed; "
+                "pip install albumentations or set augment_backend: torch"
+            ) from None
+        transform = build_train_transform(strength=cfg.aug_strength, img_size=cfg.img_size, seed=cfg.seed)
+        dataset = FerDataset(self.train_data, self.train_idx, transform=transform, seed=cfg.seed)
+        w = self.runtime.num_workers
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=w,
+            drop_last=True,
+            pin_memory=self.runtime.pin_memory,
+            persistent_workers=w > 0,
+            prefetch_factor=4 if w > 0 else None,
+            worker_init_fn=worker_init if w > 0 else None,
+        )
 
     def _cross_split_duplicates(self, common: dict) -> np.ndarray:
         """dedupe: cross_split: train rows that duplicate a val (or test) image, which would otherwise leak

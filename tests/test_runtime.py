@@ -18,7 +18,7 @@ from .conftest import REPO, tiny_config
 
 
 def test_cuda_plan_uses_bf16_channels_last_workers_and_big_eval_batches():
-    p = plan_runtime("cuda", cpus=16, bf16_supported=True)
+    p = plan_runtime("cuda", cpus=16, bf16_supported=True, augment_backend="albumentations")
     assert (p.amp_dtype, p.channels_last, p.compile, p.num_workers, p.eval_batch_size) == (
         torch.bfloat16,
         True,
@@ -28,8 +28,23 @@ def test_cuda_plan_uses_bf16_channels_last_workers_and_big_eval_batches():
     )
     assert p.device == torch.device("cuda") and p.pin_memory  # the plan is the Runtime a GPU run gets
     assert plan_runtime("cuda", cpus=4, bf16_supported=False).amp_dtype is torch.float16  # pre-Ampere GPUs
-    assert plan_runtime("cuda", cpus=1, bf16_supported=True).num_workers == 1
+    assert (
+        plan_runtime("cuda", cpus=1, bf16_supported=True, augment_backend="albumentations").num_workers == 1
+    )
     assert plan_runtime("cuda", cpus=16, bf16_supported=True, compile="on").compile
+
+
+def test_augment_backend_auto_is_torch_on_cuda_albumentations_on_cpu():
+    """auto keeps a CPU run on albumentations (what it has always computed); on CUDA the split and its
+    augmentation live on the GPU, so no loader workers are started."""
+    cuda = plan_runtime("cuda", cpus=16, bf16_supported=True)
+    assert (cuda.augment_backend, cuda.num_workers) == ("torch", 0)
+    cpu = plan_runtime("cpu", cpus=2, bf16_supported=False)
+    assert (cpu.augment_backend, cpu.num_workers) == ("albumentations", 0)
+    assert (
+        plan_runtime("cpu", cpus=2, bf16_supported=False, augment_backend="torch").augment_backend == "torch"
+    )
+    assert "augment=albumentations" in cpu.describe()
 
 
 def test_cpu_plan_is_fp32_channels_last_and_no_workers():
@@ -146,12 +161,12 @@ def test_bench_rejects_impossible_settings_in_one_line():
 
 
 def test_cuda_workers_come_out_of_the_process_share():
-    """Four trials on one GPU of a 16-core node get 4 CPUs each: 3 workers each, not 8 (the node's 16 - 1)."""
-    assert plan_runtime("cuda", cpus=16, bf16_supported=True, threads=4).num_workers == 3
-    assert plan_runtime("cuda", cpus=16, bf16_supported=True, threads=1).num_workers == 1
-    assert (
-        plan_runtime("cuda", cpus=2, bf16_supported=True, threads=8).num_workers == 1
-    )  # never more than there is
+    """Four trials on one GPU of a 16-core node get 4 CPUs each: with albumentations 3 workers each, not 8
+    (the node's 16 - 1)."""
+    alb = {"bf16_supported": True, "augment_backend": "albumentations"}
+    assert plan_runtime("cuda", cpus=16, threads=4, **alb).num_workers == 3
+    assert plan_runtime("cuda", cpus=16, threads=1, **alb).num_workers == 1
+    assert plan_runtime("cuda", cpus=2, threads=8, **alb).num_workers == 1  # never more than there is
 
 
 @pytest.mark.slow  # starts a Ray node and runs a real trial in it
