@@ -49,7 +49,6 @@ from pathlib import Path
 import timm
 import torch
 
-from ..config import FIELDS
 from ..timing import time_ready_step
 from ..trainer import Trainer
 from .gpu_pack import DEFAULT_PACK, load_packed, pack
@@ -182,6 +181,8 @@ class Check:
     def measure(self, name: str, settings: dict, need_s: float, run, bound_s: float = 0.0) -> None:
         """Run ``run() -> dict`` (with "images_per_s") if ``need_s`` fits the budget; write its line."""
         head = {"name": name, "device": self.name, "settings": settings}
+        if "img_size" in settings:
+            self.splits(settings["img_size"])  # resized once, outside any measurement
         left = self.left()
         if left < need_s:
             self.write(
@@ -218,6 +219,7 @@ class Check:
             batch,
             steps_per_epoch=1,
             compile="on" if compile_mode == "default" else "off",
+            augment_backend="torch",  # its loader is unused: the step is fed one batch; no albumentations needed
         )
         trainer = Trainer(cfg, splits=self.splits(img_size))
         if compile_mode == "reduce-overhead":
@@ -274,52 +276,38 @@ class Check:
         }
 
     def run(self, stages: tuple[str, ...]) -> None:
-        p, dev = self.plan, str(self.device)
-        have_backend = "augment_backend" in FIELDS
-        no_backend = "this checkout's TrainConfig has no augment_backend key"
-
-        def skip(name: str, settings: dict, why: str) -> None:
-            self.write({"name": name, "device": self.name, "settings": settings, "skipped": why})
-
+        p = self.plan
         if "step" in stages:
             for size, batch in p.step:
                 settings = {"img_size": size, "batch_size": batch}
-                self.measure(
-                    "step", settings, self.setup_s + 3 * p.step_s, functools.partial(self._ready, size, batch)
-                )
+                run = functools.partial(self._ready, size, batch)
+                self.measure("step", settings, self.setup_s + 3 * p.step_s, run)
         if "e2e" in stages:
             for backend in ("torch", "albumentations"):
                 for size, batch in p.e2e:
                     settings = {"img_size": size, "batch_size": batch, "augment_backend": backend}
-                    if not have_backend:
-                        skip("e2e", settings, no_backend)
-                    elif backend == "albumentations" and importlib.util.find_spec("albumentations") is None:
-                        skip("e2e", settings, "albumentations is not installed")
-                    else:
-                        need = self.setup_s + 2.5 * p.pass_s
-                        self.measure(
-                            "e2e", settings, need, functools.partial(self._e2e, size, batch, backend)
-                        )
+                    if backend == "albumentations" and importlib.util.find_spec("albumentations") is None:
+                        why = "albumentations is not installed"
+                        self.write({"name": "e2e", "device": self.name, "settings": settings, "skipped": why})
+                        continue
+                    run = functools.partial(self._e2e, size, batch, backend)
+                    self.measure("e2e", settings, self.setup_s + 2.5 * p.pass_s, run)
         if "share" in stages:
             for n in p.procs:
                 threads = max(1, (os.cpu_count() or 1) // n)
                 settings = {"processes": n, "img_size": p.share[0], "batch_size": p.share[1]}
-                settings.update(augment_backend="torch", threads=threads, device=dev)
-                if not have_backend:
-                    skip("share", settings, no_backend)
-                    continue
-                self.measure(
-                    "share", settings, self.proc_s + 2 * p.pass_s, functools.partial(self._share, n, threads)
-                )
+                settings.update(augment_backend="torch", threads=threads)
+                run = functools.partial(self._share, n, threads)
+                self.measure("share", settings, self.proc_s + 2 * p.pass_s, run)
         if "compile" in stages:
             for mode in ("default", "reduce-overhead"):
                 for size, batch in p.compile:
                     settings = {"img_size": size, "batch_size": batch, "compile_mode": mode}
                     need = self.setup_s + p.compile_s + 3 * p.step_s
                     self.measure(
-                        "compile", settings, need, functools.partial(self._ready, size, batch, mode), need * 2
+                        "compile", settings, need, functools.partial(self._ready, size, batch, mode), 2 * need
                     )
-                    torch.compiler.reset()
+                    torch.compiler.reset()  # each compilation starts from nothing, as a trial's would
 
 
 def main(argv: list[str] | None = None) -> None:

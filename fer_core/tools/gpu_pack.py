@@ -71,7 +71,7 @@ def pack(data: str | os.PathLike, out: str | os.PathLike = DEFAULT_PACK, max_byt
         {"path", "bytes", "train", "train_total", "val"}: what was written.
 
     Raises:
-        DataError: a bad dataset (as ``load_split``), or val alone does not fit in ``max_bytes``.
+        DataError: a bad dataset (as ``load_split``), or val and a few train images do not fit in ``max_bytes``.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def pack(data: str | os.PathLike, out: str | os.PathLike = DEFAULT_PACK, max_byt
     val = load_split(root=data, split="val", img_size=PACK_SIZE, grayscale=True)
     meta = {"source": str(data), "img_size": PACK_SIZE, "train_total": len(train), "val": len(val)}
     keep = len(train)
-    for _ in range(4):
+    while keep > 0:
         idx = stratified_indices(train.labels, keep)
         _write(out, train, val, idx, meta)
         size = out.stat().st_size
@@ -94,10 +94,10 @@ def pack(data: str | os.PathLike, out: str | os.PathLike = DEFAULT_PACK, max_byt
         with zipfile.ZipFile(out) as z:
             train_bytes = z.getinfo("train_sub.npy").compress_size
         room = max_bytes - (size - train_bytes)
-        if room <= 0:
-            break
-        keep = int(len(idx) * room / train_bytes * 0.99)  # 1 % under: compression varies between subsets
-    out.unlink()
+        # 1 % under: compression varies between subsets; and fewer each time, as a stratified subset may
+        # round up to more images than asked for.
+        keep = min(keep - 1, int(len(idx) * room / train_bytes * 0.99))
+    out.unlink(missing_ok=True)
     raise DataError(
         f"{data}: cannot pack it under {max_bytes / 1e6:g} MB even with few train images; pack less data"
     )
@@ -131,10 +131,14 @@ def load_packed(path: str | os.PathLike, img_size: int = PACK_SIZE) -> tuple[Spl
     for split in ("train", "val"):
         images = np.cumsum(arrays[f"{split}_sub"], axis=-1, dtype=np.uint8)
         if img_size != images.shape[-1]:
-            x = torch.from_numpy(images).unsqueeze(1).float()
-            x = torch.nn.functional.interpolate(
-                x, size=(img_size, img_size), mode="bilinear", align_corners=False
+            images = np.concatenate(
+                [_resize(images[i : i + 2048], img_size) for i in range(0, len(images), 2048)]
             )
-            images = x.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
         splits.append(SplitData(split, classes, images, arrays[f"{split}_labels"], [], [], []))
     return splits[0], splits[1]
+
+
+def _resize(images: np.ndarray, img_size: int) -> np.ndarray:
+    x = torch.from_numpy(images).unsqueeze(1).float()
+    x = torch.nn.functional.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    return x.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
