@@ -159,6 +159,7 @@ def test_cpu_run_of_every_stage(packed, tmp_path):
         assert ln["images_per_s"] == pytest.approx(sum(ln["per_process"]), abs=0.2)
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_complete_lines(packed, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(

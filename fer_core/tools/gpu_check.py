@@ -1,8 +1,8 @@
 """The prepared GPU check: how fast a sweep trial trains on one device, each figure kept as soon as it is measured.
 
-Make the packed data here (once; FER2013 beside the checkout, under 40 MB, git-ignored), then run the check
-from the checkout root on the GPU machine, which needs Python with torch, timm and numpy only (no Ray,
-Optuna, albumentations, network or package registry):
+Make the packed data here (once; FER2013 beside the checkout, under 40 MB, git-ignored: send
+``.gpu-check/`` with the checkout), then run the check from the checkout root on the GPU machine, which
+needs Python with torch, timm and numpy only (no Ray, Optuna, albumentations, network or package registry):
 
     python -m fer_core.tools.gpu_check pack --data ../shared/data/fer2013 --out .gpu-check/fer2013-48.npz
     python -m fer_core.tools.gpu_check --budget 480 --out $OUT/gpu --data .gpu-check/fer2013-48.npz
@@ -27,7 +27,7 @@ pass), or ``skipped`` / ``error`` with the reason. Measurements, in order, on a 
 
 ``--budget`` counts from when this module has imported torch and timm (leave the machine's limit room for
 that import): a measurement starts only when its estimated length fits in what is left, and an alarm stops
-one that runs past twice its estimate or the budget's end.
+one that runs past twice its estimate or the budget's end. SIGTERM ends the run with a ``stopped`` line.
 96 px data is the packed 48 px images resized once (``gpu_pack.load_packed``).
 """
 
@@ -38,6 +38,7 @@ import functools
 import gc
 import importlib.util
 import json
+import math
 import os
 import platform
 import signal
@@ -151,7 +152,7 @@ class Check:
         out.mkdir(parents=True, exist_ok=True)
         self.out, self.results = out, out / "results.jsonl"
         self.setups: list[float] = []  # build and warm-up seconds of each ready-step measurement
-        self.proc_s = 2 * self.plan.setup_s  # a sharing process's start-up (the longest seen, once seen)
+        self.starts: list[float] = []  # start-up seconds of a sharing process (per wave: see _waves)
         self.ready: dict[tuple[int, int], float] = {}  # (img_size, batch) -> ready-step images/s
         self._splits: dict[int, tuple] = {}
 
@@ -181,15 +182,15 @@ class Check:
     def measure(self, name: str, settings: dict, need_s: float, run, bound_s: float = 0.0) -> None:
         """Run ``run() -> dict`` (with "images_per_s") if ``need_s`` fits the budget; write its line."""
         head = {"name": name, "device": self.name, "settings": settings}
-        if "img_size" in settings:
-            self.splits(settings["img_size"])  # resized once, outside any measurement
         left = self.left()
         if left < need_s:
             self.write(
                 {**head, "skipped": f"out of budget: {left:.0f} s left, it needs about {need_s:.0f} s"}
             )
             return
-        bound = min(left, bound_s or 2 * need_s + 10)
+        if "img_size" in settings:
+            self.splits(settings["img_size"])  # resized once, outside any measurement
+        bound = max(1.0, min(self.left(), bound_s or 2 * need_s + 10))
         t0 = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, bound)
         try:
@@ -265,15 +266,20 @@ class Check:
         args = ["--data", str(self.data), "--device", str(self.device), "--img-size", str(size)]
         args += ["--batch-size", str(batch), "--threads", str(threads), "--seconds", str(self.plan.pass_s)]
         args += ["--steps", str(steps), "--warmup", str(self.plan.warmup)]
-        ready, done = share(n, args, self.out, timeout=self.left())
-        self.proc_s = max(r["setup_s"] for r in ready)
+        setup_s, done = share(n, args, self.out, timeout=self.left())
+        self.starts.append(setup_s / self._waves(n))
         rates = [round(r["images_per_s"], 1) for r in done]
         return {
             "images_per_s": round(sum(rates), 1),
             "per_process": rates,
             "timed_seconds": round(max(r["seconds"] for r in done), 2),
-            "setup_seconds": round(self.proc_s, 2),
+            "setup_seconds": round(setup_s, 2),
         }
+
+    @staticmethod
+    def _waves(n: int) -> int:
+        """How many processes' start-ups each CPU runs when ``n`` start at once (they import torch in parallel)."""
+        return math.ceil(n / (os.cpu_count() or 1))
 
     def run(self, stages: tuple[str, ...]) -> None:
         p = self.plan
@@ -298,10 +304,11 @@ class Check:
                 settings = {"processes": n, "img_size": p.share[0], "batch_size": p.share[1]}
                 settings.update(augment_backend="torch", threads=threads)
                 run = functools.partial(self._share, n, threads)
-                self.measure("share", settings, self.proc_s + 2 * p.pass_s, run)
+                start_s = max(self.starts, default=2 * p.setup_s)  # Python and torch start too
+                self.measure("share", settings, start_s * self._waves(n) + 2 * p.pass_s, run)
         if "compile" in stages:
-            for mode in ("default", "reduce-overhead"):
-                for size, batch in p.compile:
+            for size, batch in p.compile:  # both modes of the host-bound batch first
+                for mode in ("default", "reduce-overhead"):
                     settings = {"img_size": size, "batch_size": batch, "compile_mode": mode}
                     need = self.setup_s + p.compile_s + 3 * p.step_s
                     self.measure(

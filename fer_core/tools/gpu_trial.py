@@ -67,7 +67,6 @@ def worker(argv: list[str]) -> None:
     for flag, typ in (("--threads", int), ("--seconds", float), ("--steps", int), ("--warmup", int)):
         ap.add_argument(flag, type=typ, required=True)
     a = ap.parse_args(argv)
-    t0 = time.perf_counter()
     cfg = trial_config(
         a.device,
         a.img_size,
@@ -82,7 +81,7 @@ def worker(argv: list[str]) -> None:
     probe = trainer.train_pass(max_steps=warm)
     # Passes of ~0.5 s alone: the window overshoots by at most one, and each pass ends with a device sync.
     chunk = min(a.steps, max(1, round(probe["images_per_s"] * 0.5 / a.batch_size)))
-    print(json.dumps({"ready": True, "setup_s": time.perf_counter() - t0}), flush=True)
+    print(json.dumps({"ready": True}), flush=True)
     if not sys.stdin.readline():
         return  # the check is gone
     images, start = 0, time.perf_counter()
@@ -92,7 +91,7 @@ def worker(argv: list[str]) -> None:
     print(json.dumps({"images_per_s": images / seconds, "images": images, "seconds": seconds}), flush=True)
 
 
-def share(n: int, worker_args: list[str], logs: Path, timeout: float) -> tuple[list[dict], list[dict]]:
+def share(n: int, worker_args: list[str], logs: Path, timeout: float) -> tuple[float, list[dict]]:
     """Start ``n`` workers, wait until all are ready, start their timed windows together, collect the results.
 
     Args:
@@ -102,11 +101,12 @@ def share(n: int, worker_args: list[str], logs: Path, timeout: float) -> tuple[l
         timeout: seconds for the whole (RuntimeError past it; the workers are killed on any way out).
 
     Returns:
-        (each worker's "ready" line, each one's result line).
+        (seconds from the start of the processes until all were ready, each one's result line).
     """
     cmd = [sys.executable, "-m", "fer_core.tools.gpu_check", "worker", *worker_args]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")]))
-    end = time.monotonic() + timeout
+    start = time.monotonic()
+    end = start + timeout
     lines: queue.Queue = queue.Queue()
     procs: list[subprocess.Popen] = []
     try:
@@ -118,7 +118,8 @@ def share(n: int, worker_args: list[str], logs: Path, timeout: float) -> tuple[l
                     )
                 )
             threading.Thread(target=_read_lines, args=(i, procs[-1].stdout, lines), daemon=True).start()
-        ready = _collect(procs, lines, "ready", end, logs)
+        _collect(procs, lines, "ready", end, logs)
+        setup_s = time.monotonic() - start
         for p in procs:  # every timed window starts now
             p.stdin.write("go\n")
             p.stdin.flush()
@@ -128,7 +129,7 @@ def share(n: int, worker_args: list[str], logs: Path, timeout: float) -> tuple[l
             if p.poll() is None:
                 p.kill()
             p.wait()
-    return ready, done
+    return setup_s, done
 
 
 def _read_lines(i: int, stream, lines: queue.Queue) -> None:
