@@ -24,8 +24,9 @@ from .gpu_pack import load_packed
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
-# A trial of sweeps/configs/fer2013.yaml: its fixed train keys and the middle of its search space (loguniform:
-# geometric mean, uniform: mean, choice: the middle value); img_size and batch_size are what the check varies.
+# A trial of sweeps/configs/fer2013.yaml: its fixed train keys and the middle of its search space as the sweep's
+# probe takes it (loguniform: geometric mean, uniform: mean, choice: the lower middle value); img_size and
+# batch_size are what the check varies.
 # tests/test_gpu_check.py checks it against the YAML.
 TRIAL = dict(
     model="efficientnet_b0",
@@ -42,8 +43,8 @@ TRIAL = dict(
     drop_rate=0.3,
     drop_path_rate=0.15,
     mixup_alpha=0.2,
-    cutmix_alpha=1.0,
-    class_weighting="sqrt",
+    cutmix_alpha=0.0,
+    class_weighting="none",
 )
 
 
