@@ -95,6 +95,18 @@ def _check_resume_compatible(state: dict, cfg: TrainConfig, path) -> None:
             )
 
 
+def _checked_splits(splits, cfg: TrainConfig) -> tuple[SplitData, SplitData]:
+    train, val = splits
+    shape = (cfg.img_size, cfg.img_size) if cfg.grayscale else (cfg.img_size, cfg.img_size, 3)
+    for data in (train, val):
+        if data.images.shape[1:] != shape:
+            raise DataError(
+                f"splits: the {data.split} images are {data.images.shape[1:]} but the config asks for {shape} "
+                "(img_size, grayscale); give splits decoded at that size or change the config"
+            )
+    return train, val
+
+
 class Trainer:
     """One run's pieces, built from its config: ``fer_core.train.train`` runs it epoch by epoch, and
     ``fer_core.timing`` times its passes.
@@ -102,9 +114,16 @@ class Trainer:
     Args:
         cfg: the run's config.
         runtime: device settings (default: resolved from ``cfg``).
+        splits: the (train, val) data already decoded at the config's size and colour mode (default: loaded
+            from ``cfg.data``); the GPU check trains on a packed copy this way.
     """
 
-    def __init__(self, cfg: TrainConfig, runtime: Runtime | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        runtime: Runtime | None = None,
+        splits: tuple[SplitData, SplitData] | None = None,
+    ):
         self.cfg = cfg
         self.runtime = runtime or resolve_runtime(
             device=cfg.device,
@@ -120,8 +139,12 @@ class Trainer:
         common = dict(
             img_size=cfg.img_size, grayscale=cfg.grayscale, strict=cfg.strict, cache_dir=cfg.cache_dir or None
         )
-        self.train_data: SplitData = load_split(root=cfg.data, split="train", **common)
-        self.val_data: SplitData = load_split(root=cfg.data, split="val", **common)
+        if splits is None:
+            splits = (
+                load_split(root=cfg.data, split="train", **common),
+                load_split(root=cfg.data, split="val", **common),
+            )
+        self.train_data, self.val_data = _checked_splits(splits, cfg)
         self.class_names = list(self.train_data.classes)
         self.dropped_duplicates = (
             self._cross_split_duplicates(common) if cfg.dedupe == "cross_split" else np.empty(0, np.int64)
