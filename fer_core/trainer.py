@@ -264,6 +264,7 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "class_names": self.class_names,
             "preprocess": self.preprocess.to_dict(),
+            "augment_backend": self.runtime.augment_backend,  # resolved: "auto" differs by device
             "history": self.history,
             "ema": self.ema.checkpoint_state() if self.ema else None,
         }
@@ -281,11 +282,16 @@ class Trainer:
                 f"{path}: cannot resume, the input preprocessing was {old_pre.to_dict()} and is now "
                 f"{self.preprocess.to_dict()} (the data changed?); start a new run in another --out folder"
             )
+        if state["augment_backend"] != self.runtime.augment_backend:
+            raise CheckpointError(
+                f"{path}: cannot resume, it was trained with augment_backend {state['augment_backend']} and this "
+                f"device resolves {self.runtime.augment_backend} (the two draw different images); set "
+                f"augment_backend: {state['augment_backend']} to resume"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for (
-            group
-        ) in self.optimizer.param_groups:  # this runtime's choice, not that of the checkpoint's device
+        # Take this runtime's optimizer implementation, not that of the checkpoint's device.
+        for group in self.optimizer.param_groups:
             group["fused"] = self.runtime.fused_optimizer or None
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"]:

@@ -17,6 +17,7 @@ from fer_core.checkpoint import load_checkpoint
 from fer_core.config import make_config
 from fer_core.data import SplitData
 from fer_core.dataset import DeviceBatches, EpochSampler
+from fer_core.errors import CheckpointError
 from fer_core.tools import bench_augment
 from fer_core.train import train
 from fer_core.trainer import Trainer
@@ -210,6 +211,17 @@ def test_resume_continues_exactly_with_the_torch_backend(demo_root, tmp_path):
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     assert [r["val_loss"] for r in full["history"]] == [r["val_loss"] for r in resumed["history"]]
+
+
+def test_resume_refuses_a_backend_that_draws_other_images(demo_root, tmp_path):
+    # auto resolves by device: a run begun on a GPU (torch) and resumed on a CPU (albumentations) would not
+    # continue the same run.
+    train(tiny_config(demo_root, tmp_path / "g", epochs=1, augment_backend="torch"))
+    last = tmp_path / "g" / "checkpoints" / "last.pt"
+    with pytest.raises(
+        CheckpointError, match="trained with augment_backend torch .* resolves albumentations"
+    ):
+        train(tiny_config(demo_root, tmp_path / "g", epochs=1, augment_backend="auto"), resume_from=last)
 
 
 def test_the_trainer_serves_batches_from_the_backend_it_resolved(demo_root, tmp_path):
