@@ -298,11 +298,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"]:
             self.ema.load_checkpoint_state(state["ema"])
-        self.epoch, self.best, self.history = (
-            int(state["epoch"]),
-            state["best_metric"],
-            list(state["history"]),
-        )
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.best = state["best_metric"]
 
     def evaluate(
         self, data: SplitData | None = None, indices=None, prefix: str = "val_", return_probs: bool = False
