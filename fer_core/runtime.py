@@ -28,6 +28,9 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+PREFETCH = 4  # batches each training-loader worker makes ahead (fer_core.timing leaves them out)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Resolved execution settings for one process: ``plan_runtime`` decides them, ``resolve_runtime`` also

@@ -24,6 +24,7 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
+from .runtime import PREFETCH
 from .trainer import Trainer
 
 
@@ -72,8 +73,8 @@ def time_training(
     ):
         if value < low:
             raise ValueError(f"time_training: {name} = {value}; it must be at least {low}")
-    # The Trainer's loader prefetches 4 batches per worker (auto: at most 8 workers).
-    margin = 4 * max(8, cfg.num_workers)
+    # The Trainer's loader prefetches PREFETCH batches per worker (auto: at most 8 workers).
+    margin = PREFETCH * max(8, cfg.num_workers)
     with tempfile.TemporaryDirectory() as out:
         cfg = dataclasses.replace(
             cfg, out=out, progress=False, steps_per_epoch=warmup_steps + timed_steps + margin, epochs=1
@@ -127,7 +128,7 @@ def time_loader_steps(
     """
     sizes = _split(timed_steps, chunks)
     bounds = [warmup_steps + sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    last = len(trainer.loader) - 4 * trainer.runtime.num_workers  # the prefetched batches left out
+    last = len(trainer.loader) - PREFETCH * trainer.runtime.num_workers  # the prefetched batches left out
     if bounds[-1] > last:
         raise ValueError(
             f"time_loader_steps: {bounds[-1]} steps do not fit an epoch of {len(trainer.loader)} steps "

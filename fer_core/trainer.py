@@ -31,7 +31,7 @@ from .metrics import ROW_VAL_KEYS, lower_is_better
 from .mixing import BatchMixer
 from .model import build_model, normalization
 from .preprocess import Preprocess
-from .runtime import Runtime, resolve_runtime, worker_init
+from .runtime import PREFETCH, Runtime, resolve_runtime, worker_init
 
 
 def seed_everything(seed: int) -> None:
@@ -229,7 +229,7 @@ class Trainer:
             drop_last=True,
             pin_memory=self.runtime.pin_memory,
             persistent_workers=w > 0,
-            prefetch_factor=4 if w > 0 else None,
+            prefetch_factor=PREFETCH if w > 0 else None,
             worker_init_fn=worker_init if w > 0 else None,
         )
 
