@@ -1,5 +1,6 @@
 """sweeps.state.lock: one driver at a time holds an experiment, with real processes holding real leases (a
-local folder, and moto's S3 server on 127.0.0.1); a killed or silent holder's lease is taken over."""
+local folder, and moto's S3 server on 127.0.0.1); a killed or silent holder's lease is taken over, and a
+holder that finds its lease taken over ends at once."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import time
 
 import pytest
 
-from fer_core.errors import FerError
-from sweeps.state.lock import LEASE_NAME, Lease
+from fer_core.errors import ConfigError, FerError
+from sweeps.state.lock import LEASE_ENV, LEASE_NAME, LOST_STATUS, Lease
 
 from .conftest import REPO
 from .s3_server import BUCKET, S3
@@ -38,7 +39,7 @@ except FerError as e:
 def holder(uri: str, lease_s: float = 2, start: float = 0, hold_s: float = 600, env=None) -> subprocess.Popen:
     env = {**(env or os.environ), "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-c", HOLDER, uri, str(lease_s), str(start), str(hold_s)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_held(proc: subprocess.Popen) -> None:
@@ -50,6 +51,7 @@ def kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)  # reaped: its pid is gone, as a killed driver's is
     proc.stdout.close()
+    proc.stderr.close()
 
 
 def write_lease(folder, **fields) -> None:
@@ -166,3 +168,70 @@ def test_an_experiment_on_object_storage_is_held_the_same_way(tmp_path, monkeypa
         assert store.files("sweeps/x") == []
     finally:
         store.stop()
+
+
+def test_a_holder_stopped_past_its_lease_and_taken_over_ends_at_once_in_one_line(tmp_path):
+    exp = tmp_path / "x"
+    proc = holder(str(exp), lease_s=1)
+    try:
+        wait_held(proc)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # past its lease: stale although its process still exists
+        with Lease(str(exp), lease_s=60) as lease:
+            proc.send_signal(signal.SIGCONT)
+            assert proc.wait(timeout=10) == LOST_STATUS  # it would otherwise hold for 600 s
+            err = proc.stderr.read()
+            assert err == (
+                f"error: {exp}: this driver lost the experiment: another driver took it over (host "
+                f"{socket.gethostname()}, pid {os.getpid()}, started {lease.mine['started']}); it stops here, "
+                "without writing more\n"
+            )
+            assert json.loads((exp / LEASE_NAME).read_text())["token"] == lease.mine["token"]  # left alone
+    finally:
+        kill(proc)
+
+
+def test_of_two_drivers_replacing_the_same_stale_lease_only_one_wins(tmp_path):
+    write_lease(tmp_path / "x", renewed=time.time() - 100, lease_s=60)
+    stale = (tmp_path / "x" / LEASE_NAME).read_bytes()
+    a, b = Lease(str(tmp_path / "x"), lease_s=60), Lease(str(tmp_path / "x"), lease_s=60)
+    assert a._replace(stale)  # both judged the same lease stale; a replaces it first
+    assert not b._replace(stale)  # b's replacement of that lease now finds a's: refused
+    assert json.loads((tmp_path / "x" / LEASE_NAME).read_text())["token"] == a.mine["token"]
+    assert not b._replace(None)  # nor may b create one where a's is
+    assert sorted(os.listdir(tmp_path / "x")) == [LEASE_NAME]  # no claim or temporary file left
+
+
+@pytest.mark.parametrize("fields", [dict(renewed=float("nan")), dict(renewed=time.time(), lease_s=1e12)])
+def test_a_lease_no_driver_writes_is_taken_over(tmp_path, fields, capsys):
+    write_lease(tmp_path / "x", **{"lease_s": 60, **fields})
+    with Lease(str(tmp_path / "x"), lease_s=60):
+        pass
+    assert "taking over the lease of a driver that is gone (host elsewhere-node-7, pid 4242" in capsys.readouterr().out
+
+
+def test_a_future_dated_lease_is_refused_naming_the_file_to_remove(tmp_path):
+    write_lease(tmp_path / "x", renewed=time.time() + 3600, lease_s=60)
+    with pytest.raises(FerError) as e:
+        Lease(str(tmp_path / "x"), lease_s=60).__enter__()
+    assert str(e.value) == (
+        f"{tmp_path / 'x'}: held by another driver (host elsewhere-node-7, pid 4242, started "
+        "2025-01-01T00:00:00+00:00), whose lease is dated 3600s ahead of this host's clock; if no driver runs on "
+        f"this experiment, remove {tmp_path / 'x' / LEASE_NAME}"
+    )
+
+
+def test_a_lease_that_is_a_folder_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "x" / LEASE_NAME).mkdir(parents=True)
+    with pytest.raises(FerError) as e:
+        Lease(str(tmp_path / "x"), lease_s=60).__enter__()
+    assert str(e.value) == (
+        f"{tmp_path / 'x' / LEASE_NAME} is a folder, not a lease; nothing of the experiment is kept there: remove it"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "soon", "inf"])
+def test_a_bad_lease_time_is_refused_in_one_line(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(LEASE_ENV, value)
+    with pytest.raises(ConfigError, match=f"^{LEASE_ENV}='{value}': the lease time must be a number of seconds"):
+        Lease(str(tmp_path / "x"))
