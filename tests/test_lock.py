@@ -207,7 +207,10 @@ def test_a_lease_no_driver_writes_is_taken_over(tmp_path, fields, capsys):
     write_lease(tmp_path / "x", **{"lease_s": 60, **fields})
     with Lease(str(tmp_path / "x"), lease_s=60):
         pass
-    assert "taking over the lease of a driver that is gone (host elsewhere-node-7, pid 4242" in capsys.readouterr().out
+    assert (
+        "taking over the lease of a driver that is gone (host elsewhere-node-7, pid 4242"
+        in capsys.readouterr().out
+    )
 
 
 def test_a_future_dated_lease_is_refused_naming_the_file_to_remove(tmp_path):
@@ -233,5 +236,78 @@ def test_a_lease_that_is_a_folder_is_refused_with_the_fix(tmp_path):
 @pytest.mark.parametrize("value", ["0", "soon", "inf"])
 def test_a_bad_lease_time_is_refused_in_one_line(tmp_path, monkeypatch, value):
     monkeypatch.setenv(LEASE_ENV, value)
-    with pytest.raises(ConfigError, match=f"^{LEASE_ENV}='{value}': the lease time must be a number of seconds"):
+    with pytest.raises(
+        ConfigError, match=f"^{LEASE_ENV}='{value}': the lease time must be a number of seconds"
+    ):
         Lease(str(tmp_path / "x"))
+
+
+@pytest.mark.slow
+def test_a_driver_stopped_past_its_lease_ends_and_the_resuming_one_finishes_the_experiment(tmp_path):
+    """Driver A is stopped (SIGSTOP) mid-search past its lease, B resumes the experiment, A continues: A ends
+    in one line without writing more, B finishes, and the experiment has one report and num_samples trials."""
+    import psutil
+
+    from .sweep_utils import descendants, kill_all, sweep_cmd, trial_states
+
+    env = {**os.environ, LEASE_ENV: "3"}
+    exp, logs = (
+        tmp_path / "x",
+        {n: (open(tmp_path / f"{n}.out", "w+"), open(tmp_path / f"{n}.err", "w+")) for n in "ab"},
+    )
+    a = subprocess.Popen(
+        sweep_cmd(tmp_path, "x", "num_samples=3"),
+        cwd=REPO,
+        env=env,
+        stdout=logs["a"][0],
+        stderr=logs["a"][1],
+        start_new_session=True,
+    )
+    b, a_children = None, []
+    try:
+        deadline = time.time() + 600
+        while "RUNNING" not in trial_states(exp).values():
+            assert a.poll() is None and time.time() < deadline, (tmp_path / "a.err").read_text()[-3000:]
+            time.sleep(0.3)
+        a_children = descendants(a.pid)
+        a.send_signal(signal.SIGSTOP)
+        time.sleep(4)  # past A's 3 s lease
+        resume = [sys.executable, "sweeps/run.py", "--resume", "--name", "x", "--storage", str(tmp_path)]
+        b = subprocess.Popen(
+            resume, cwd=REPO, env=env, stdout=logs["b"][0], stderr=logs["b"][1], start_new_session=True
+        )
+        while "taking over the lease" not in (tmp_path / "b.out").read_text():
+            assert b.poll() is None and time.time() < deadline, (tmp_path / "b.err").read_text()[-3000:]
+            time.sleep(0.3)
+        seen = len((tmp_path / "a.err").read_text())
+        a.send_signal(signal.SIGCONT)
+        assert a.wait(timeout=60) == LOST_STATUS
+        after = (tmp_path / "a.err").read_text()[seen:]
+        errors = [ln for ln in after.splitlines() if ln.startswith("error:")]
+        assert (
+            errors
+            == [
+                f"error: {exp}: this driver lost the experiment: another driver took it over (host "
+                f"{socket.gethostname()}, pid {b.pid}, " + errors[0].split(f"pid {b.pid}, ", 1)[-1]
+            ]
+            and "Traceback" not in after
+        ), after[-3000:]
+        assert errors[0].endswith("it stops here, without writing more")
+        # A's local Ray ends with it (Ray's reaper), its trial workers too; Ray's two idle agents notice later.
+        agents = {"ray::RuntimeEnvAgent", "ray::DashboardAgent"}
+        _, alive = psutil.wait_procs(a_children, timeout=60)
+        assert {p.name() for p in alive} <= agents, f"A's processes outlived it: {alive}"
+        assert b.wait(timeout=900) == 0, (tmp_path / "b.err").read_text()[-3000:]
+    finally:
+        a.send_signal(signal.SIGCONT) if a.poll() is None else None
+        kill_all(a, a_children)
+        if b is not None:
+            kill_all(b, descendants(b.pid) if b.poll() is None else [])
+    metrics = json.loads((exp / "report" / "metrics.json").read_text())
+    assert (exp / "report" / "report.md").is_file() and (exp / "report" / "best.pt").is_file()
+    assert len(list(exp.glob("fer_trainable_*"))) == 3, sorted(p.name for p in exp.iterdir())
+    assert set(trial_states(exp).values()) <= {"TERMINATED", "ERROR"}
+    assert not (exp / LEASE_NAME).exists()
+    winner = json.loads((exp / "fer_winner.json").read_text())["members"][0]["trial_id"]
+    assert metrics["best_trial"] == winner and f"`{winner}`" in (exp / "report" / "report.md").read_text()
+    assert "[sweeps] best trial" not in (tmp_path / "a.out").read_text()  # A never chose one
