@@ -4,6 +4,7 @@ holder that finds its lease taken over ends at once."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -200,6 +201,19 @@ def test_of_two_drivers_replacing_the_same_stale_lease_only_one_wins(tmp_path):
     assert json.loads((tmp_path / "x" / LEASE_NAME).read_text())["token"] == a.mine["token"]
     assert not b._replace(None)  # nor may b create one where a's is
     assert sorted(os.listdir(tmp_path / "x")) == [LEASE_NAME]  # no claim or temporary file left
+
+
+def test_a_claim_left_by_a_driver_killed_while_taking_over_is_cleared_after_the_lease_time(tmp_path):
+    write_lease(tmp_path / "x", renewed=time.time() - 100, lease_s=1)
+    stale = (tmp_path / "x" / LEASE_NAME).read_bytes()
+    a, b = Lease(str(tmp_path / "x"), lease_s=1), Lease(str(tmp_path / "x"), lease_s=1)
+    claim = tmp_path / "x" / f"{LEASE_NAME}.{hashlib.sha256(stale).hexdigest()[:16]}.claim"
+    os.link(tmp_path / "x" / LEASE_NAME, claim)  # as a driver killed between its claim and its replace leaves
+    assert not a._replace(stale)  # a claim this recent may be a live driver's
+    time.sleep(1.2)
+    assert b._replace(stale)
+    assert json.loads((tmp_path / "x" / LEASE_NAME).read_text())["token"] == b.mine["token"]
+    assert sorted(os.listdir(tmp_path / "x")) == [LEASE_NAME]
 
 
 @pytest.mark.parametrize("fields", [dict(renewed=float("nan")), dict(renewed=time.time(), lease_s=1e12)])

@@ -151,12 +151,21 @@ class Lease:
                 os.link(tmp, self.path)  # fails when a lease exists
             else:
                 claim = f"{self.path}.{hashlib.sha256(old).hexdigest()[:16]}.claim"
-                os.link(self.path, claim)  # fails when another driver is replacing the same lease
+                try:
+                    os.link(self.path, claim)  # fails when another driver is replacing the same lease
+                except FileExistsError:
+                    if time.time() - os.stat(claim).st_ctime <= self.lease_s:
+                        return False
+                    os.unlink(
+                        claim
+                    )  # left by a driver killed while replacing (a live one takes microseconds)
+                    os.link(self.path, claim)
                 try:
                     with open(claim, "rb") as f:
                         if f.read() != old:
                             return False
                     os.replace(tmp, self.path)
+                    self._written = data
                 finally:
                     os.unlink(claim)
         except (FileExistsError, FileNotFoundError):
@@ -173,8 +182,10 @@ class Lease:
             if self._stop.is_set():
                 return
             raw = self._read_raw()
-            if raw != self._written or not self._replace(raw):
-                self._lost(self._read_raw())
+            if raw != self._written:
+                self._lost(raw)
+            if not self._replace(raw) and (raw := self._read_raw()) != self._written:
+                self._lost(raw)  # else another driver's claim on it is in flight: renewed next time
 
     def _lost(self, raw: bytes | None) -> None:
         who = f"another driver took it over ({_who(_parse(raw))})" if raw else "its lease was removed"
