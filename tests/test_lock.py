@@ -1,8 +1,10 @@
 """sweeps.state.lock: one driver at a time holds an experiment, with real processes holding real leases (a
-local folder, and moto's S3 server on 127.0.0.1); a killed or silent holder's lease is taken over."""
+local folder, and moto's S3 server on 127.0.0.1); a killed or silent holder's lease is taken over, and a
+holder that finds its lease taken over ends at once."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,8 +15,8 @@ import time
 
 import pytest
 
-from fer_core.errors import FerError
-from sweeps.state.lock import LEASE_NAME, Lease
+from fer_core.errors import ConfigError, FerError
+from sweeps.state.lock import LEASE_ENV, LEASE_NAME, LOST_STATUS, Lease
 
 from .conftest import REPO
 from .s3_server import BUCKET, S3
@@ -38,7 +40,7 @@ except FerError as e:
 def holder(uri: str, lease_s: float = 2, start: float = 0, hold_s: float = 600, env=None) -> subprocess.Popen:
     env = {**(env or os.environ), "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-c", HOLDER, uri, str(lease_s), str(start), str(hold_s)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_held(proc: subprocess.Popen) -> None:
@@ -50,6 +52,7 @@ def kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)  # reaped: its pid is gone, as a killed driver's is
     proc.stdout.close()
+    proc.stderr.close()
 
 
 def write_lease(folder, **fields) -> None:
@@ -166,3 +169,159 @@ def test_an_experiment_on_object_storage_is_held_the_same_way(tmp_path, monkeypa
         assert store.files("sweeps/x") == []
     finally:
         store.stop()
+
+
+def test_a_holder_stopped_past_its_lease_and_taken_over_ends_at_once_in_one_line(tmp_path):
+    exp = tmp_path / "x"
+    proc = holder(str(exp), lease_s=1)
+    try:
+        wait_held(proc)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # past its lease: stale although its process still exists
+        with Lease(str(exp), lease_s=60) as lease:
+            proc.send_signal(signal.SIGCONT)
+            assert proc.wait(timeout=10) == LOST_STATUS  # it would otherwise hold for 600 s
+            err = proc.stderr.read()
+            assert err == (
+                f"error: {exp}: this driver lost the experiment: another driver took it over (host "
+                f"{socket.gethostname()}, pid {os.getpid()}, started {lease.mine['started']}); it stops here, "
+                "without writing more\n"
+            )
+            assert json.loads((exp / LEASE_NAME).read_text())["token"] == lease.mine["token"]  # left alone
+    finally:
+        kill(proc)
+
+
+def test_of_two_drivers_replacing_the_same_stale_lease_only_one_wins(tmp_path):
+    write_lease(tmp_path / "x", renewed=time.time() - 100, lease_s=60)
+    stale = (tmp_path / "x" / LEASE_NAME).read_bytes()
+    a, b = Lease(str(tmp_path / "x"), lease_s=60), Lease(str(tmp_path / "x"), lease_s=60)
+    assert a._replace(stale)  # both judged the same lease stale; a replaces it first
+    assert not b._replace(stale)  # b's replacement of that lease now finds a's: refused
+    assert json.loads((tmp_path / "x" / LEASE_NAME).read_text())["token"] == a.mine["token"]
+    assert not b._replace(None)  # nor may b create one where a's is
+    assert sorted(os.listdir(tmp_path / "x")) == [LEASE_NAME]  # no claim or temporary file left
+
+
+def test_a_claim_left_by_a_driver_killed_while_taking_over_is_cleared_after_the_lease_time(tmp_path):
+    write_lease(tmp_path / "x", renewed=time.time() - 100, lease_s=1)
+    stale = (tmp_path / "x" / LEASE_NAME).read_bytes()
+    a, b = Lease(str(tmp_path / "x"), lease_s=1), Lease(str(tmp_path / "x"), lease_s=1)
+    claim = tmp_path / "x" / f"{LEASE_NAME}.{hashlib.sha256(stale).hexdigest()[:16]}.claim"
+    os.link(tmp_path / "x" / LEASE_NAME, claim)  # as a driver killed between its claim and its replace leaves
+    assert not a._replace(stale)  # a claim this recent may be a live driver's
+    time.sleep(1.2)
+    assert b._replace(stale)
+    assert json.loads((tmp_path / "x" / LEASE_NAME).read_text())["token"] == b.mine["token"]
+    assert sorted(os.listdir(tmp_path / "x")) == [LEASE_NAME]
+
+
+@pytest.mark.parametrize("fields", [dict(renewed=float("nan")), dict(renewed=time.time(), lease_s=1e12)])
+def test_a_lease_no_driver_writes_is_taken_over(tmp_path, fields, capsys):
+    write_lease(tmp_path / "x", **{"lease_s": 60, **fields})
+    with Lease(str(tmp_path / "x"), lease_s=60):
+        pass
+    assert (
+        "taking over the lease of a driver that is gone (host elsewhere-node-7, pid 4242"
+        in capsys.readouterr().out
+    )
+
+
+def test_a_future_dated_lease_is_refused_naming_the_file_to_remove(tmp_path):
+    write_lease(tmp_path / "x", renewed=time.time() + 3600, lease_s=60)
+    with pytest.raises(FerError) as e:
+        Lease(str(tmp_path / "x"), lease_s=60).__enter__()
+    assert str(e.value) == (
+        f"{tmp_path / 'x'}: held by another driver (host elsewhere-node-7, pid 4242, started "
+        "2025-01-01T00:00:00+00:00), whose lease is dated 3600s ahead of this host's clock; if no driver runs on "
+        f"this experiment, remove {tmp_path / 'x' / LEASE_NAME}"
+    )
+
+
+def test_a_lease_that_is_a_folder_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "x" / LEASE_NAME).mkdir(parents=True)
+    with pytest.raises(FerError) as e:
+        Lease(str(tmp_path / "x"), lease_s=60).__enter__()
+    assert str(e.value) == (
+        f"{tmp_path / 'x' / LEASE_NAME} is a folder, not a lease; nothing of the experiment is kept there: remove it"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "soon", "inf"])
+def test_a_bad_lease_time_is_refused_in_one_line(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(LEASE_ENV, value)
+    with pytest.raises(
+        ConfigError, match=f"^{LEASE_ENV}='{value}': the lease time must be a number of seconds"
+    ):
+        Lease(str(tmp_path / "x"))
+
+
+@pytest.mark.slow
+def test_a_driver_stopped_past_its_lease_ends_and_the_resuming_one_finishes_the_experiment(tmp_path):
+    """Driver A is stopped (SIGSTOP) mid-search past its lease, B resumes the experiment, A continues: A ends
+    in one line without writing more, B finishes, and the experiment has one report and num_samples trials."""
+    import psutil
+
+    from .sweep_utils import descendants, kill_all, sweep_cmd, trial_states
+
+    env = {**os.environ, LEASE_ENV: "3"}
+    exp, logs = (
+        tmp_path / "x",
+        {n: (open(tmp_path / f"{n}.out", "w+"), open(tmp_path / f"{n}.err", "w+")) for n in "ab"},
+    )
+    a = subprocess.Popen(
+        sweep_cmd(tmp_path, "x", "num_samples=3"),
+        cwd=REPO,
+        env=env,
+        stdout=logs["a"][0],
+        stderr=logs["a"][1],
+        start_new_session=True,
+    )
+    b, a_children = None, []
+    try:
+        deadline = time.time() + 600
+        while "RUNNING" not in trial_states(exp).values():
+            assert a.poll() is None and time.time() < deadline, (tmp_path / "a.err").read_text()[-3000:]
+            time.sleep(0.3)
+        a_children = descendants(a.pid)
+        a.send_signal(signal.SIGSTOP)
+        time.sleep(4)  # past A's 3 s lease
+        resume = [sys.executable, "sweeps/run.py", "--resume", "--name", "x", "--storage", str(tmp_path)]
+        b = subprocess.Popen(
+            resume, cwd=REPO, env=env, stdout=logs["b"][0], stderr=logs["b"][1], start_new_session=True
+        )
+        while "taking over the lease" not in (tmp_path / "b.out").read_text():
+            assert b.poll() is None and time.time() < deadline, (tmp_path / "b.err").read_text()[-3000:]
+            time.sleep(0.3)
+        seen = len((tmp_path / "a.err").read_text())
+        a.send_signal(signal.SIGCONT)
+        assert a.wait(timeout=60) == LOST_STATUS
+        after = (tmp_path / "a.err").read_text()[seen:]
+        errors = [ln for ln in after.splitlines() if ln.startswith("error:")]
+        assert (
+            errors
+            == [
+                f"error: {exp}: this driver lost the experiment: another driver took it over (host "
+                f"{socket.gethostname()}, pid {b.pid}, " + errors[0].split(f"pid {b.pid}, ", 1)[-1]
+            ]
+            and "Traceback" not in after
+        ), after[-3000:]
+        assert errors[0].endswith("it stops here, without writing more")
+        # A's local Ray ends with it (Ray's reaper), its trial workers too; Ray's two idle agents notice later.
+        agents = {"ray::RuntimeEnvAgent", "ray::DashboardAgent"}
+        _, alive = psutil.wait_procs(a_children, timeout=60)
+        assert {p.name() for p in alive} <= agents, f"A's processes outlived it: {alive}"
+        assert b.wait(timeout=900) == 0, (tmp_path / "b.err").read_text()[-3000:]
+    finally:
+        a.send_signal(signal.SIGCONT) if a.poll() is None else None
+        kill_all(a, a_children)
+        if b is not None:
+            kill_all(b, descendants(b.pid) if b.poll() is None else [])
+    metrics = json.loads((exp / "report" / "metrics.json").read_text())
+    assert (exp / "report" / "report.md").is_file() and (exp / "report" / "best.pt").is_file()
+    assert len(list(exp.glob("fer_trainable_*"))) == 3, sorted(p.name for p in exp.iterdir())
+    assert set(trial_states(exp).values()) <= {"TERMINATED", "ERROR"}
+    assert not (exp / LEASE_NAME).exists()
+    winner = json.loads((exp / "fer_winner.json").read_text())["members"][0]["trial_id"]
+    assert metrics["best_trial"] == winner and f"`{winner}`" in (exp / "report" / "report.md").read_text()
+    assert "[sweeps] best trial" not in (tmp_path / "a.out").read_text()  # A never chose one

@@ -4,12 +4,25 @@ STORAGE/NAME/.fer-lease (JSON) names its holder (host, pid, start time) with a r
 rewritten every ``lease_s / 4``. It is stale when its holder is gone (this host, no such process) or was
 not renewed for ``lease_s``, and is then taken over. Not ``.json``: Ray copies the experiment's .json/.pkl
 down on resume and uploads them back (an old lease over the live one), and ``--resume`` refuses unsigned ones.
+
+Taking, taking over and renewing the lease are each exclusive on a local path: a new lease is linked into
+place (``os.link`` fails when one exists), and replacing one first claims it by hard-linking it to a name
+derived from its bytes, so of two drivers replacing the same lease only one wins. Object storage through
+pyarrow has no conditional put: there the driver writes, waits ``SETTLE_S`` and reads back whose lease it
+is (the last writer wins), and a driver that lost a closer race finds out at its next renewal.
+
+A driver that finds its lease taken over (at a renewal, or as soon as it runs again after SIGSTOP) prints
+one line and ends its process at once: anything else (unwinding through Tune, Ctrl-C's save) would write
+into an experiment another driver now holds. Its local Ray and the trial workers end with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -19,31 +32,51 @@ from datetime import datetime
 
 import pyarrow.fs as pafs
 
-from fer_core.errors import FerError
+from fer_core.errors import ConfigError, FerError
 from sweeps.state.storage import error_cause, one_line, open_storage
 
 LEASE_NAME = ".fer-lease"
 LEASE_S = 60.0  # a lease not renewed for this long is stale: its driver was killed (on any host)
-SETTLE_S = 0.3  # write, wait, read back: of two drivers starting at once the later writer wins
+LEASE_ENV = "FER_LEASE_S"  # sets LEASE_S, e.g. shorter for tests that stop a driver past its lease
+SETTLE_S = (
+    0.3  # object storage: write, wait, read back: of two drivers starting at once the later writer wins
+)
+LOST_STATUS = 3  # the exit status of a driver whose lease another driver took over
+
+
+def lease_time() -> float:
+    """The lease time: ``FER_LEASE_S`` when set, else LEASE_S."""
+    text = os.environ.get(LEASE_ENV, "")
+    try:
+        seconds = float(text) if text else LEASE_S
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"{LEASE_ENV}={text!r}: the lease time must be a number of seconds above 0")
+    return seconds
 
 
 class Lease:
     """``with Lease(exp_uri): ...`` holds the experiment ``exp_uri`` for this driver while the block runs,
     or raises a one-line FerError naming the driver that holds it."""
 
-    def __init__(self, exp_uri: str, lease_s: float = LEASE_S):
-        self.exp, self.lease_s = exp_uri, lease_s
+    def __init__(self, exp_uri: str, lease_s: float | None = None):
+        self.exp, self.lease_s = exp_uri, lease_s if lease_s is not None else lease_time()
         self.fs, self.root = open_storage(exp_uri, "the experiment")
         self.path, self.local = f"{self.root}/{LEASE_NAME}", isinstance(self.fs, pafs.LocalFileSystem)
         started = datetime.now().astimezone().isoformat(timespec="seconds")
         self.mine = dict(host=socket.gethostname(), pid=os.getpid(), started=started, token=uuid.uuid4().hex)
         self._stop, self._thread = threading.Event(), None
+        self._keeping = threading.RLock()  # one renewal at a time: the thread's, or SIGCONT's
+        self._written = b""  # the lease as this driver last wrote it
+        self._on_cont = None  # the SIGCONT handler found, restored on exit
         self._created = False  # a local folder made here: removed on exit if it is still empty
 
     def __enter__(self) -> Lease:
         try:
-            held = self._read()
-            if held is not None:
+            raw = self._read_raw()
+            if raw is not None:
+                held = _parse(raw)
                 if (why := self._stale(held)) is None:
                     raise FerError(self._refusal(held))
                 print(
@@ -53,29 +86,32 @@ class Lease:
             elif self.local and not os.path.isdir(self.root):
                 self.fs.create_dir(self.root, recursive=True)
                 self._created = True
-            self._write()
-            time.sleep(SETTLE_S)  # object storage keeps the last write: read back whose it was
-            back = self._read()
+            taken = self._replace(raw)
+            if not self.local:
+                time.sleep(SETTLE_S)  # object storage keeps the last write: read back whose it was
+                taken = self._read_raw() == self._written
         except OSError as e:
-            raise FerError(
-                f"{self.exp}: cannot take the experiment's lease: {error_cause(e)} ({one_line(e)})"
-            ) from None
+            raise FerError(self._storage_error(e)) from None
         except KeyboardInterrupt:  # between writing and reading back: leave no lease behind
             self.__exit__()
             raise
-        if (back or {}).get("token") != self.mine["token"]:
-            raise FerError(self._refusal(back or {}))
+        if not taken:
+            self.__exit__()
+            raise FerError(self._refusal(self._read() or {}))
+        if threading.current_thread() is threading.main_thread():
+            self._on_cont = signal.signal(signal.SIGCONT, self._continued)
         self._thread = threading.Thread(target=self._renew, name="fer-lease", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        if self._on_cont is not None:
+            signal.signal(signal.SIGCONT, self._on_cont)
         if self._thread is not None:
             self._thread.join(timeout=30)  # a renewal in flight ends within the storage's request timeouts
         try:
-            held = self._read()
-            if held is not None and held.get("token") == self.mine["token"]:
+            if self._written and self._read_raw() == self._written:
                 self.fs.delete_file(self.path)
         except OSError as e:
             _warn(
@@ -87,29 +123,108 @@ class Lease:
             except OSError:
                 pass
 
-    def _read(self) -> dict | None:
+    def _read_raw(self) -> bytes | None:
         try:
             with self.fs.open_input_stream(self.path) as f:
-                held = json.loads(f.readall())
+                return f.readall()
         except FileNotFoundError:
             return None
-        except ValueError:
-            held = {}
-        return held if isinstance(held, dict) else {}  # unreadable: stale, see _stale
 
-    def _write(self) -> None:
+    def _read(self) -> dict | None:
+        raw = self._read_raw()
+        return None if raw is None else _parse(raw)
+
+    def _replace(self, old: bytes | None) -> bool:
+        """Write this driver's lease in place of ``old`` (None: no lease). Locally only while ``old`` is
+        still the lease, and False when it is not; on object storage always (see the module's docstring)."""
         data = json.dumps({**self.mine, "renewed": time.time(), "lease_s": self.lease_s}).encode()
-        target = f"{self.path}.{self.mine['token']}.tmp" if self.local else self.path
-        with self.fs.open_output_stream(target) as f:
+        if not self.local:
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(data)
+            self._written = data
+            return True
+        tmp = f"{self.path}.{self.mine['token']}.tmp"
+        with open(tmp, "wb") as f:
             f.write(data)
-        if self.local:  # a rename: a reader never sees half a lease
-            self.fs.move(target, self.path)
+        try:
+            if old is None:
+                os.link(tmp, self.path)  # fails when a lease exists
+            else:
+                claim = f"{self.path}.{hashlib.sha256(old).hexdigest()[:16]}.claim"
+                try:
+                    os.link(self.path, claim)  # fails when another driver is replacing the same lease
+                except FileExistsError:
+                    if time.time() - os.stat(claim).st_ctime <= self.lease_s:
+                        return False
+                    os.unlink(
+                        claim
+                    )  # left by a driver killed while replacing (a live one takes microseconds)
+                    os.link(self.path, claim)
+                try:
+                    with open(claim, "rb") as f:
+                        if f.read() != old:
+                            return False
+                    os.replace(tmp, self.path)
+                    self._written = data
+                finally:
+                    os.unlink(claim)
+        except (FileExistsError, FileNotFoundError):
+            return False
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._written = data
+        return True
+
+    def _keep(self) -> None:
+        """Renew the lease, or end the process when another driver has taken it over."""
+        with self._keeping:
+            if self._stop.is_set():
+                return
+            raw = self._read_raw()
+            if raw != self._written:
+                self._lost(raw)
+            if not self._replace(raw) and (raw := self._read_raw()) != self._written:
+                self._lost(raw)  # else another driver's claim on it is in flight: renewed next time
+
+    def _lost(self, raw: bytes | None) -> None:
+        who = f"another driver took it over ({_who(_parse(raw))})" if raw else "its lease was removed"
+        print(
+            f"error: {self.exp}: this driver lost the experiment: {who}; it stops here, without writing more",
+            file=sys.stderr,
+            flush=True,
+        )
+        # Not an exception: unwinding would save Tune's state and the driver's records into the experiment.
+        os._exit(LOST_STATUS)
+
+    def _continued(self, signum, frame) -> None:
+        """SIGCONT: check the lease before this (main) thread goes on, as a stop may have outlasted it."""
+        try:
+            self._keep()
+        except OSError:
+            pass  # the renewal thread warns
+
+    def _renew(self) -> None:
+        """Renew every lease_s/4 until exit; never raises (a failing renewal warns once)."""
+        warned = False
+        while not self._stop.wait(self.lease_s / 4):
+            try:
+                self._keep()
+                warned = False
+            except Exception as e:  # noqa: BLE001 - a lost renewal must not stop the sweep
+                if not warned:
+                    _warn(
+                        f"could not renew the lease on {self.exp} ({one_line(e)}); another driver may take it over"
+                    )
+                warned = True
 
     def _stale(self, held: dict) -> str | None:
         """Why the lease ``held`` is stale, or None while its holder may still run."""
         try:
             age, lease_s, pid = time.time() - float(held["renewed"]), float(held["lease_s"]), int(held["pid"])
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, OverflowError):
+            return "its lease is unreadable"
+        if not (math.isfinite(age) and 0 < lease_s <= 86400):  # no driver writes these
             return "its lease is unreadable"
         if age > lease_s:
             return f"its lease was last renewed {age:.0f}s ago, more than its {lease_s:.0f}s"
@@ -118,31 +233,36 @@ class Lease:
         return None
 
     def _refusal(self, held: dict) -> str:
-        age = time.time() - float(held.get("renewed", time.time()))
-        lease_s = float(held.get("lease_s", LEASE_S))
+        try:
+            age, lease_s = time.time() - float(held["renewed"]), float(held["lease_s"])
+        except (KeyError, ValueError, TypeError):  # changed while we looked: held by whoever changed it
+            age, lease_s = 0.0, self.lease_s
+        if age < -lease_s:
+            return (
+                f"{self.exp}: held by another driver ({_who(held)}), whose lease is dated {-age:.0f}s ahead of "
+                f"this host's clock; if no driver runs on this experiment, remove {self.path}"
+            )
         return (
-            f"{self.exp}: held by another driver ({_who(held)}, renewed {age:.0f}s ago); wait for it to finish, "
-            f"or stop it (if it was killed, its lease expires {lease_s:.0f}s after its last renewal)"
+            f"{self.exp}: held by another driver ({_who(held)}, renewed {max(age, 0):.0f}s ago); wait for it to "
+            f"finish, or stop it (if it was killed, its lease expires {lease_s:.0f}s after its last renewal)"
         )
 
-    def _renew(self) -> None:
-        """Rewrite the lease every lease_s/4 until exit; never raises (a failing renewal warns once)."""
-        warned = False
-        while not self._stop.wait(self.lease_s / 4):
-            try:
-                held = self._read()
-                if held is not None and held.get("token") != self.mine["token"]:
-                    return _warn(
-                        f"{self.exp}: another driver took over this experiment's lease ({_who(held)})"
-                    )
-                self._write()
-                warned = False
-            except Exception as e:  # noqa: BLE001 - a lost renewal must not stop the sweep
-                if not warned:
-                    _warn(
-                        f"could not renew the lease on {self.exp} ({one_line(e)}); another driver may take it over"
-                    )
-                warned = True
+    def _storage_error(self, e: OSError) -> str:
+        try:
+            folder = self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+        except OSError:
+            folder = False
+        if folder:
+            return f"{self.path} is a folder, not a lease; nothing of the experiment is kept there: remove it"
+        return f"{self.exp}: cannot take the experiment's lease: {error_cause(e)} ({one_line(e)})"
+
+
+def _parse(raw: bytes) -> dict:
+    try:
+        held = json.loads(raw)
+    except ValueError:
+        return {}
+    return held if isinstance(held, dict) else {}  # unreadable: stale, see Lease._stale
 
 
 def _alive(pid: int) -> bool:
