@@ -159,9 +159,10 @@ def test_resume_without_a_saved_checkpoint_says_it_starts_again(demo_root, tmp_p
     train(cfg)
     (tmp_path / "k" / "checkpoints" / "last.pt").unlink()
     assert _resume_cli(cfg, tmp_path) == 0
-    assert "was never saved" in capsys.readouterr().err and load_checkpoint(
-        tmp_path / "k" / "checkpoints" / "last.pt"
-    )["epoch"] == 1
+    assert (
+        "was never saved" in capsys.readouterr().err
+        and load_checkpoint(tmp_path / "k" / "checkpoints" / "last.pt")["epoch"] == 1
+    )
 
 
 def test_resume_refuses_a_changed_preprocessing(demo_root, tmp_path):
