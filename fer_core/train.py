@@ -112,7 +112,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.audit:
         (out / "audit.json").write_text(json.dumps(run_audit(cfg), indent=1))
-    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    if trainer.epoch < cfg.epochs:  # a finished run's config.yaml stays the one it trained with
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     # Rewrite the log from the checkpoint's history: rows written after the last checkpoint (a crash
     # between the two writes) are dropped, so a resumed log has no gap and no repeat.
     log_path = out / "epochs.jsonl"
@@ -207,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         last = Path(cfg.out) / "checkpoints" / "last.pt"
         check_out_folder(cfg.out, args.resume, args.overwrite, inputs=[cfg.weights], datasets=[cfg.data])
         resume = last if args.resume and last.exists() else None
+        log = Path(cfg.out) / "epochs.jsonl"
+        if args.resume and resume is None and log.is_file() and log.read_text().strip():
+            print(
+                f"[fer_core] --resume: {log} logs epochs but {last} was never saved (killed before its first "
+                "checkpoint, or keep_checkpoints off); training starts again from epoch 1",
+                file=sys.stderr,
+                flush=True,
+            )
         result = train(cfg, resume_from=resume, replace_run=args.overwrite)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -74,24 +74,21 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> 
     )
 
 
+# Keys that decide where and how fast a run goes, not what it trains: the only ones a resume may change.
+RUN_KEYS = frozenset(
+    "data out audit strict cache_dir pretrained weights device precision channels_last compile threads "
+    "num_workers progress keep_checkpoints eval_batch_size augment_backend".split()
+)
+
+
 def _check_resume_compatible(state: dict, cfg: TrainConfig, path) -> None:
     old = state["config"]
-    for key in (
-        "model",
-        "img_size",
-        "grayscale",
-        "normalize",
-        "dedupe",
-        "epochs",
-        "batch_size",
-        "steps_per_epoch",
-        "max_train_samples",
-        "seed",
-    ):
-        if old[key] != getattr(cfg, key):
+    for key, value in config_to_dict(cfg).items():
+        if key not in RUN_KEYS and key in old and old[key] != value:
             raise CheckpointError(
-                f"{path}: cannot resume, '{key}' was {old[key]!r} and is now {getattr(cfg, key)!r}; "
-                "resume with the same config or start a new run in another --out folder"
+                f"{path}: cannot resume, '{key}' was {old[key]!r} and is now {value!r} (the restored optimizer "
+                "and schedule train with the checkpoint's); resume with the same config or start a new run "
+                "in another --out folder"
             )
 
 

@@ -1,11 +1,8 @@
 """The benchmark's default data (FER2013 beside the checkout, ``../shared/data/fer2013``, when it is there,
-else the built-in demo faces, and the run says which it measured) and the trial config of ``--config``."""
+else the built-in demo faces, and the run says which it measured)."""
 
 from __future__ import annotations
 
-import pytest
-
-from fer_core.config import make_config
 from fer_core.tools import bench
 
 from .conftest import FER2013, REPO
@@ -34,25 +31,3 @@ def test_default_data_without_fer2013_is_the_demo_and_says_so(tmp_path):
     data, source = bench.default_data(tmp_path / "main")
     assert (data / "train").is_dir() and data.name.startswith("demo-")
     assert "demo" in source and str(tmp_path / "shared" / "data" / "fer2013") in source, source
-
-
-def test_sweep_trial_config_is_the_middle_of_its_search_space(tmp_path):
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(
-        "scheduler: {max_epochs: 7}\n"
-        "train: {model: efficientnet_b0, label_smoothing: 0.1}\n"
-        "search_space:\n"
-        "  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
-        "  batch_size: {type: choice, values: [16, 32, 64, 128]}\n"
-        "  aug_strength: {type: uniform, low: 0.0, high: 0.8}\n"
-        "  drop_path_rate: {type: quniform, low: 0.0, high: 0.4, q: 0.1}\n"
-        "  seed: {type: randint, low: 0, high: 10}\n"
-    )
-    m = bench.sweep_trial_config(sweep)
-    assert m["lr"] == pytest.approx(1e-3)  # the geometric middle
-    assert m["batch_size"] == 32  # of an even number of choices, the lower middle one
-    assert m["aug_strength"] == pytest.approx(0.4)
-    assert m["drop_path_rate"] == pytest.approx(0.2)  # on the q grid
-    assert m["seed"] == 4  # 0..9: high is exclusive
-    assert (m["epochs"], m["label_smoothing"], m["audit"]) == (7, 0.1, False)  # the trial's fixed keys
-    make_config({**m, "data": str(tmp_path)})  # a valid TrainConfig

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from fer_core.decode_cache import load_split
 from fer_core.errors import DataError
 from fer_core.tools.gpu_pack import load_packed, pack
-from fer_core.tools.gpu_trial import TRIAL, trial_config
+from fer_core.tools.gpu_trial import trial_config
 from fer_core.trainer import Trainer
 
 from .conftest import REPO
@@ -110,25 +109,6 @@ def test_trainer_trains_on_packed_splits(packed):
         DataError, match=r"splits: the train images are \(48, 48\) but the config asks for \(64, 64\)"
     ):
         Trainer(trial_config("cpu", 64, 8, augment_backend="torch", threads=1), splits=splits)
-
-
-def test_trial_is_the_middle_of_the_fer2013_sweep():
-    sweep = yaml.safe_load((REPO / "sweeps" / "configs" / "fer2013.yaml").read_text())
-    want = dict(sweep["train"])
-    for key, space in sweep["search_space"].items():
-        if key in ("img_size", "batch_size"):  # what the check varies
-            continue
-        kind = space["type"]
-        if kind == "choice":
-            want[key] = space["values"][(len(space["values"]) - 1) // 2]  # as sweeps/plan/probe.py
-        elif kind == "loguniform":
-            want[key] = math.sqrt(space["low"] * space["high"])
-        else:
-            assert kind == "uniform", key
-            want[key] = (space["low"] + space["high"]) / 2
-    assert TRIAL.keys() == want.keys()
-    for key, value in want.items():
-        assert TRIAL[key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), key
 
 
 def test_cpu_run_without_albumentations_ray_optuna(packed, tmp_path):

@@ -19,7 +19,8 @@ from sweeps.config.settings import load_settings
 from sweeps.plan import probe
 from sweeps.plan.budget import Counts, Estimate, Rates, split_budget, waves
 from sweeps.plan.dry_run import print_dry_run
-from sweeps.plan.resources import NodeShape, assigned_threads, place_trials, trial_config
+from sweeps.plan.resources import NodeShape, assigned_threads, place_trials
+from sweeps.tune.trainable import trial_config
 
 from .conftest import REPO
 

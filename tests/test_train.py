@@ -11,6 +11,7 @@ import torch
 from fer_core.checkpoint import load_checkpoint, save_checkpoint
 from fer_core.errors import CheckpointError
 from fer_core.evaluate import evaluate_checkpoint
+from fer_core.train import main as train_main
 from fer_core.train import train
 
 from .conftest import REPO, tiny_config
@@ -131,6 +132,37 @@ def test_resume_refuses_a_changed_config(demo_root, tmp_path):
             tiny_config(demo_root, tmp_path / "r", epochs=1, batch_size=4),
             resume_from=tmp_path / "r" / "checkpoints" / "last.pt",
         )
+
+
+def _resume_cli(cfg: dict, tmp_path, *keys: str) -> int:
+    (tmp_path / "c.yaml").write_text(json.dumps(cfg))
+    return train_main(["--resume", "--config", str(tmp_path / "c.yaml"), *keys])
+
+
+def test_resume_refuses_a_changed_lr_and_leaves_a_finished_run_alone(demo_root, tmp_path, capsys):
+    """The restored optimizer and schedule keep the checkpoint's lr, so a changed lr is refused in one line;
+    resuming a finished run (with a key that may change) leaves its config.yaml as it trained."""
+    cfg = tiny_config(demo_root, tmp_path / "r", epochs=1)
+    train(cfg)
+    written = (tmp_path / "r" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert _resume_cli(cfg, tmp_path, "lr=0.5") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot resume, 'lr' was 0.001 and is now 0.5" in err
+    assert _resume_cli(cfg, tmp_path, "num_workers=0", "keep_checkpoints=false") == 0
+    assert (tmp_path / "r" / "config.yaml").read_text() == written
+
+
+def test_resume_without_a_saved_checkpoint_says_it_starts_again(demo_root, tmp_path, capsys):
+    """Killed after its epoch row and before its first last.pt: --resume says it trains from epoch 1."""
+    cfg = tiny_config(demo_root, tmp_path / "k", epochs=1)
+    train(cfg)
+    (tmp_path / "k" / "checkpoints" / "last.pt").unlink()
+    assert _resume_cli(cfg, tmp_path) == 0
+    assert (
+        "was never saved" in capsys.readouterr().err
+        and load_checkpoint(tmp_path / "k" / "checkpoints" / "last.pt")["epoch"] == 1
+    )
 
 
 def test_resume_refuses_a_changed_preprocessing(demo_root, tmp_path):

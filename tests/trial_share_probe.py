@@ -62,7 +62,7 @@ def main(data, out_json, ray_cpus=16, trial_cpus=1):
     from ray import tune
 
     from sweeps.config.settings import SweepSettings
-    from sweeps.plan.resources import trial_config
+    from sweeps.tune.trainable import trial_config
 
     train = dataclasses.replace(
         SweepSettings().train,

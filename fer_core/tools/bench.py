@@ -1,6 +1,6 @@
 """Training-throughput benchmark: the seed-style loop vs fer_core's path vs fer_core's step alone, in one process.
 
-    python -m fer_core.tools.bench [--data DIR] [--device cpu|cuda] [--config SWEEP.yaml] [--json] [key=value ...]
+    python -m fer_core.tools.bench [--data DIR] [--device cpu|cuda] [--config TRIAL.yaml] [--json] [key=value ...]
     python -m fer_core.tools.bench --parity        # same-seed val accuracy of the plain and the fast path
 
 Three measurements on the same data at the same image and batch size, alternated over ``--rounds`` so that
@@ -10,8 +10,9 @@ from a timed pass of at least ``--min-seconds`` (2) after ``--warmup`` untimed s
 (a) seed: the seed recipe as public FER notebooks write it: torchvision ImageFolder + PIL decoding every
     epoch, grayscale->3 channels, flip + ±20° rotation, ImageNet normalisation, efficientnet_b0, Adam 1e-3,
     fp32, NCHW, a DataLoader with 2 workers (the notebooks' value).
-(b) fer_core: the path a sweep trial runs: the ``Trainer`` of the TrainConfig (the defaults, or with
-    ``--config`` the middle of that sweep's search space), consecutive steps of one pass of its loader
+(b) fer_core: the path a sweep trial runs: the ``Trainer`` of the TrainConfig (the defaults, or the
+    ``--config`` YAML, e.g. a sweep's trial from ``python -m sweeps.trial_config SWEEP.yaml > trial.yaml``),
+    consecutive steps of one pass of its loader
     (decoded uint8 cache, augmentation, the runtime's precision / memory format / workers / compile).
 (c') step: the same Trainer's own training step (autocast, loss, backward, clipping, optimizer, schedule,
     EMA, mixing: what a trial runs) on one batch already on the device: what the device and the host's
@@ -42,7 +43,7 @@ from pathlib import Path
 import torch
 
 from ..apps.demo import ensure_demo_dataset
-from ..config import TrainConfig, config_to_dict, make_config, parse_overrides
+from ..config import TrainConfig, config_to_dict, load_yaml, make_config, parse_overrides
 from ..errors import FerError
 from ..runtime import available_cpus, resolve_runtime
 from ..train import train
@@ -67,33 +68,6 @@ def default_data(checkout: Path = CHECKOUT) -> tuple[Path, str]:
     if (fer / "train").is_dir():
         return fer, "FER2013 beside the checkout (../shared/data/fer2013)"
     return ensure_demo_dataset(), f"the built-in demo faces: no {fer}; pass --data DIR to measure real data"
-
-
-def sweep_trial_config(path: Path) -> dict:
-    """The TrainConfig mapping of a trial of the sweep ``path`` at the middle of its search space: the
-    geometric middle of a log-uniform range, the middle of a uniform one (on the grid of a quniform),
-    the middle integer of a randint, the middle choice; the sweep's train keys and ASHA's max epochs
-    otherwise, as ``sweeps.plan.resources.trial_config`` builds a trial's.
-
-    Raises:
-        ConfigError: the file is not a valid sweep config (one line naming the key).
-    """
-    # Imported here: tools are developer-only, and sweeps.config (Ray-free) is needed only with --config.
-    from sweeps.config.settings import load_settings
-
-    s = load_settings(path)
-    mid = {}
-    for p in s.search_space:
-        if p.kind == "choice":
-            mid[p.name] = p.values[(len(p.values) - 1) // 2]
-        elif p.kind == "randint":
-            mid[p.name] = int(p.low + p.high - 1) // 2  # high is exclusive
-        elif p.kind == "loguniform":
-            mid[p.name] = (p.low * p.high) ** 0.5
-        else:
-            m = (p.low + p.high) / 2
-            mid[p.name] = p.low + round((m - p.low) / p.q) * p.q if p.kind == "quniform" else m
-    return {**config_to_dict(s.train), "epochs": s.scheduler.max_epochs, "audit": False, **mid}
 
 
 def run_benchmark(
@@ -270,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
-        "--config", help="a sweep YAML: benchmark its trial config (the middle of its search space)"
+        "--config",
+        help="a TrainConfig YAML (a sweep's trial: python -m sweeps.trial_config SWEEP.yaml > trial.yaml)",
     )
     p.add_argument("--img-size", type=int, help="default: the config's (48)")
     p.add_argument("--batch-size", type=int, help="default: the config's (64)")
@@ -336,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                 log=log,
             )
         else:
-            base = sweep_trial_config(Path(args.config)) if args.config else {}
+            base = (
+                config_to_dict(make_config(load_yaml(args.config), source=args.config)) if args.config else {}
+            )
             if args.config:
-                log(f"config: a trial of {args.config} at the middle of its search space")
+                log(f"config: {args.config}")
             cfg = make_config(
                 {
                     **base,

@@ -27,7 +27,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 # A trial of sweeps/configs/fer2013.yaml: its fixed train keys and the middle of its search space as the sweep's
 # probe takes it (loguniform: geometric mean, uniform: mean, choice: the lower middle value); img_size and
 # batch_size are what the check varies.
-# tests/test_gpu_check.py checks it against the YAML.
+# tests/test_trial_config.py checks it against `python -m sweeps.trial_config sweeps/configs/fer2013.yaml`.
 TRIAL = dict(
     model="efficientnet_b0",
     pretrained=False,

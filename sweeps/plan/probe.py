@@ -26,7 +26,8 @@ from sweeps.plan.budget import (
     size_retrain,
     split_budget,
 )
-from sweeps.plan.resources import NodeShape, Placement, assigned_threads, place_trials, trial_config
+from sweeps.plan.resources import NodeShape, Placement, assigned_threads, place_trials
+from sweeps.tune.trainable import trial_config
 
 # Warm-up steps absorb the first steps' allocations; the timed steps run in chunks and the fastest counts,
 # since Ray's own start-up still runs beside the probe (on 2 cores it slowed one-chunk probes by up to 2x).

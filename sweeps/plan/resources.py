@@ -1,4 +1,4 @@
-"""What each trial gets: its CPUs and GPUs, how many run at once on which nodes, its threads and TrainConfig.
+"""What each trial gets: its CPUs and GPUs, how many run at once on which nodes, its and threads.
 Trials are placed from each node's own size, never the cluster's total, including the nodes an autoscaler
 can launch; ``place`` is a pure function of the nodes' shapes (no Ray)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ray
 
-from fer_core.config import config_to_dict, load_yaml
+from fer_core.config import load_yaml
 from fer_core.errors import ConfigError, FerError
 from sweeps.config.settings import SweepSettings
 
@@ -249,11 +249,3 @@ def assigned_threads() -> dict:
     trials sharing a node do not each take a whole node's threads."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     return {"threads": max(1, int(cpus))} if cpus else {}
-
-
-def trial_config(settings: SweepSettings, *, data: str, retrain: bool = False) -> dict:
-    """The fixed part of every trial's TrainConfig mapping (the retrain's with its ``retrain:`` overrides)."""
-    base = {**config_to_dict(settings.train), **(settings.retrain if retrain else {})}
-    epochs = settings.retrain_epochs if retrain else settings.scheduler.max_epochs
-    # The driver audited the data once (run_audit); every trial repeating it would only cost time.
-    return {**base, "data": data, "epochs": epochs, "audit": False}

@@ -15,10 +15,9 @@ from ray.tune.stopper import Stopper
 
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
-from sweeps.plan.resources import trial_config
 from sweeps.state.signing import SignStateCallback, sign_files
 from sweeps.state.storage import experiment_uri, storage_uri
-from sweeps.tune.trainable import fer_trainable
+from sweeps.tune.trainable import fer_trainable, trial_config
 
 
 class Deadline(Stopper):

@@ -1,6 +1,6 @@
-"""The Ray Tune trainable: a thin adapter around ``fer_core.train.train``.
+"""The Ray Tune trainable: a thin adapter around ``fer_core.train.train``, and the fixed config it trains.
 
-It merges the trial's parameters into the fixed config, resumes from Tune's checkpoint, reports every epoch.
+``trial_config`` builds the fixed keys of every trial; the trainable merges the trial's parameters into them, resumes from Tune's checkpoint, reports every epoch.
 """
 
 from __future__ import annotations
@@ -12,9 +12,18 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from fer_core.config import make_config
+from fer_core.config import config_to_dict, make_config
 from fer_core.train import train
+from sweeps.config.settings import SweepSettings
 from sweeps.plan.resources import assigned_threads
+
+
+def trial_config(settings: SweepSettings, *, data: str, retrain: bool = False) -> dict:
+    """The fixed part of every trial's TrainConfig mapping (the retrain's with its ``retrain:`` overrides)."""
+    base = {**config_to_dict(settings.train), **(settings.retrain if retrain else {})}
+    epochs = settings.retrain_epochs if retrain else settings.scheduler.max_epochs
+    # The driver audited the data once (run_audit); every trial repeating it would only cost time.
+    return {**base, "data": data, "epochs": epochs, "audit": False}
 
 
 def _flat(row: dict) -> dict:
