@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from fer_core.apps.figures import save_png
+from sweeps.report.escape import code, text
 from sweeps.report.trials import STATUSES
 
 # Every sweep plot and its file in the report folder.
@@ -77,7 +78,7 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
                 )
             )
         except ValueError as e:
-            notes.append(f"trial `{t['trial_id']}` is left out of the sweep plots: {e}")
+            notes.append(f"trial {code(t['trial_id'])} is left out of the sweep plots: {text(e)}")
     return study, notes
 
 
@@ -194,7 +195,9 @@ def write_plots(study: optuna.Study, metric: str, out: Path) -> list[str]:
             ax.get_legend().remove()
         title = f"Hyperparameter importance for {metric} (PED-ANOVA, {n} trials)"
         _finish(ax, title, out / FILES["importance"])
-    said = {f"`{FILES['importance']}`: Optuna says: {w.message}" for w in caught if "optuna" in w.filename}
+    said = {
+        f"`{FILES['importance']}`: Optuna says: {text(w.message)}" for w in caught if "optuna" in w.filename
+    }
     notes += sorted(said)
     if len(numeric) < 2:
         beside = f" beside categorical {', '.join(categorical)}" if categorical else ""
