@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from fer_core.apps.figures import save_png
 from sweeps.report.escape import code, text
-from sweeps.report.trials import STATUSES
+from sweeps.report.trials import STATUSES, best_value
 
 # Every sweep plot and its file in the report folder.
 FILES = {
@@ -61,7 +61,6 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
     with _quiet():
         study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     notes = []
-    pick = max if mode == "max" else min
     for t in trials.to_dict("records"):
         curve = {int(k): float(v) for k, v in (t["intermediate"] or {}).items() if math.isfinite(v)}
         state = STATES[t["status"]]
@@ -70,7 +69,7 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
             study.add_trial(
                 create_trial(
                     state=state,
-                    value=pick(curve.values()) if curve and state != TrialState.FAIL else None,
+                    value=best_value(curve, mode) if curve and state != TrialState.FAIL else None,
                     params=params,
                     distributions={k: space[k] for k in params},
                     intermediate_values=curve,
