@@ -133,9 +133,10 @@ _FOLDER_KEYS = ("name", "storage")
 def _typed(f: dataclasses.Field, value, where: str):
     """One value of a settings field, converted and checked by fer_core's own rules."""
     if f.name in _FOLDER_KEYS and not isinstance(value, str):
-        flag = f"--{f.name} {value}"
+        flag, kind = f"--{f.name} {value}", "boolean" if isinstance(value, bool) else type(value).__name__
+        kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else kind
         raise ConfigError(
-            f"{where} = {value!r} is read as a {type(value).__name__}, not a folder name; pass {flag} (the flag "
+            f"{where} = {value} is read as a {kind}, not a folder name; pass {flag} (the flag "
             f"takes it as written) or quote it in YAML ({f.name}: '{value}')"
         )
     if f.default == "auto" and isinstance(value, str):
