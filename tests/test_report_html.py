@@ -7,15 +7,21 @@ Without the browser the test skips, saying what to install; with FER_REQUIRE_BRO
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from .test_report_folder import report  # noqa: F401  (the fixture: a report folder written for real)
+from sweeps.report.html import write_html
+from sweeps.report.markdown import started_from, write_markdown
+
+from .test_report_folder import SETTINGS, TRIALS, report  # noqa: F401  (the fixture: a report folder written for real)
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # Headless, and nothing that reaches the network or a profile outside the test's own folder.
@@ -100,3 +106,37 @@ def test_the_checks_see_a_broken_image(browser, tmp_path):
     browser.get(page.as_uri())
     assert [i["width"] for i in _images(browser)] == [0]
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+# What a user controls, each trying to run script in the page: the name, the data folder (a backtick ends a code
+# span), a failed trial's error, a parameter's value, the name of a weights file.
+HOSTILE = {
+    "name": "x<img src=x onerror=window.pwned=1>",
+    "data": "/data/a`<img src=y onerror=window.pwned=2>`b",
+    "error": "RuntimeError: <script>window.pwned=3</script> *not bold*",
+    "param": "[c](javascript:window.pwned=4)",
+    "weights": "w`<img src=z onerror=window.pwned=5>.pt",
+}
+
+
+def test_nothing_the_user_controls_runs_in_the_page_and_all_of_it_is_shown(report, browser, tmp_path):  # noqa: F811
+    folder = tmp_path / "report"
+    shutil.copytree(report.out, folder)
+    m = json.loads((folder / "metrics.json").read_text())
+    m |= {"data": HOSTILE["data"], "started_from": started_from({"weights": HOSTILE["weights"]})}
+    trials = TRIALS.assign(error=TRIALS["error"].where(TRIALS["status"] != "failed", HOSTILE["error"]))
+    trials["params"] = [{**p, "lr": HOSTILE["param"]} for p in trials["params"]]
+    settings = dataclasses.replace(SETTINGS, name=HOSTILE["name"])
+    write_markdown(settings, trials, m, folder / "report.md")
+    browser.get(write_html(folder / "report.md").as_uri())
+    assert browser.execute_script("return window.pwned") is None
+    assert (
+        browser.execute_script(
+            "return document.querySelectorAll('script, [onerror], [href^=javascript]').length"
+        )
+        == 0
+    )
+    shown = browser.find_element("tag name", "body").text
+    assert browser.title == f"Sweep report: {HOSTILE['name']}"
+    for value in (HOSTILE["name"], HOSTILE["data"], HOSTILE["error"], HOSTILE["param"], HOSTILE["weights"]):
+        assert value in shown, value

@@ -23,23 +23,10 @@ SETTINGS = SweepSettings(
 
 
 class Grid(list):
-    """Results, and ``get_dataframe`` as Ray's ResultGrid gives it: each reported trial's last row, or its
-    best row by ``filter_metric``."""
+    """Results, and ``get_dataframe`` as Ray's ResultGrid gives it: each reported trial's last row."""
 
-    def get_dataframe(self, filter_metric=None, filter_mode=None) -> pd.DataFrame:
-        rows = []
-        for r in self:
-            df = r.metrics_dataframe
-            if df is not None and len(df):
-                if filter_metric is None:
-                    rows.append(df.iloc[-1])
-                else:
-                    rows.append(
-                        df.loc[
-                            df[filter_metric].idxmax() if filter_mode == "max" else df[filter_metric].idxmin()
-                        ]
-                    )
-        return pd.DataFrame(rows)
+    def get_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame([r.metrics_dataframe.iloc[-1] for r in self if r.metrics_dataframe is not None])
 
 
 def _result(tmp_path, tid, curve, lr, error=None, reported=True):
@@ -158,3 +145,18 @@ def test_tied_trials_rank_the_same_whatever_order_ray_lists_them_in(tmp_path):
         for o in orders
     }
     assert picks == {("a3", "b7", "c1")}
+
+
+def test_the_table_and_the_plots_give_a_trial_the_same_best_value(tmp_path):
+    """Before: the table took Ray's best row (an infinite value included) and the plots the best finite
+    epoch, so one trial had two best values."""
+    from sweeps.config.space import to_optuna
+    from sweeps.report.plots import build_study
+
+    grid = Grid(
+        [_result(tmp_path, "inf", [0.3, float("inf"), 0.4], 1e-3), _result(tmp_path, "ok", [0.2], 2e-3)]
+    )
+    table = collect_trials(grid, SETTINGS)
+    study, _ = build_study(table, to_optuna(SPACE), "max")
+    plotted = {t.user_attrs["trial_id"]: t.value for t in study.trials}
+    assert table.set_index("trial_id")["best_val_accuracy"].to_dict() == plotted == {"inf": 0.4, "ok": 0.2}

@@ -80,6 +80,8 @@ def test_small_sweep_runs_and_reports(sweep_with_a_failure):
     assert m["trials"]["total"] == 4
     # The driver audited the data once, before Ray: in the log, in report.md and in audit.json.
     assert "[sweeps] audit:" in r.stdout
+    # The driver's line is the one that names the best trial (Tune's own rule could name another on a tie).
+    assert "[sweeps] best trial " in r.stdout and "Current best trial" not in r.stdout
     audit = json.loads((report / "audit.json").read_text())
     assert set(audit["splits"]) == {"train", "val", "test"}
     md = (report / "report.md").read_text()

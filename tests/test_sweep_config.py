@@ -267,3 +267,46 @@ def test_a_resource_given_as_a_word_names_both_forms():
         ConfigError, match=r"'resources'.cpus_per_trial must be a number or 'auto', got 'four'"
     ):
         load_settings(CONFIGS / "default.yaml", {"resources.cpus_per_trial": "four"})
+
+
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("a\nb", "a control character"),
+        ("a\tb", "a control character"),
+        ("   ", "only spaces"),
+        (" a", "spaces at its start or end"),
+        ("a?b", "'?'"),
+        ("a#b", "'#'"),
+    ],
+)
+def test_a_name_is_a_plain_folder_name_or_one_line_that_says_why(name, fragment):
+    """Before: a newline, a tab or only spaces were accepted as the experiment's folder, and 'a?b' got
+    advice about an S3 server's address."""
+    from sweeps.run import build_arg_parser, resolve_settings
+
+    args = build_arg_parser().parse_intermixed_args(["--storage", "/tmp/st", "--name", name])
+    with pytest.raises(FerError) as e:
+        resolve_settings(args)
+    msg = str(e.value)
+    assert msg.startswith(f"--name = {name!r}: ") and fragment in msg and "\n" not in msg and "S3" not in msg
+
+
+@pytest.mark.parametrize(
+    "override, shown", [("name=2024", "2024"), ("name=true", "True"), ("storage=2024", "2024")]
+)
+def test_a_folder_key_read_as_a_number_or_boolean_is_one_line(override, shown):
+    """Before: name=2024 or name=true as key=value ended in a TypeError traceback (YAML reads them as a
+    number and a boolean); the flag takes the text as written, so the line points at it."""
+    from fer_core.config import parse_overrides
+
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError) as e:
+        load_settings(CONFIGS / "default.yaml", parse_overrides([override]))
+    msg = str(e.value)
+    assert msg.startswith(f"command line: '{key}' = {shown}") and f"--{key} " in msg and "\n" not in msg
+
+
+def test_a_name_given_with_the_flag_is_taken_as_written():
+    s = load_settings(CONFIGS / "default.yaml", flags={"name": "2024"})
+    assert s.name == "2024"

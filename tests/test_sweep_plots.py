@@ -179,3 +179,18 @@ def test_ranking_and_ensemble_members_from_the_table():
     assert list(ranked(table, settings)["trial_id"]) == ["a", "g", "a2", "f", "c", "b", "d", "e"]
     assert [t["trial_id"] for t in top_trials(table, settings, 3)] == ["a", "g", "f"]
     assert top_trials(table, settings, 1)[0] == {"trial_id": "a", "best": 0.5, "params": TRIALS[0]["params"]}
+
+
+@pytest.mark.parametrize("folder", ["a%2Fb", "a%20b c", "50%"])
+def test_the_study_is_saved_and_loaded_where_a_percent_sign_is_in_its_path(tmp_path, folder):
+    """Before: the SQLite address decoded %2F and %20 in the path, so the study went to another file or none
+    (OperationalError: unable to open database file)."""
+    import optuna
+
+    path = tmp_path / folder / "optuna.db"
+    path.parent.mkdir()
+    study, _ = _study(TRIALS)
+    plots.save_study(study, "s", "val_accuracy", path)
+    assert path.is_file() and [p.name for p in tmp_path.rglob("*.db")] == ["optuna.db"]
+    loaded = optuna.load_study(study_name="s", storage=plots.study_url(path))
+    assert len(loaded.trials) == len(TRIALS)

@@ -125,8 +125,20 @@ TOP_KEYS = {*_SCALARS, *_SECTIONS, *_MAPPINGS, "initial_points"}
 CLI = "command line"
 
 
+# The keys that name a folder: YAML reads name=2024 or name=true as a number or a boolean, whose text may not
+# be what was typed (010 is 8), so they must be text.
+_FOLDER_KEYS = ("name", "storage")
+
+
 def _typed(f: dataclasses.Field, value, where: str):
     """One value of a settings field, converted and checked by fer_core's own rules."""
+    if f.name in _FOLDER_KEYS and not isinstance(value, str):
+        flag, kind = f"--{f.name} {value}", "boolean" if isinstance(value, bool) else type(value).__name__
+        kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else kind
+        raise ConfigError(
+            f"{where} = {value} is read as a {kind}, not a folder name; pass {flag} (the flag "
+            f"takes it as written) or quote it in YAML ({f.name}: '{value}')"
+        )
     if f.default == "auto" and isinstance(value, str):
         if value != "auto":
             raise ConfigError(f"{where} must be a number or 'auto', got {value!r}")
@@ -146,18 +158,31 @@ def _section(cls, values, where: str):
 
 
 def check_name(name: str, source: str) -> None:
-    """The experiment folder is STORAGE/NAME: a name must stay one plain folder inside STORAGE."""
+    """The experiment folder is STORAGE/NAME: a name must stay one plain folder inside STORAGE, one line of
+    text that reads as typed in a path or a URI."""
     if not name or name in (".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
         raise ConfigError(
             f"{source} = {name!r}: give a plain folder name (no '/', not '..' or empty); the experiment "
             "goes to STORAGE/NAME and must stay inside --storage"
         )
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "holds a control character (a newline, a tab)"
+    elif not name.strip():
+        why = "is only spaces"
+    elif name != name.strip():
+        why = "has spaces at its start or end"
+    elif any(c in name for c in "?#"):
+        # STORAGE/NAME is also a URI (s3://...), where '?' starts a query and '#' a fragment.
+        why = "holds '?' or '#', which end the path of a storage URI"
+    else:
+        return
+    raise ConfigError(f"{source} = {name!r}: the name {why}; give a folder name of printable characters")
 
 
 def _check_override(key: str, value, where: str) -> None:
     """Check one command-line value on its own, so that a typo names the command line (not the YAML)."""
     if key == "name":
-        check_name(value, where)
+        check_name(_typed(_SCALARS[key], value, where), where)
     section, _, sub = key.partition(".")
     if sub:
         if section == "train":

@@ -21,7 +21,7 @@ from sweeps.config.space import to_optuna
 from sweeps.report import plots
 from sweeps.report.calibration import FILE as RELIABILITY
 from sweeps.report.calibration import calibrate_winner, plot_reliability
-from sweeps.report.evaluate import copy_result_checkpoint, ensemble
+from sweeps.report.ensemble import copy_result_checkpoint, ensemble
 from sweeps.report.html import write_html
 from sweeps.report.markdown import started_from, write_markdown
 from sweeps.report.trials import status_counts, write_csv

@@ -3,6 +3,11 @@
 Python-Markdown converts report.md (with its ``tables`` extension), so the page says exactly what the
 markdown says; a tree processor then replaces each local image's address with a ``data:`` URI, whatever
 image report.md links, so the one file can be mailed, attached or opened from a bucket without the folder.
+
+The page runs nothing: raw HTML in report.md is shown as text (Python-Markdown's ``html_block`` preprocessor
+and ``html`` inline pattern are removed) and a link or image address with a scheme other than http(s) or
+``data:`` (``javascript:``) is dropped, whatever report.md holds; the strings the user controls are escaped
+where report.md is written (sweeps/report/escape.py).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import mimetypes
+import re
 from pathlib import Path
 
 import markdown
@@ -46,20 +52,38 @@ class _InlineImages(Treeprocessor):
             img.set("src", f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}")
 
 
+class _NoScriptAddresses(Treeprocessor):
+    """Drop every ``href``/``src`` whose scheme is not http(s) or data: (a local file has none)."""
+
+    def run(self, root):
+        for el in root.iter():
+            for attr in ("href", "src"):
+                scheme = _SCHEME.match(el.get(attr, ""))
+                if scheme and scheme.group(1).lower() not in ("http", "https", "data"):
+                    del el.attrib[attr]
+
+
+_SCHEME = re.compile(r"\s*([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
 class _InlineImagesExtension(Extension):
     def __init__(self, folder: Path):
         super().__init__()
         self.folder = folder
 
     def extendMarkdown(self, md):  # noqa: N802 - Python-Markdown's hook name
+        md.preprocessors.deregister("html_block")
+        md.inlinePatterns.deregister("html")
         md.treeprocessors.register(_InlineImages(md, self.folder), "inline_images", 0)
+        md.treeprocessors.register(_NoScriptAddresses(md), "no_script_addresses", -1)
 
 
 def write_html(md_path: Path) -> Path:
     """Write ``report.html`` beside ``md_path`` (report.md) and return its path."""
     text = md_path.read_text()
     body = markdown.markdown(text, extensions=["tables", _InlineImagesExtension(md_path.parent)])
-    title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), md_path.stem)
+    heading = next((line[2:] for line in text.splitlines() if line.startswith("# ")), md_path.stem)
+    title = html.unescape(re.sub(r"\\(.)", r"\1", heading))  # the heading's text, its escapes undone
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'

@@ -11,25 +11,27 @@ from fer_core.audit import summarize
 from sweeps.config.settings import SweepSettings, fmt_duration
 from sweeps.report import plots
 from sweeps.report.calibration import markdown_lines as calibration_lines
+from sweeps.report.escape import code, text
 from sweeps.report.trials import STATUSES, device_lines, ranked, status_counts
 
 
-def _fmt(v) -> str:
+def _fmt(v, cell) -> str:
     if isinstance(v, float):
         return "nan" if v != v else (f"{v:.3g}" if abs(v) < 0.01 or abs(v) >= 1000 else f"{v:.4f}")
-    return str(v)
+    return cell(v)
 
 
-def _table(columns, rows) -> list[str]:
-    """A markdown table (pandas' to_markdown needs the tabulate package)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+def _table(columns, rows, cell=text) -> list[str]:
+    """A markdown table (pandas' to_markdown needs the tabulate package), each cell as ``cell`` writes it:
+    literal markdown text in report.md, ``str`` on stdout."""
+    lines = ["| " + " | ".join(map(cell, columns)) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_fmt(v, cell) for v in row) + " |" for row in rows]
 
 
 def started_from(config: dict) -> str:
     """What a training config starts its weights from, in words (the report's "retrained from ...")."""
     if config.get("weights"):
-        return f"the weights file `{Path(config['weights']).name}`"
+        return f"the weights file {code(Path(config['weights']).name)}"
     return "ImageNet weights from timm's hub" if config.get("pretrained") else "random initialisation"
 
 
@@ -38,15 +40,16 @@ def trials_line(counts: dict) -> str:
     return f"{counts['total']} trials: " + ", ".join(f"{counts[s]} {w}" for s, w in STATUSES.items()) + "."
 
 
-def _trial_table(trials: pd.DataFrame, settings: SweepSettings, limit: int) -> list[str]:
+def _trial_table(trials: pd.DataFrame, settings: SweepSettings, limit: int, cell=text) -> list[str]:
     r = ranked(trials, settings).iloc[:limit]
     names = [p.name for p in settings.search_space]
     shown = r[["trial_id", "status", "epochs", f"best_{settings.metric}", *names]]
     shown = shown.assign(status=shown["status"].map(STATUSES))
-    return _table(["trial", "status", "epochs", settings.metric, *names], shown.itertuples(index=False))
+    columns = ["trial", "status", "epochs", settings.metric, *names]
+    return _table(columns, shown.itertuples(index=False), cell)
 
 
-def _score_table(m: dict) -> list[str]:
+def _score_table(m: dict, cell=text) -> list[str]:
     """The winner's scores (and the ensemble's) per split, without and with flip TTA."""
     models = [("winner", m)]
     if "ensemble" in m:
@@ -59,7 +62,7 @@ def _score_table(m: dict) -> list[str]:
         for tta in ("", "tta_")
         for name, src in models
     ]
-    return _table(["model", "split", "TTA", "accuracy", "balanced accuracy", "macro-F1"], rows)
+    return _table(["model", "split", "TTA", "accuracy", "balanced accuracy", "macro-F1"], rows, cell)
 
 
 def _ensemble_lines(m: dict) -> list[str]:
@@ -70,10 +73,13 @@ def _ensemble_lines(m: dict) -> list[str]:
         f"\nEnsemble: the average of the probabilities of the top {len(ens['members'])} distinct trial "
         "configurations, each retrained like the winner (checkpoints in `ensemble/`):\n",
         *[
-            f"- `{e['trial_id']}` (seed {e['seed']}): val accuracy {e['val_accuracy']:.4f}, {e['params']}"
+            f"- {code(e['trial_id'])} (seed {e['seed']}): val accuracy {e['val_accuracy']:.4f}, {text(e['params'])}"
             for e in ens["members"]
         ],
-        *[f"- `{e['trial_id']}`: retrain failed ({e['error']}); left out" for e in ens["failed_members"]],
+        *[
+            f"- {code(e['trial_id'])}: retrain failed ({text(e['error'])}); left out"
+            for e in ens["failed_members"]
+        ],
     ]
 
 
@@ -87,7 +93,7 @@ def _audit_lines(audit: dict | None, dedupe: str) -> list[str]:
     )
     lines = ["", "## Data", "", f"- {used}."]
     if audit is not None:
-        lines += [f"- {line}" for line in summarize(audit)] + ["", "Full findings: `audit.json`."]
+        lines += [f"- {text(line)}" for line in summarize(audit)] + ["", "Full findings: `audit.json`."]
     return lines
 
 
@@ -106,10 +112,10 @@ def _saliency_lines(folder: Path) -> list[str]:
         "confusions.png": "The class pairs it confuses most on val, with the faces it got most confidently wrong "
         "and, beside each, where it found the class it wrongly chose.",
     }
-    shown = [(name, text) for name, text in figures.items() if (folder / name).is_file()]
+    shown = [(name, words) for name, words in figures.items() if (folder / name).is_file()]
     lines = ["\n## What the model looks at\n"] if shown else []
-    for name, text in shown:
-        lines += [f"{text}", "", f"![{name[:-4].replace('_', ' ')}]({name})", ""]
+    for name, words in shown:
+        lines += [words, "", f"![{name[:-4].replace('_', ' ')}]({name})", ""]
     return lines[:-1]
 
 
@@ -121,17 +127,17 @@ def write_markdown(
     s, metric = settings.scheduler, settings.metric
     failed = trials[trials["status"] == "failed"].to_dict("records")
     lines = [
-        f"# Sweep report: {settings.name}",
+        f"# Sweep report: {text(settings.name)}",
         "",
-        f"Data: `{m['data']}`. Device: {m['device']}. Wall time: {fmt_duration(m['wall_seconds'])} (every "
+        f"Data: {code(m['data'])}. Device: {text(m['device'])}. Wall time: {fmt_duration(m['wall_seconds'])} (every "
         f"phase, listed under Time). Search: Optuna TPE (seed {settings.seed}), ASHA (grace {s.grace_period}, "
         f"max {s.max_epochs} epochs, reduction {s.reduction_factor:g}); metric `{metric}` ({settings.mode}).",
         "",
         trials_line(m["trials"]),
-        *[f"\n{line}" for line in device_lines(trials)],
+        *[f"\n{text(line)}" for line in device_lines(trials)],
         *_time_lines(m["timing"]),
         f"\n## Winner, retrained from {m['started_from']}\n",
-        f"Trial `{m['best_trial']}` ({metric} {m[f'best_trial_{metric}']:.4f} during the sweep), retrained for "
+        f"Trial {code(m['best_trial'])} ({metric} {m[f'best_trial_{metric}']:.4f} during the sweep), retrained for "
         f"{m['retrain_epochs']} epochs from {m['started_from']} (not from its trial's checkpoint) with seed "
         f"{m['seed']}: `best.pt`, config in `best_config.yaml`.",
         "",
@@ -159,7 +165,7 @@ def write_markdown(
         *_trial_table(trials, settings, limit=10),
         "\nAll trials: `trials.csv`.",
         *(["", "## Failed trials", ""] if failed else []),
-        *[f"- `{t['trial_id']}` with {t['params']}: {t['error']}" for t in failed],
+        *[f"- {code(t['trial_id'])} with {text(t['params'])}: {text(t['error'])}" for t in failed],
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -169,13 +175,17 @@ def print_summary(
 ) -> None:
     """The end-of-run summary on stdout: how the trials ended, the top ones, failures, where they trained,
     the retrained models' scores and report (given ``out``, a written report folder) and ``time_line``."""
-    lines = [trials_line(status_counts(trials)), "Top trials:", *_trial_table(trials, settings, limit=5)]
+    lines = [
+        trials_line(status_counts(trials)),
+        "Top trials:",
+        *_trial_table(trials, settings, limit=5, cell=str),
+    ]
     failed = trials[trials["status"] == "failed"].to_dict("records")
     lines += [f"FAILED trial {t['trial_id']} {t['params']}: {t['error']}" for t in failed]
     lines += device_lines(trials)
     if out is not None:
         m = json.loads((out / "metrics.json").read_text())
-        lines += ["", "Retrained:", *_score_table(m), f"Report: {out / 'report.md'}"]
+        lines += ["", "Retrained:", *_score_table(m, cell=str), f"Report: {out / 'report.md'}"]
     if time_line:
         lines.append(time_line)
     print("\n" + "\n".join(lines), flush=True)

@@ -8,6 +8,7 @@ import contextlib
 import math
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import matplotlib
 import optuna
@@ -17,7 +18,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from fer_core.apps.figures import save_png
-from sweeps.report.trials import STATUSES
+from sweeps.report.escape import code, text
+from sweeps.report.trials import STATUSES, best_value
 
 # Every sweep plot and its file in the report folder.
 FILES = {
@@ -60,7 +62,6 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
     with _quiet():
         study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     notes = []
-    pick = max if mode == "max" else min
     for t in trials.to_dict("records"):
         curve = {int(k): float(v) for k, v in (t["intermediate"] or {}).items() if math.isfinite(v)}
         state = STATES[t["status"]]
@@ -69,7 +70,7 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
             study.add_trial(
                 create_trial(
                     state=state,
-                    value=pick(curve.values()) if curve and state != TrialState.FAIL else None,
+                    value=best_value(curve, mode) if curve and state != TrialState.FAIL else None,
                     params=params,
                     distributions={k: space[k] for k in params},
                     intermediate_values=curve,
@@ -77,8 +78,14 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
                 )
             )
         except ValueError as e:
-            notes.append(f"trial `{t['trial_id']}` is left out of the sweep plots: {e}")
+            notes.append(f"trial {code(t['trial_id'])} is left out of the sweep plots: {text(e)}")
     return study, notes
+
+
+def study_url(path: Path) -> str:
+    """The SQLite address of the study file at ``path``: percent-encoded, because SQLAlchemy decodes the
+    address (a folder named ``a%2Fb`` would otherwise be read as ``a/b``)."""
+    return f"sqlite:///{quote(str(path.resolve()))}"
 
 
 def save_study(study: optuna.Study, name: str, metric: str, path: Path) -> Path:
@@ -86,7 +93,7 @@ def save_study(study: optuna.Study, name: str, metric: str, path: Path) -> Path:
     ``optuna-dashboard sqlite:///PATH`` opens and ``optuna.load_study`` reads: every trial with its state,
     parameters, per-epoch values and value. A file an earlier report of the sweep left is replaced."""
     path.unlink(missing_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
+    storage = optuna.storages.RDBStorage(study_url(path))
     with _quiet():
         saved = optuna.create_study(storage=storage, study_name=name, directions=study.directions)
         saved.set_metric_names([metric])
@@ -194,7 +201,9 @@ def write_plots(study: optuna.Study, metric: str, out: Path) -> list[str]:
             ax.get_legend().remove()
         title = f"Hyperparameter importance for {metric} (PED-ANOVA, {n} trials)"
         _finish(ax, title, out / FILES["importance"])
-    said = {f"`{FILES['importance']}`: Optuna says: {w.message}" for w in caught if "optuna" in w.filename}
+    said = {
+        f"`{FILES['importance']}`: Optuna says: {text(w.message)}" for w in caught if "optuna" in w.filename
+    }
     notes += sorted(said)
     if len(numeric) < 2:
         beside = f" beside categorical {', '.join(categorical)}" if categorical else ""

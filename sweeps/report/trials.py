@@ -4,6 +4,7 @@ and the top-k the retrain starts from, and ``trials.csv``."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,8 @@ def collect_trials(
     ``scheduler.max_epochs`` was stopped by the time limit when in ``stopped_by_time``, else by ASHA."""
     m, names = settings.metric, [p.name for p in settings.search_space]
     last_cols = {"training_iteration": "epochs", m: f"last_{m}", "device": "device", "ray_gpus": "ray_gpus"}
-    # Each trial's last row, and its best row by the metric; a trial that never reported has neither.
+    # Each trial's last row; a trial that never reported has none.
     last = results.get_dataframe().reindex(columns=["trial_id", *last_cols]).rename(columns=last_cols)
-    best = results.get_dataframe(filter_metric=m, filter_mode=settings.mode).reindex(columns=["trial_id", m])
     # What the dataframes leave out: the errors, and the trials that ended before their first report.
     rows = pd.DataFrame(
         [
@@ -47,10 +47,10 @@ def collect_trials(
     )
     table = (
         rows.merge(last.astype({"device": object}), on="trial_id", how="left")
-        .merge(best.rename(columns={m: f"best_{m}"}), on="trial_id", how="left")
         .fillna({"epochs": 0, "device": "", "ray_gpus": 0})
         .astype({"epochs": int, "ray_gpus": int})
     )
+    table[f"best_{m}"] = [best_value(c, settings.mode) for c in table["intermediate"]]
     short = table["epochs"] < settings.scheduler.max_epochs
     timed = short & table["trial_id"].isin(stopped_by_time)
     ended = [table["error"] != "", timed, short]
@@ -76,6 +76,13 @@ def _curve(df, metric: str) -> dict:
         return {}
     df = df[["training_iteration", metric]].dropna()
     return dict(zip(df["training_iteration"].astype(int).tolist(), df[metric].astype(float).tolist()))
+
+
+def best_value(curve: dict, mode: str) -> float:
+    """A trial's best value: its best finite epoch of ``curve`` ({epoch: metric}) by ``mode``, NaN when it has
+    none (the table's ``best_<metric>``, the ranking's key and the plotted study's value)."""
+    finite = [v for v in curve.values() if math.isfinite(v)]
+    return (max if mode == "max" else min)(finite) if finite else float("nan")
 
 
 def _first_line(error) -> str:

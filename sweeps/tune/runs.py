@@ -139,13 +139,18 @@ def run_search(
     )
     sch = settings.scheduler  # ASHA counts Tune's training_iteration (its default time_attr): epochs
     scheduler = ASHAScheduler(
-        max_t=sch.max_epochs, grace_period=sch.grace_period, reduction_factor=sch.reduction_factor
+        metric=settings.metric,
+        mode=settings.mode,
+        max_t=sch.max_epochs,
+        grace_period=sch.grace_period,
+        reduction_factor=sch.reduction_factor,
     )
+    # Metric and mode go to the searcher and the scheduler, not to TuneConfig: there Tune's status would print
+    # a "Current best trial" by its own rule (last epoch, first listed on a tie), which can name another trial
+    # than the driver's winner (trials.ranked: best epoch, smaller trial id on a tie).
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=settings.metric,
-            mode=settings.mode,
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=settings.num_samples,
