@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
 from ..data import CLASS_NAMES, decode_image, to_model_array
 from ..errors import CheckpointError, DataError
@@ -192,7 +193,7 @@ class Predictor:
                 f"{path}: trained on classes {', '.join(classes)}, not the seven expressions "
                 f"({', '.join(CLASS_NAMES)}); pass a checkpoint trained on those"
             )
-        return cls(model, pre, classes, runtime, batch_size, str(path), temperature_of(state))
+        return cls(model, pre, classes, runtime, batch_size, str(path), temperature_of(state, path))
 
     @property
     def detector(self) -> FaceDetector:
@@ -232,7 +233,7 @@ class Predictor:
                 )
                 with self.runtime.autocast():
                     logits = self.model(x).float()
-                out.append((logits / self.temperature).softmax(1).cpu().numpy())
+                out.append(tempered_softmax(logits, self.temperature).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
     def predict(self, images) -> np.ndarray:
