@@ -1,9 +1,9 @@
 """Where a command may write: the one rule every output path of every fer_core command is checked against.
 
 An output never replaces the command's own input and never lands inside a dataset (a folder with train/
-and val/ holding class folders); it replaces a checkpoint or a run's files only when told to
-(``--overwrite``), nor a file of a sweep's report folder. ``check_output`` applies the rule to one path, ``check_output_folder`` to a folder a
-command fills, ``check_out_folder`` to a training run's folder. Commands call them before any work, so a refusal costs nothing and writes nothing;
+and val/ holding class folders); it replaces a checkpoint, a run's files or a file of a sweep's report
+folder only when told to (``--overwrite``). ``check_output`` applies the rule to one path,
+``check_output_folder`` to a folder a command fills, ``check_out_folder`` to a training run's folder. Commands call them before any work, so a refusal costs nothing and writes nothing;
 ``docs/guarantees.md`` ("Finished work is never overwritten") states the rule for users.
 """
 

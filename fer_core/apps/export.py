@@ -35,10 +35,10 @@ from torch import nn
 from .. import __version__
 from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
+from ..data import CLASS_NAMES
 from ..errors import FerError
 from ..outputs import check_output
 from ..preprocess import Preprocess
-from ..data import CLASS_NAMES
 from ..runtime import resolve_runtime
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
@@ -297,7 +297,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("checkpoint", help="best.pt / last.pt written by fer_core")
     p.add_argument("--onnx", help="ONNX file to write (default: the checkpoint's path with .onnx)")
-    p.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {OPSETS[0]} to {OPSETS[-1]} (default 17)")
+    p.add_argument(
+        "--opset", type=int, default=17, help=f"ONNX opset, {OPSETS[0]} to {OPSETS[-1]} (default 17)"
+    )
     p.add_argument(
         "--check",
         action="store_true",
