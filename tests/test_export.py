@@ -149,7 +149,9 @@ def test_an_opset_outside_the_exporters_range_is_one_line(checkpoint, tmp_path, 
 
 def test_export_of_other_classes_names_them(checkpoint, tmp_path, capsys):
     other = ["a0", "b1", "c2", "d3", "e4", "f5", "g6"]
-    path = save_checkpoint(dict(torch.load(checkpoint, weights_only=True), class_names=other), tmp_path / "o.pt")
+    path = save_checkpoint(
+        dict(torch.load(checkpoint, weights_only=True), class_names=other), tmp_path / "o.pt"
+    )
     assert main([str(path), "--onnx", str(tmp_path / "o.onnx")]) == 0
     said = capsys.readouterr()
     assert "a0, b1, c2, d3, e4, f5, g6" in said.out + said.err and "not the seven" in said.out + said.err
