@@ -4,15 +4,16 @@
 Temperature scaling (Guo et al., 2017) divides a model's logits by one scalar T before the softmax: T > 1
 softens over-confident probabilities, T < 1 sharpens under-confident ones, and the argmax, so every
 accuracy figure, never changes. A checkpoint stores its T (``fer_core.checkpoint.store_temperature``);
-evaluation, the ``Predictor`` and the ONNX graph divide the logits by it before the softmax (flip TTA tempers
-the mean of its two views' probabilities: ``fer_core.engine.view_probs``).
+evaluation, the ``Predictor`` and the ONNX graph divide the logits by it before the softmax, all through
+``tempered_softmax`` (flip TTA tempers the mean of its two views' probabilities: ``fer_core.engine.view_probs``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
 BINS = 15  # equal-width confidence bins of the expected calibration error, as in Guo et al.
 # The temperatures searched: far beyond what a trained network needs on either side, and bounded, so that
@@ -20,9 +21,14 @@ BINS = 15  # equal-width confidence bins of the expected calibration error, as i
 T_RANGE = (0.05, 20.0)
 
 
+def tempered_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / T) along the class axis (dim 1), in torch ops so that the ONNX graph traces it too."""
+    return (logits / temperature).softmax(1)
+
+
 def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(logits / T) per row, in float64."""
-    return softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+    """``tempered_softmax`` of N×C numpy logits, in float64."""
+    return tempered_softmax(torch.from_numpy(np.asarray(logits, np.float64)), temperature).numpy()
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -9,6 +9,7 @@ file intact. Loading uses ``weights_only=True``: a checkpoint cannot run code.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -153,9 +154,26 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return state
 
 
-def temperature_of(state: dict) -> float:
-    """The softmax temperature a checkpoint deploys with (``fer_core.calibration``): 1 unless one was fitted."""
-    return float(state.get("temperature", 1.0))
+def temperature_of(state: dict, source) -> float:
+    """The softmax temperature a checkpoint deploys with (``fer_core.calibration``): 1 unless one was fitted.
+
+    The one reader of the rule: evaluate, predict and export all take the temperature from here.
+
+    Args:
+        state: the checkpoint dict.
+        source: the checkpoint path, named in the message.
+
+    Raises:
+        CheckpointError: the temperature is not a finite positive number (NaN gives NaN probabilities, a
+            negative one inverts the ranking).
+    """
+    t = float(state.get("temperature", 1.0))
+    if not (math.isfinite(t) and t > 0):
+        raise CheckpointError(
+            f"{source}: its softmax temperature is {t}, not a finite positive number; refit it (the sweep's "
+            "report does) or reset it with fer_core.checkpoint.store_temperature(path, 1.0)"
+        )
+    return t
 
 
 def store_temperature(path: str | os.PathLike, temperature: float) -> None:

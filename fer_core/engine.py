@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .calibration import tempered_softmax
 from .errors import DivergedError
 from .metrics import confusion_matrix, summarize
 from .preprocess import Preprocess
@@ -215,11 +216,11 @@ def view_probs(
     probabilities: the mean of both views' softmaxes, tempered as a whole (p^(1/T), renormalised), as the
     ensemble's pool is. Tempering the mean rather than each view keeps its argmax, so no accuracy figure, plain
     or TTA, depends on T; at T = 1 both are exactly the untempered ones."""
-    probs = (logits / temperature).softmax(1)
+    probs = tempered_softmax(logits, temperature)
     if flipped is None:
         return probs, None
     mean = (logits.softmax(1) + flipped.softmax(1)) / 2
-    return probs, mean if temperature == 1.0 else (mean.clamp_min(1e-12).log() / temperature).softmax(1)
+    return probs, mean if temperature == 1.0 else tempered_softmax(mean.clamp_min(1e-12).log(), temperature)
 
 
 def probs_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str], prefix: str) -> dict:

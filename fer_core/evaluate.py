@@ -103,7 +103,7 @@ def evaluate_checkpoint(
         prefix=f"{split}_",
         return_probs=return_probs,
         tta_flip=tta_flip,
-        temperature=temperature_of(state),
+        temperature=temperature_of(state, path),
     )
     out.update({"checkpoint": str(path), "split": split, "epoch": int(state["epoch"])})
     return out

@@ -1,9 +1,9 @@
 """Where a command may write: the one rule every output path of every fer_core command is checked against.
 
 An output never replaces the command's own input and never lands inside a dataset (a folder with train/
-and val/ holding class folders); it replaces a checkpoint or a run's files only when told to
-(``--overwrite``). ``check_output`` applies the rule to one path, ``check_output_folder`` to a folder a
-command fills, ``check_out_folder`` to a training run's folder. Commands call them before any work, so a refusal costs nothing and writes nothing;
+and val/ holding class folders); it replaces a checkpoint, a run's files or a file of a sweep's report
+folder only when told to (``--overwrite``). ``check_output`` applies the rule to one path,
+``check_output_folder`` to a folder a command fills, ``check_out_folder`` to a training run's folder. Commands call them before any work, so a refusal costs nothing and writes nothing;
 ``docs/guarantees.md`` ("Finished work is never overwritten") states the rule for users.
 """
 
@@ -21,6 +21,8 @@ from .errors import FerError
 RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "epochs.jsonl", "best_val_metrics.json")
 # Every file ``train()`` writes in a run folder: no other command may replace one without --overwrite.
 RUN_RECORDS = (*RUN_FILES, "config.yaml", "audit.json")
+# What marks a sweep's finished report folder (``sweeps.report`` writes both): its files are finished work too.
+REPORT_MARKS = ("report.md", "best.pt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 PathLike = str | os.PathLike
@@ -143,6 +145,11 @@ def check_output(
     if run is not None:
         raise FerError(
             f"{what} {path}: is a file of the run in {run}; give another {what}, or pass --overwrite to replace it"
+        )
+    if all((path.parent / name).is_file() for name in REPORT_MARKS):
+        raise FerError(
+            f"{what} {path}: is a file of the sweep report in {path.parent}; give another {what}, or pass "
+            "--overwrite to replace it"
         )
     return path
 

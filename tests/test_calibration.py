@@ -57,3 +57,17 @@ def test_ece_nll_and_the_bins_of_a_hand_checked_example():
     assert r["confidence"][[8, 10, 13]] == pytest.approx([0.6, 0.7, 0.9])
     assert np.isnan(r["accuracy"][0])
     assert nll(probs, labels) == pytest.approx(-np.log([0.9, 0.05, 0.6, 0.6, 0.1]).mean())
+
+
+def test_one_tempered_softmax_serves_numpy_torch_and_flip_tta():
+    import torch
+
+    from fer_core.calibration import tempered_softmax
+    from fer_core.engine import view_probs
+
+    z = np.random.default_rng(0).normal(0, 2, (5, 7))
+    expected = np.exp(z / 0.7) / np.exp(z / 0.7).sum(1, keepdims=True)
+    assert np.allclose(probabilities(z, 0.7), expected)
+    assert np.allclose(tempered_softmax(torch.from_numpy(z), 0.7).numpy(), expected)
+    probs, tta = view_probs(torch.from_numpy(z), torch.from_numpy(z), 0.7)
+    assert np.allclose(probs.numpy(), expected) and np.allclose(tta.numpy(), expected)

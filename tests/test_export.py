@@ -122,3 +122,55 @@ def test_export_rejects_a_non_checkpoint(tmp_path, capsys):
     assert "not a readable checkpoint" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         export_onnx(tmp_path / "m.onnx", tmp_path / "y.onnx")
+
+
+def test_a_bad_temperature_is_refused_by_every_loader(checkpoint, demo_root, tmp_path, capsys):
+    """NaN gives NaN probabilities and T <= 0 inverts or breaks the ranking: export, the Predictor and evaluate
+    all refuse such a checkpoint in one line, through the checkpoint's one temperature reader."""
+    state = torch.load(checkpoint, weights_only=True)
+    for i, t in enumerate((float("nan"), float("inf"), 0.0, -0.5)):
+        bad = save_checkpoint(dict(state, temperature=t), tmp_path / f"t{i}.pt")
+        assert main([str(bad), "--onnx", str(tmp_path / f"t{i}.onnx")]) == 2, t
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(bad) in err and "temperature" in err, err
+        assert not (tmp_path / f"t{i}.onnx").exists()
+        with pytest.raises(CheckpointError, match="temperature"):
+            Predictor.from_checkpoint(bad, device="cpu")
+        with pytest.raises(CheckpointError, match="temperature"):
+            evaluate_checkpoint(bad, str(demo_root), "val", runtime=resolve_runtime("cpu"))
+
+
+def test_an_opset_outside_the_exporters_range_is_one_line(checkpoint, tmp_path, capsys):
+    for opset in ("99", "16"):
+        assert main([str(checkpoint), "--onnx", str(tmp_path / "m.onnx"), "--opset", opset]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--opset = {opset}" in err and "17 to 20" in err, err
+
+
+def test_export_of_other_classes_names_them(checkpoint, tmp_path, capsys):
+    other = ["a0", "b1", "c2", "d3", "e4", "f5", "g6"]
+    path = save_checkpoint(
+        dict(torch.load(checkpoint, weights_only=True), class_names=other), tmp_path / "o.pt"
+    )
+    assert main([str(path), "--onnx", str(tmp_path / "o.onnx")]) == 0
+    said = capsys.readouterr()
+    assert "a0, b1, c2, d3, e4, f5, g6" in said.out + said.err and "not the seven" in said.out + said.err
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "o.onnx")).metadata_props}
+    assert json.loads(meta["class_names"]) == other and "a0, b1" in meta["input_contract"]
+
+
+def test_evaluate_refuses_to_replace_a_reports_metrics(checkpoint, demo_root, tmp_path, capsys):
+    from fer_core.evaluate import main as evaluate_main
+
+    report = tmp_path / "report"
+    report.mkdir()
+    save_checkpoint(torch.load(checkpoint, weights_only=True), report / "best.pt")
+    (report / "metrics.json").write_text('{"test_accuracy": 0.7}')
+    (report / "report.md").write_text("# report\n")
+    args = [str(report / "best.pt"), "--data", str(demo_root), "--out", str(report / "metrics.json")]
+    assert evaluate_main([*args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.json" in err and "--overwrite" in err, err
+    assert (report / "metrics.json").read_text() == '{"test_accuracy": 0.7}'
+    assert evaluate_main([*args, "--device", "cpu", "--overwrite"]) == 0
+    assert "val_accuracy" in json.loads((report / "metrics.json").read_text())

@@ -157,3 +157,30 @@ def test_sigterm_leaves_complete_lines(packed, tmp_path):
     lines = read_lines(out)
     assert lines[0]["name"] == "env" and any("images_per_s" in ln for ln in lines)
     assert lines[-1] == {"name": "stopped", "device": lines[0]["device"], "reason": "SIGTERM"}
+
+
+def test_bad_data_or_out_is_one_line_and_exit_2(demo_root, packed, tmp_path, capsys):
+    from fer_core.tools.gpu_check import main
+
+    (tmp_path / "notes.txt").write_text("not packed data\n")
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    (tmp_path / "taken").write_text("a file where the results folder should go\n")
+    cases = {
+        "notes.txt: not a packed data file": ["--data", str(tmp_path / "notes.txt")],
+        "missing.npz: packed data not found": ["--data", str(tmp_path / "missing.npz")],
+        "plain.npy: not a packed data file": ["--data", str(tmp_path / "plain.npy")],
+        f"{demo_root}: is a folder": ["--data", str(demo_root)],
+        "taken: --out is a file": ["--data", str(packed)],
+    }
+    for expected, data in cases.items():
+        out = tmp_path / ("taken" if "taken" in expected else "out")
+        with pytest.raises(SystemExit) as stop:
+            main(["--device", "cpu", "--budget", "5", "--out", str(out), *data])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, (expected, err)
+        assert expected in err, err
+        assert not (tmp_path / "out").exists()  # refused before anything is written
+    with pytest.raises(SystemExit) as stop:
+        main(["pack", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.npz")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "nowhere" in err, err

@@ -358,3 +358,40 @@ def test_explain_maps_each_face_over_the_crop_the_model_saw(predictor, checkpoin
     ]
     coloured = [((p.max(-1) - p.min(-1)) > 80).sum() for p in pngs]
     assert coloured[1] - coloured[0] > 0.02 * pngs[1][..., 0].size, coloured
+
+
+def test_no_plots_writes_the_table_and_csv_only(checkpoint, predictor, demo_root, tmp_path, capsys):
+    from sweeps.predict import main
+
+    crops = sorted((demo_root / "val" / "happy").iterdir())[:3]
+    out = tmp_path / "o"
+    args = [str(checkpoint), *map(str, crops), "--out", str(out), "--no-face-detect", "--device", "cpu"]
+    assert main([*args, "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    assert all(c.name in text for c in crops) and "3 of 3 input(s) predicted" in text and "PNG" not in text
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv"]
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    expected = predictor.predict([str(c) for c in crops])
+    got = np.array([[float(r[c]) for c in CLASS_NAMES] for r in rows])
+    assert np.abs(got - expected).max() < 1e-4
+    assert main([*args, "--no-plots", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["contact_sheet"] is None and all(im["png"] is None for im in doc["images"])
+    assert main([*args, "--no-plots", "--explain"]) == 2
+    assert "--explain" in capsys.readouterr().err
+
+
+def test_predict_files_classifies_a_batch_per_forward(predictor, demo_root):
+    """Files are read a batch at a time: 40 crops with batch size 32 take 2 full forward passes, not one per
+    few files."""
+    crops = sorted(p for p in (demo_root / "train").rglob("*") if p.is_file())[:40]
+    calls = []
+    hook = predictor.model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    try:
+        predictor.batch_size = 32
+        results = list(predictor.predict_files(crops, detect=False))
+    finally:
+        hook.remove()
+        predictor.batch_size = 64
+    assert len(results) == 40 and calls == [32, 8]

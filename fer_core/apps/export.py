@@ -10,8 +10,10 @@ The exported model takes what a deployment has at hand, decoded uint8 pixels, an
 - inside: ``fer_core.preprocess.Preprocess.normalize`` itself, traced: uint8 -> float, the gray channel
   repeated to 3, then either each image standardised by its own mean and std (``per_image``, the default)
   or ``(x - 255*mean) / (255*std)`` per channel with the weights' mean/std.
-- output ``probabilities``: float32 N×7, softmax of the logits divided by the checkpoint's temperature (1
-  unless the sweep's report fitted one: ``fer_core.calibration``), over the classes in ``class_names`` order.
+- output ``probabilities``: float32 N×C, softmax of the logits divided by the checkpoint's temperature (1
+  unless the sweep's report fitted one: ``fer_core.calibration.tempered_softmax``), over the checkpoint's own
+  classes in ``class_names`` order: the seven FER2013 expressions, or whatever classes it was trained on (the
+  command says so when they differ).
 
 The class names and this contract are stored in the ONNX file's ``metadata_props`` (keys ``class_names``,
 ``preprocess``, ``temperature``, ``input_contract``, ``source_checkpoint``, ``fer_core_version``).
@@ -31,13 +33,18 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
+from ..data import CLASS_NAMES
 from ..errors import FerError
 from ..outputs import check_output
 from ..preprocess import Preprocess
 from ..runtime import resolve_runtime
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+# The opsets torch's TorchScript exporter writes (its own constant, read where torch has it): 17 is the
+# oldest with the LayerNorm and resize ops timm's models need.
+OPSETS = range(17, getattr(torch.onnx._constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20) + 1)
 
 
 class PreprocessedModel(nn.Module):
@@ -55,7 +62,7 @@ class PreprocessedModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # The very function training and evaluation use, traced into the graph: they cannot drift apart.
-        return (self.model(self.preprocess.normalize(images)) / self.temperature).softmax(1)
+        return tempered_softmax(self.model(self.preprocess.normalize(images)), self.temperature)
 
 
 def input_contract(pre: Preprocess, class_names: list[str], temperature: float = 1.0) -> str:
@@ -91,7 +98,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     Args:
         checkpoint: a fer_core checkpoint.
         out: the .onnx file to write (its folder is created).
-        opset: ONNX opset (17 or newer).
+        opset: ONNX opset, in ``OPSETS``.
 
     Returns:
         The ONNX path.
@@ -102,7 +109,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     """
     onnx = _need("onnx")
     model, pre, classes, state = load_model(checkpoint, resolve_runtime("cpu", channels_last="off"))
-    temperature = temperature_of(state)
+    temperature = temperature_of(state, checkpoint)
     wrapped = PreprocessedModel(model, pre, temperature).eval()
     shape = (2, pre.img_size, pre.img_size) + (() if pre.grayscale else (3,))
     out = Path(out)
@@ -137,6 +144,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
     return out
+
+
+def onnx_class_names(path: str | Path) -> list[str]:
+    """The class names an exported file's metadata stores, in the order of its probabilities."""
+    meta = {p.key: p.value for p in _need("onnx").load(str(path)).metadata_props}
+    return json.loads(meta.get("class_names", "[]"))
 
 
 def _images_per_s(run, batch: np.ndarray, min_seconds: float = 2.0, min_reps: int = 3) -> float:
@@ -215,7 +228,7 @@ def check_onnx(
     ort = _need("onnxruntime")
     runtime = resolve_runtime("cpu", channels_last="off")
     model, pre, classes, state = load_model(checkpoint, runtime)
-    temperature = temperature_of(state)
+    temperature = temperature_of(state, checkpoint)
     wrapped = PreprocessedModel(model, pre, temperature).eval()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = runtime.threads  # the same cores PyTorch uses, so the figures compare
@@ -239,7 +252,7 @@ def check_onnx(
     p_ort, p_torch = run_ort(batch), run_torch(batch)
     # The eager Preprocess path (as in training/evaluation) must give the same numbers as the wrapper.
     with torch.inference_mode():
-        p_eager = (model(pre(torch.from_numpy(batch))) / temperature).softmax(1).numpy()
+        p_eager = tempered_softmax(model(pre(torch.from_numpy(batch))), temperature).numpy()
     _check_finite_outputs(onnx_path, p_ort, p_torch, p_eager)
     out = {
         "max_abs_diff": float(np.abs(p_ort - p_torch).max()),
@@ -262,8 +275,10 @@ def check_onnx(
 
 def _check_arguments(args, out: Path) -> None:
     """One-line errors for arguments that would otherwise fail deep inside torch or onnxruntime."""
-    if args.opset < 17:
-        raise FerError(f"--opset = {args.opset}; it must be 17 or newer")
+    if args.opset not in OPSETS:
+        raise FerError(
+            f"--opset = {args.opset}; this torch exports opsets {OPSETS[0]} to {OPSETS[-1]}: pass one of them"
+        )
     if args.batch_size < 1:
         raise FerError(f"--batch-size = {args.batch_size}; the --check timing batch must be at least 1")
     if out.is_dir() or (args.onnx or "").endswith(("/", "\\")):
@@ -282,7 +297,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("checkpoint", help="best.pt / last.pt written by fer_core")
     p.add_argument("--onnx", help="ONNX file to write (default: the checkpoint's path with .onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default 17)")
+    p.add_argument(
+        "--opset", type=int, default=17, help=f"ONNX opset, {OPSETS[0]} to {OPSETS[-1]} (default 17)"
+    )
     p.add_argument(
         "--check",
         action="store_true",
@@ -296,6 +313,12 @@ def main(argv=None) -> int:
         _check_arguments(args, out)
         export_onnx(args.checkpoint, out, args.opset)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        classes = onnx_class_names(out)
+        if tuple(classes) != CLASS_NAMES:
+            print(
+                f"note: {args.checkpoint} is trained on classes {', '.join(classes)}, not the seven FER2013 "
+                "expressions; the model's probabilities are in that order (metadata 'class_names')"
+            )
         if args.check:
             r = check_onnx(out, args.checkpoint, bench_batch=args.batch_size)
             print(

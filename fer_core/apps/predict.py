@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
 from ..data import CLASS_NAMES, decode_image, to_model_array
 from ..errors import CheckpointError, DataError
@@ -192,7 +193,7 @@ class Predictor:
                 f"{path}: trained on classes {', '.join(classes)}, not the seven expressions "
                 f"({', '.join(CLASS_NAMES)}); pass a checkpoint trained on those"
             )
-        return cls(model, pre, classes, runtime, batch_size, str(path), temperature_of(state))
+        return cls(model, pre, classes, runtime, batch_size, str(path), temperature_of(state, path))
 
     @property
     def detector(self) -> FaceDetector:
@@ -232,7 +233,7 @@ class Predictor:
                 )
                 with self.runtime.autocast():
                     logits = self.model(x).float()
-                out.append((logits / self.temperature).softmax(1).cpu().numpy())
+                out.append(tempered_softmax(logits, self.temperature).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
     def predict(self, images) -> np.ndarray:
@@ -302,25 +303,25 @@ class Predictor:
         paths: Iterable[str | os.PathLike],
         detect: bool = True,
         margin: float = 0.1,
-        chunk: int = 16,
+        chunk: int | None = None,
         min_confidence: float = 0.0,
         explain: bool = False,
     ) -> Iterator[ImageResult]:
         """Classify every face in every file; yields one ``ImageResult`` per path, in order.
 
-        Files are read ``chunk`` at a time and all their faces classified in shared batches. A file that
+        Files are read ``chunk`` at a time and all their faces classified in shared batches of ``batch_size``. A file that
         cannot be read yields a result whose ``error`` names it and the reason; the rest go on.
 
         Args:
             paths: image files.
             detect: find faces (False: each file is already a face crop).
             margin: fraction of a face box added on each side before cropping.
-            chunk: files held in memory at once.
+            chunk: files held in memory at once (default ``batch_size``: one full forward pass of crops).
             min_confidence: a face whose top probability is under this is marked ``uncertain``.
             explain: also give each face the class activation map of its top class (``fer_core.saliency``).
         """
-        paths = list(paths)
-        for start in range(0, len(paths), max(1, chunk)):
+        paths, chunk = list(paths), max(1, chunk or self.batch_size)
+        for start in range(0, len(paths), chunk):
             loaded = [self._load_file(p, detect, margin) for p in paths[start : start + chunk]]
             inputs = [x for _, xs in loaded for x in xs]
             probs = self.predict_batch(np.stack(inputs)) if inputs else np.zeros((0, len(self.class_names)))

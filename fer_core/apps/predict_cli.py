@@ -20,6 +20,7 @@ USAGE = """Predict expressions with a sweep's retrained winner (or any fer_core 
     python sweeps/predict.py runs/demo photo.jpg                    # a sweep run folder: its report/best.pt
     python sweeps/predict.py runs/demo/report/best.pt photos/ --out preds
     python sweeps/predict.py best.pt "shots/**/*.png" --no-face-detect --json
+    python sweeps/predict.py best.pt crops/ --no-face-detect --no-plots   # many crops: the table only
 
 INPUT is an image file, a folder (searched recursively) or a glob pattern (quote it). Faces are found in
 each image (OpenCV Haar cascade), cropped with a margin and classified; an image with no face found is
@@ -27,7 +28,8 @@ classified whole, and the output says so. Use --no-face-detect when the inputs a
 
 Output: a table on stdout (or JSON with --json), OUT/predictions.csv (one row per face), one PNG per
 image (the image with its face boxes beside the probability bars; --explain adds each face's map of
-where the model found its top expression) and, for several images, OUT/contact_sheet.png. With
+where the model found its top expression) and, for several images, OUT/contact_sheet.png; --no-plots
+skips the PNGs and the contact sheet (drawing them is most of the time on many small images). With
 --min-confidence P, a face whose top probability is under P is labelled "uncertain" instead of a class (its
 probabilities are still written). Files that cannot be read are listed at the end; the rest are predicted.
 Exit status: 0 all inputs predicted, 1 some failed, 2 usage error (bad checkpoint, nothing to predict).
@@ -120,6 +122,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="draw over each face in its PNG where the model found its top expression (Grad-CAM)",
     )
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="write the table (or JSON) and predictions.csv only: no PNGs, no contact sheet",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass (default 64)")
     p.add_argument(
@@ -141,6 +148,10 @@ def main(argv=None) -> int:
         if args.batch_size < 1:
             raise FerError(
                 f"--batch-size = {args.batch_size}; give the number of faces per forward pass, at least 1"
+            )
+        if args.explain and args.no_plots:
+            raise FerError(
+                "--explain draws its maps in the PNGs, which --no-plots leaves out: drop one of them"
             )
         if not 0.0 <= args.min_confidence < 1.0:
             raise FerError(
@@ -192,7 +203,7 @@ def main(argv=None) -> int:
         ),
     ):
         png = None
-        if r.ok:
+        if r.ok and not args.no_plots:
             png = out / _png_name(rel, used)
             plot_prediction(r, png, classes)
             r.image = None  # the PNG is written; keep only the thumbnail for the contact sheet
@@ -236,7 +247,11 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    sheet = plot_contact_sheet(results, out / "contact_sheet.png", classes) if len(results) > 1 else None
+    sheet = (
+        plot_contact_sheet(results, out / "contact_sheet.png", classes)
+        if len(results) > 1 and not args.no_plots
+        else None
+    )
 
     failed = [(raw, why) for raw, why in problems] + [(r.path, r.error) for r in results if not r.ok]
     total = len(files) + len(problems)
@@ -256,8 +271,9 @@ def main(argv=None) -> int:
         )
         print()
     else:
+        written = "predictions.csv" if args.no_plots else "PNGs, predictions.csv"
         print(
-            f"{total - len(failed)} of {total} input(s) predicted, {n_faces} face(s) found; PNGs, predictions.csv"
+            f"{total - len(failed)} of {total} input(s) predicted, {n_faces} face(s) found; {written}"
             f"{' and contact_sheet.png' if sheet else ''} in {out}"
         )
     if failed:

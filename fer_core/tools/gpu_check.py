@@ -34,6 +34,7 @@ one that runs past twice its estimate or the budget's end. SIGTERM ends the run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import importlib.util
@@ -50,6 +51,8 @@ from pathlib import Path
 import timm
 import torch
 
+from ..errors import FerError
+from ..outputs import check_output_folder
 from ..timing import time_ready_step
 from ..trainer import Trainer
 from .gpu_pack import DEFAULT_PACK, load_packed, pack
@@ -149,7 +152,6 @@ class Check:
         )
         self.plan = PLANS[self.device.type]
         self.name = device_name(self.device)
-        out.mkdir(parents=True, exist_ok=True)
         self.out, self.results = out, out / "results.jsonl"
         self.setups: list[float] = []  # build and warm-up seconds of each ready-step measurement
         self.starts: list[float] = []  # start-up seconds of a sharing process (per wave: see _waves)
@@ -317,6 +319,19 @@ class Check:
                     torch.compiler.reset()  # each compilation starts from nothing, as a trial's would
 
 
+@contextlib.contextmanager
+def _one_line_errors():
+    """Bad input (data, --out) ends the command with ``error: ...`` and exit status 2, not a traceback."""
+    try:
+        yield
+    except FerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # the results folder cannot be made (permissions, a full disk, ...)
+        print(f"error: {e.filename}: {e.strerror or e}; pass another --out", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["pack"]:
@@ -324,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--data", default=str(CHECKOUT.parent / "shared" / "data" / "fer2013"))
         ap.add_argument("--out", default=str(CHECKOUT / DEFAULT_PACK))
         a = ap.parse_args(argv[1:])
-        print(json.dumps(pack(a.data, a.out)))
+        with _one_line_errors():
+            print(json.dumps(pack(a.data, a.out)))
         return
     if argv[:1] == ["worker"]:  # one of the share stage's processes
         worker(argv[1:])
@@ -349,8 +365,11 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--stages {a.stages}: each must be one of {', '.join(STAGES)}")
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)
-    check = Check(data=Path(a.data), out=Path(a.out), device=a.device, budget=a.budget)
-    train, val = check.splits(48)
+    with _one_line_errors():
+        check_output_folder(a.out, holds="results.jsonl and the workers' logs")
+        check = Check(data=Path(a.data), out=Path(a.out), device=a.device, budget=a.budget)
+        train, val = check.splits(48)  # the data is read before anything is written
+        check.out.mkdir(parents=True, exist_ok=True)
     versions = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__}
     check.write(
         {

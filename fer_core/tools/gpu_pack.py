@@ -111,20 +111,28 @@ def load_packed(path: str | os.PathLike, img_size: int = PACK_SIZE) -> tuple[Spl
     for accuracy, not for the speed this data serves to measure.
 
     Raises:
-        DataError: the file is missing or not a packed file of this format.
+        DataError: the file is missing, a folder, or not a packed file of this format.
     """
     path = Path(path)
+    make = "make it with python -m fer_core.tools.gpu_check pack --data DATASET --out FILE.npz"
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, and the check reads one packed .npz file; {make}")
     if not path.is_file():
-        raise DataError(
-            f"{path}: packed data not found; make it with python -m fer_core.tools.gpu_check pack --data DIR"
-        )
+        raise DataError(f"{path}: packed data not found; {make}")
+    not_packed = f"{path}: not a packed data file (not a numpy .npz archive); {make}"
     try:
-        with np.load(path) as z:
+        z = np.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile):  # numpy's message advises allow_pickle: no help here
+        raise DataError(not_packed) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file: one array
+        raise DataError(not_packed)
+    try:
+        with z:
             meta = json.loads(str(z["meta"]))
             classes = tuple(str(c) for c in z["classes"])
             arrays = {k: z[k] for k in ("train_sub", "train_labels", "val_sub", "val_labels")}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: not a packed data file ({e}); make it again with gpu_check pack") from None
+    except (KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a packed data file ({e}); {make}") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: packed data format {meta.get('format')}, expected {FORMAT}; pack it again")
     splits = []
