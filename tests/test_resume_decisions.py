@@ -4,6 +4,8 @@ ignores them), writes nothing while deciding, and keeps the phase clock running 
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from sweeps.plan.budget import Counts, Estimate, TimeBudget
 from sweeps.state.record import read_winner, resume_settings, write_record, write_winner
 from sweeps.state.signing import verify_experiment
 from sweeps.tune.progress import Phases
+
+from . import kill_resume_check
+from .conftest import REPO
 
 BUDGETED = {"time_budget": "30m", "num_samples": 6, "retrain_epochs": 4, "scheduler.max_epochs": 3}
 
@@ -79,3 +84,37 @@ def test_phase_times_are_recorded_while_a_phase_runs_without_any_callback():
     count = len(saved)
     time.sleep(0.15)
     assert len(saved) == count  # the thread ends with the phase
+
+
+@pytest.mark.slow
+def test_a_budgeted_sweep_killed_in_its_search_resumes_to_the_plan_it_recorded(tmp_path):
+    """Killed during the search: a resumed dry run (with a key) writes nothing, and the resumed run reports
+    the budget and plan recorded at the start, the winner and retrain length recorded with the winner, the
+    retrain's trained epochs; its phase record grows from the killed run's."""
+    seen = {}
+
+    def dry_run(exp, resume):
+        before = _hashes(exp)
+        r = subprocess.run(
+            [*resume, "--dry-run", "retrain_epochs=3"], cwd=REPO, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert _hashes(exp) == before
+        seen["phases"] = json.loads((exp / "fer_phases.json").read_text())
+
+    got, before, rc = kill_resume_check.run(tmp_path, "k", "search", between=dry_run)
+    assert rc == 0
+    exp = tmp_path / "k"
+    winner, plan = (json.loads((exp / name).read_text()) for name in ("fer_winner.json", "fer_plan.json"))
+    assert (
+        got["winner"] == winner["members"][0]["trial_id"]
+        and got["retrain_epochs"] == winner["retrain_epochs"]
+    )
+    assert got["budget"] == TimeBudget.from_record(winner["budget"]).to_dict()
+    assert got["plan"] == {k: plan["budget"][k] for k in ("num_samples", "max_epochs")} | {
+        "retrain_epochs_planned": plan["budget"]["retrain_epochs"]
+    }
+    assert "time budget 30m00s" in (exp / "report" / "report.md").read_text()
+    after = json.loads((exp / "fer_phases.json").read_text())
+    assert seen["phases"] == before and sum(after.values()) > sum(before.values())
+    assert all(after[k] >= v for k, v in before.items()) and {"search", "retrain", "report"} <= after.keys()
