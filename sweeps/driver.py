@@ -42,7 +42,7 @@ from sweeps.state.storage import (
     upload_report,
 )
 from sweeps.tune.progress import EpochProgress, Phases
-from sweeps.tune.runs import run_retrain, run_search
+from sweeps.tune.runs import restorable, run_retrain, run_search
 from sweeps.tune.tracking import check_tracking, log_report, tracking_callbacks, tracking_uri
 
 
@@ -76,7 +76,7 @@ def check_experiment(exp: str, resume: bool) -> None:
         )
     if resume:
         verify_experiment(exp)
-        if tune.Tuner.can_restore(f"{exp}/retrain"):
+        if restorable(f"{exp}/retrain"):
             verify_experiment(f"{exp}/retrain")
 
 
@@ -85,7 +85,7 @@ def settings_for_resume(settings: SweepSettings, exp: str, args, bare: bool) -> 
     (``sweeps.state.record.resume_settings``), recorded unless a dry run; said in the log. Once the winner is
     recorded, the retrain runs the length recorded with it."""
     winner = read_winner(exp)
-    started = tune.Tuner.can_restore(f"{exp}/retrain") or winner is not None
+    started = restorable(f"{exp}/retrain") or winner is not None
     settings, applied = resume_settings(settings, exp, bare, started, from_file=args.config is not None)
     if applied and not args.dry_run:
         write_record(exp, settings)  # a later bare resume and the report see what this run applies
@@ -173,7 +173,7 @@ def work_left(exp: str, settings: SweepSettings) -> str:
     winner = read_winner(exp)
     if winner is None:
         lines.append("  the winner is not chosen yet: the retrain and the report are still to run")
-    elif tune.Tuner.can_restore(f"{exp}/retrain"):
+    elif restorable(f"{exp}/retrain"):
         finished = [
             t.last_result.get("training_iteration", 0)
             for t in tune.ExperimentAnalysis(f"{exp}/retrain").trials
