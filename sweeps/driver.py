@@ -90,7 +90,9 @@ def settings_for_resume(settings: SweepSettings, exp: str, args, bare: bool) -> 
     if applied and not args.dry_run:
         write_record(exp, settings)  # a later bare resume and the report see what this run applies
     if winner is not None:
-        settings = dataclasses.replace(settings, retrain_epochs=winner["retrain_epochs"])
+        settings = dataclasses.replace(
+            settings, retrain_epochs=winner.get("retrain_epochs", settings.retrain_epochs)
+        )
     if settings.time_budget:
         print(
             f"[sweeps] the experiment was sized for a time budget of {settings.time_budget} when it started; "
@@ -219,7 +221,7 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
     sweep_s = phases.end("search")
     recorded = read_winner(exp) if args.resume else None
     if recorded is not None:  # the first run's deadline is not restored: its verdict is in the record
-        stopped_by_time = frozenset(recorded["stopped_by_time"])
+        stopped_by_time = frozenset(recorded.get("stopped_by_time", ()))
     trials = collect_trials(results, settings, stopped_by_time)
     measured = dict(results=results, sweep_s=sweep_s, t0=phases.t0, stopped_by_time=stopped_by_time)
     members, settings, budget, retrain_limit_s = choose_winner(

@@ -41,11 +41,12 @@ def _ready(instant: str, exp: Path, log: Path) -> bool:
 
 def _summary(exp: Path) -> dict:
     metrics = json.loads((exp / "report" / "metrics.json").read_text())
+    names = sorted(metrics["params"])  # Ray names trials at random: a trial is known by its parameters
     with open(exp / "report" / "trials.csv") as f:
-        statuses = {row["trial_id"]: row["status"] for row in csv.DictReader(f)}
+        statuses = sorted((*(row[n] for n in names), row["status"]) for row in csv.DictReader(f))
     budget = metrics["timing"].get("budget") or {}
     return {
-        "winner": metrics["best_trial"],
+        "winner": metrics["params"],
         "retrain_epochs": metrics["retrain_epochs"],
         "statuses": statuses,
         "plan": {k: budget.get(k) for k in PLAN_KEYS},

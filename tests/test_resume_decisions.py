@@ -107,8 +107,7 @@ def test_a_budgeted_sweep_killed_in_its_search_resumes_to_the_plan_it_recorded(t
     exp = tmp_path / "k"
     winner, plan = (json.loads((exp / name).read_text()) for name in ("fer_winner.json", "fer_plan.json"))
     assert (
-        got["winner"] == winner["members"][0]["trial_id"]
-        and got["retrain_epochs"] == winner["retrain_epochs"]
+        got["winner"] == winner["members"][0]["params"] and got["retrain_epochs"] == winner["retrain_epochs"]
     )
     assert got["budget"] == TimeBudget.from_record(winner["budget"]).to_dict()
     assert got["plan"] == {k: plan["budget"][k] for k in ("num_samples", "max_epochs")} | {
