@@ -15,14 +15,14 @@ from fer_core.apps.demo import ensure_demo_dataset
 from fer_core.data import scan_split
 from fer_core.errors import FerError
 from fer_core.train import run_audit
-from sweeps.config.settings import SweepSettings, source_of
+from sweeps.config.settings import SweepSettings
 from sweeps.plan.budget import budget_verdict, expected_epochs
+from sweeps.plan.decisions import choose_winner, plan_sweep
 from sweeps.plan.dry_run import print_dry_run
-from sweeps.plan.probe import fit_budget, resize_retrain
-from sweeps.plan.resources import announce, cluster_config_path, cluster_nodes, place_trials
+from sweeps.plan.resources import announce
 from sweeps.report.folder import write_report
 from sweeps.report.markdown import print_summary
-from sweeps.report.trials import collect_trials, top_trials
+from sweeps.report.trials import collect_trials
 from sweeps.state.lock import Lease
 from sweeps.state.record import (
     check_data,
@@ -31,7 +31,6 @@ from sweeps.state.record import (
     resume_settings,
     write_phases,
     write_record,
-    write_winner,
 )
 from sweeps.state.signing import verify_experiment
 from sweeps.state.storage import (
@@ -43,7 +42,7 @@ from sweeps.state.storage import (
     upload_report,
 )
 from sweeps.tune.progress import EpochProgress, Phases
-from sweeps.tune.runs import run_retrain, run_search
+from sweeps.tune.runs import restorable, run_retrain, run_search
 from sweeps.tune.tracking import check_tracking, log_report, tracking_callbacks, tracking_uri
 
 
@@ -77,15 +76,23 @@ def check_experiment(exp: str, resume: bool) -> None:
         )
     if resume:
         verify_experiment(exp)
-        if tune.Tuner.can_restore(f"{exp}/retrain"):
+        if restorable(f"{exp}/retrain"):
             verify_experiment(f"{exp}/retrain")
 
 
-def settings_for_resume(settings: SweepSettings, exp: str, bare: bool) -> SweepSettings:
+def settings_for_resume(settings: SweepSettings, exp: str, args, bare: bool) -> SweepSettings:
     """On ``--resume``: the recorded settings, or these with only the changes a resume can honour
-    (``sweeps.state.record.resume_settings``); said in the log."""
-    started = tune.Tuner.can_restore(f"{exp}/retrain") or read_winner(exp) is not None  # the winner is chosen
-    settings, applied = resume_settings(settings, exp, bare, started)
+    (``sweeps.state.record.resume_settings``), recorded unless a dry run; said in the log. Once the winner is
+    recorded, the retrain runs the length recorded with it."""
+    winner = read_winner(exp)
+    started = restorable(f"{exp}/retrain") or winner is not None
+    settings, applied = resume_settings(settings, exp, bare, started, from_file=args.config is not None)
+    if applied and not args.dry_run:
+        write_record(exp, settings)  # a later bare resume and the report see what this run applies
+    if winner is not None:
+        settings = dataclasses.replace(
+            settings, retrain_epochs=winner.get("retrain_epochs", settings.retrain_epochs)
+        )
     if settings.time_budget:
         print(
             f"[sweeps] the experiment was sized for a time budget of {settings.time_budget} when it started; "
@@ -131,7 +138,7 @@ def drive(args, settings: SweepSettings, t0: float, bare: bool) -> int:
 def _drive(args, settings: SweepSettings, t0: float, bare: bool, exp: str) -> int:
     check_experiment(exp, args.resume)
     if args.resume:
-        settings = settings_for_resume(settings, exp, bare)
+        settings = settings_for_resume(settings, exp, args, bare)
     if "://" in settings.storage:
         check_writable(str(report_folder(settings).parent), "the report's local copy")
     check_tracking(settings)
@@ -168,75 +175,64 @@ def work_left(exp: str, settings: SweepSettings) -> str:
     winner = read_winner(exp)
     if winner is None:
         lines.append("  the winner is not chosen yet: the retrain and the report are still to run")
-    elif tune.Tuner.can_restore(f"{exp}/retrain"):
+    elif restorable(f"{exp}/retrain"):
         finished = [
             t.last_result.get("training_iteration", 0)
             for t in tune.ExperimentAnalysis(f"{exp}/retrain").trials
         ]
         lines.append(
-            f"  winner {winner[0]['trial_id']}: the retrain has run {sum(finished)} of "
-            f"{len(winner) * settings.retrain_epochs} epochs; then the report"
+            f"  winner {winner['members'][0]['trial_id']}: the retrain has run {sum(finished)} of "
+            f"{len(winner['members']) * settings.retrain_epochs} epochs; then the report"
         )
     else:
-        lines.append(f"  winner {winner[0]['trial_id']}: the retrain is still to run, then the report")
+        lines.append(
+            f"  winner {winner['members'][0]['trial_id']}: the retrain is still to run, then the report"
+        )
     return "\n".join(lines)
 
 
 def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, phases: Phases) -> int:
-    """Plan, search, retrain and report, on a running Ray; returns the exit status."""
-    # Planned once, before anything is submitted: a request no node can ever hold fails here in one line.
-    cluster_config = cluster_config_path(args.address, args.cluster_config)
-    nodes = cluster_nodes(cluster_config)
-    placement = place_trials(settings, nodes)
-    budget = None
-    if args.dry_run or (settings.time_budget and not args.resume):
-        source = source_of(settings, "time_budget")
-        # A resume continues the plan its experiment recorded: it is timed, not sized again.
-        sized = dataclasses.replace(settings, time_budget="") if args.resume else settings
-        budget, sized, placement, est = fit_budget(
-            sized, data=data, placement=placement, nodes=nodes, t0=phases.t0, source=source
-        )
-        settings = settings if args.resume else sized
+    """Plan, search, retrain and report, on a running Ray; returns the exit status. The decisions are
+    ``sweeps.plan.decisions``'s: recorded when taken, read back by a resume."""
+    plan = plan_sweep(settings, data=data, args=args, exp=exp, t0=phases.t0)
+    settings, placement, budget = plan.settings, plan.placement, plan.budget
     if args.dry_run:
         if args.resume:
             print(work_left(exp, settings), flush=True)
         where = dict(data=data, findings=findings, placement=placement, exp=exp, t0=phases.t0)
-        print_dry_run(settings, est=est, budget=budget, **where)
+        print_dry_run(settings, est=plan.est, budget=budget, **where)
         return 0
     if not args.resume:  # signed, so that --resume alone continues these settings, on this data
         write_record(exp, settings)
         check_data(exp, data, record=True)
-    announce(placement, args.address, cluster_config)
-    phases.end("start-up" + (" and probe" if budget else ""))
-    search_s = budget.sweep_s if budget else None
-    deadline = time.time() + search_s if budget else None
-    progress = EpochProgress("search", expected_epochs(settings), deadline, phases)
-    results, stopped_by_time = run_search(
-        settings, data, placement, args.resume, search_s, [progress, *tracking_callbacks(settings, "sweep")]
-    )
+    announce(placement, args.address, plan.cluster_config)
+    phases.end("start-up" + (" and probe" if plan.est else ""))
+    deadline = time.time() + plan.search_s if plan.search_s else None
+    progress = EpochProgress("search", expected_epochs(settings), deadline)
+    with phases.ticking("search"):
+        results, stopped_by_time = run_search(
+            settings,
+            data,
+            placement,
+            args.resume,
+            plan.search_s,
+            [progress, *tracking_callbacks(settings, "sweep")],
+        )
     sweep_s = phases.end("search")
+    recorded = read_winner(exp) if args.resume else None
+    if recorded is not None:  # the first run's deadline is not restored: its verdict is in the record
+        stopped_by_time = frozenset(recorded.get("stopped_by_time", ()))
     trials = collect_trials(results, settings, stopped_by_time)
-    # Chosen once and recorded before the retrain starts: a resume retrains and reports the same trials.
-    members = read_winner(exp) if args.resume else None
-    if members is None:
-        members = top_trials(trials, settings, max(1, settings.ensemble_top_k))
-        if members:
-            write_winner(exp, members)
+    measured = dict(results=results, sweep_s=sweep_s, t0=phases.t0, stopped_by_time=stopped_by_time)
+    members, settings, budget, retrain_limit_s = choose_winner(
+        settings, trials=trials, recorded=recorded, plan=plan, data=data, exp=exp, **measured
+    )
     if not members:
         print(
             "error: every trial failed; see the errors listed above and in the trial folders", file=sys.stderr
         )
         print_summary(trials, settings, None, phases.line())
         return 1
-    retrain_limit_s = None
-    if budget:
-        measured = dict(results=results, members=members, placement=placement, sweep_s=sweep_s)
-        resized, budget, retrain_limit_s = resize_retrain(
-            settings, data=data, budget=budget, t0=phases.t0, **measured
-        )
-        if resized != settings:
-            settings = resized
-            write_record(exp, settings)  # the retrain has not started: a resume may still change it
     best = members[0]
     others = len(members) - 1
     ensemble = f", with the next {others} configuration(s) for the ensemble" if others else ""
@@ -245,18 +241,20 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
         f"retraining it anew (not continued from its trial) for {settings.retrain_epochs} epochs{ensemble}",
         flush=True,
     )
-    callbacks = [EpochProgress("retrain", len(members) * settings.retrain_epochs, phases=phases)]
+    callbacks = [EpochProgress("retrain", len(members) * settings.retrain_epochs)]
     callbacks += tracking_callbacks(settings, "retrain")
     params = [t["params"] for t in members]
-    finals = run_retrain(settings, data, params, placement, retrain_limit_s, callbacks)
+    with phases.ticking("retrain"):
+        finals = run_retrain(settings, data, params, placement, retrain_limit_s, callbacks)
     phases.end("retrain")
     if finals[0].error:
         print(f"error: the retrain of the winner failed: {finals[0].error}", file=sys.stderr)
         return 1
     out = report_folder(settings)
-    write_report(
-        settings, data, trials, members, finals, out=out, phases=phases, audit=findings, budget=budget
-    )
+    with phases.ticking("report"):
+        write_report(
+            settings, data, trials, members, finals, out=out, phases=phases, audit=findings, budget=budget
+        )
     run_id = log_report(settings, out, best, finals[0].metrics.get("trial_id", ""))
     if run_id:
         print(

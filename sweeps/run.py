@@ -3,7 +3,7 @@
     python sweeps/run.py                                     # demo data, sweeps/configs/default.yaml
     python sweeps/run.py --config sweeps/configs/fer2013.yaml --data /path/to/fer2013
     python sweeps/run.py --time-budget 30m ...               # size trials and retrain to finish in 30 minutes
-    python sweeps/run.py --dry-run ...                       # print the plan and its estimated time, train nothing
+    python sweeps/run.py --dry-run ...                       # print the plan and its estimated time, write nothing
     python sweeps/run.py --tracking mlflow ...               # also log trials and report to MLflow (./mlruns)
     python sweeps/run.py --resume --name NAME                # continue an interrupted sweep
     python sweeps/run.py --address auto ...                  # on a Ray cluster's head node
@@ -22,11 +22,10 @@ import time
 
 from fer_core.config import parse_overrides
 from fer_core.errors import FerError
-from sweeps.config.settings import TRACKERS, SweepSettings, load_settings
+from sweeps.config.settings import LOCATION, TRACKERS, SweepSettings, load_settings
 
-# Flags that are also YAML keys: those that say where the experiment is, and those that change what it is
-# (a --resume given any of the latter compares it with the record).
-LOCATION_FLAGS = ("storage", "name")
+# Flags that are also YAML keys and change what the experiment is (a --resume given any of them compares it
+# with the record); those that say where it is are ``LOCATION``.
 SETTING_FLAGS = ("data", "time_budget", "tracking", "tracking_uri")
 
 
@@ -54,7 +53,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="finish search, retrain and report within this wall time, e.g. 30m, 2h, 1h30m (YAML: time_budget)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the plan and estimated time; train nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and its estimated time and write nothing into the experiment; it does run the "
+        "data audit and a probe that trains a few steps to time this machine, which fills the image cache",
+    )
     p.add_argument("--tracking", choices=TRACKERS, help="also log trials and the report to MLflow")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (implies --tracking mlflow)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override YAML keys, e.g. num_samples=4")
@@ -63,7 +67,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def resolve_settings(args) -> SweepSettings:
     """YAML + ``key=value`` + flags -> one checked, frozen value (no Ray needed; errors are one line)."""
-    given = LOCATION_FLAGS + SETTING_FLAGS
+    given = LOCATION + SETTING_FLAGS
     flags = {k: getattr(args, k) for k in given if getattr(args, k, None) is not None}
     if args.tracking_uri:
         flags.setdefault("tracking", "mlflow")

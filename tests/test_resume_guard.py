@@ -3,6 +3,7 @@ with a changed config, code from storage)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -13,6 +14,7 @@ import pytest
 
 from fer_core.errors import FerError
 from sweeps.config.settings import load_settings
+from sweeps.driver import settings_for_resume
 from sweeps.state.record import RECORD, flat_settings, resume_settings, write_record
 from sweeps.state.signing import sign_experiment, verify_experiment
 
@@ -121,11 +123,15 @@ def test_retrain_settings_may_change_until_the_retrain_starts(tmp_path):
     exp = str(tmp_path / "exp")
     write_record(exp, load_settings(None, {**NO_BUDGET, "retrain_epochs": 2}))
     longer = load_settings(None, {**NO_BUDGET, "retrain_epochs": 5})
-    with pytest.raises(FerError, match=r"retrain_epochs \(2 -> 5\) \(the retrain has started\)"):
+    with pytest.raises(FerError, match=r"retrain_epochs \(2 -> 5\) \(the retrain has started"):
         resume_settings(longer, exp, bare=False, retrain_started=True)
     settings, applied = resume_settings(longer, exp, bare=False, retrain_started=False)
     assert settings.retrain_epochs == 5 and applied == ["retrain_epochs 2 -> 5"]
-    # Recorded (and signed): a later bare resume runs the retrain it was told to.
+    # The driver records it (not on a dry run), signed: a later bare resume runs the retrain it was told to.
+    dry = argparse.Namespace(config="x.yaml", dry_run=True)
+    assert settings_for_resume(longer, exp, dry, bare=False).retrain_epochs == 5
+    assert json.loads((tmp_path / "exp" / RECORD).read_text())["settings"]["retrain_epochs"] == 2
+    settings_for_resume(longer, exp, argparse.Namespace(config="x.yaml", dry_run=False), bare=False)
     assert json.loads((tmp_path / "exp" / RECORD).read_text())["settings"]["retrain_epochs"] == 5
     verify_experiment(exp)
     again, _ = resume_settings(load_settings(None, NO_BUDGET), exp, bare=True, retrain_started=False)

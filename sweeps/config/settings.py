@@ -123,6 +123,7 @@ _NOT_SCALAR = {*_SECTIONS, *_MAPPINGS, "initial_points", "given", "source", "ori
 _SCALARS = {f.name: f for f in dataclasses.fields(SweepSettings) if f.name not in _NOT_SCALAR}
 TOP_KEYS = {*_SCALARS, *_SECTIONS, *_MAPPINGS, "initial_points"}
 CLI = "command line"
+LOCATION = ("name", "storage")  # where an experiment is, not what it is (also flags: --name, --storage)
 
 
 # The keys that name a folder: YAML reads name=2024 or name=true as a number or a boolean, whose text may not

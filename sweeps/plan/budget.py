@@ -3,6 +3,7 @@ estimates from the probe's rates, and the time budget itself (see docs/architect
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,16 @@ class TimeBudget:
         out |= {"report_s": self.est.report_s, "trial_epoch_s": self.est.trial_epoch_s}
         out |= {"retrain_epoch_s": self.est.retrain_epoch_s, "trial_start_s": self.est.start_s}
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
+
+    def to_record(self) -> dict:
+        """Every field, JSON-plain, for the experiment's record (``from_record`` reads it back)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, doc: dict) -> TimeBudget:
+        est = doc["est"]
+        est = Estimate(**{**est, "counts": Counts(**est["counts"])})
+        return cls(**{**doc, "est": est, "notes": tuple(doc.get("notes", ()))})
 
 
 def budget_verdict(budget: TimeBudget | None, total_s: float) -> str:

@@ -97,6 +97,12 @@ def _audit_lines(audit: dict | None, dedupe: str) -> list[str]:
     return lines
 
 
+def _planned(m: dict) -> str:
+    """`` (of 8 planned: stopped by the time limit)`` when the retrain trained fewer epochs than planned."""
+    planned = m.get("retrain_epochs_planned", m["retrain_epochs"])
+    return f" (of {planned} planned: stopped by the time limit)" if planned != m["retrain_epochs"] else ""
+
+
 def _time_lines(timing: dict) -> list[str]:
     """The time section: the time budget's plan (when there was one), each phase's time and the total."""
     plan = [f"    {line}" for line in timing["plan"]] + [""] if "plan" in timing else []
@@ -138,7 +144,8 @@ def write_markdown(
         *_time_lines(m["timing"]),
         f"\n## Winner, retrained from {m['started_from']}\n",
         f"Trial {code(m['best_trial'])} ({metric} {m[f'best_trial_{metric}']:.4f} during the sweep), retrained for "
-        f"{m['retrain_epochs']} epochs from {m['started_from']} (not from its trial's checkpoint) with seed "
+        f"{m['retrain_epochs']} epochs{_planned(m)} from {m['started_from']} (not from its trial's checkpoint) "
+        "with seed "
         f"{m['seed']}: `best.pt`, config in `best_config.yaml`.",
         "",
         f"Seeds: training {m['seed']}, search (TPE) {settings.seed}. "

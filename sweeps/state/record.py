@@ -1,6 +1,7 @@
 """What an experiment records beside Ray's state, so that ``--resume`` continues the same experiment: its
-settings, the data it started on, the winner chosen once and the time each phase took (signed JSON files
-in STORAGE/NAME; the resume rules are in docs/architecture.md)."""
+settings, the data it started on, its time budget's plan, the decisions the search ended with (the winner,
+the retrain's length, the trials the time limit stopped) and the time each phase took (signed JSON files in
+STORAGE/NAME; the resume rules are in docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import pyarrow.fs as pafs
 
 from fer_core.data import CLASS_NAMES, scan_split
 from fer_core.errors import FerError
-from sweeps.config.settings import SweepSettings, settings_from_mapping, to_mapping
+from sweeps.config.settings import LOCATION, SweepSettings, settings_from_mapping, to_mapping
 from sweeps.state.signing import sign_files
 from sweeps.state.storage import open_storage
 
-RECORD, DATA, WINNER, PHASES = "fer_sweep.json", "fer_data.json", "fer_winner.json", "fer_phases.json"
+RECORD, DATA, PLAN = "fer_sweep.json", "fer_data.json", "fer_plan.json"
+WINNER, PHASES = "fer_winner.json", "fer_phases.json"
 # Read only by the retrain and the report, after the search: safe to change until the retrain starts.
 RETRAIN_KEYS = ("retrain_epochs", "ensemble_top_k", "retrain.")
-LOCATION = ("name", "storage")  # where the experiment is, not what it is
 
 
 def flat_settings(s: SweepSettings) -> dict:
@@ -120,14 +121,36 @@ def check_data(exp: str, data: str, record: bool) -> None:
         )
 
 
-def write_winner(exp: str, members: list[dict]) -> None:
-    """Record the trials the retrain starts from (the winner first), chosen once before it starts."""
-    _write(exp, WINNER, {"members": members})
+def write_plan(exp: str, budget: dict) -> None:
+    """Record the time budget's plan (``TimeBudget.to_record``) as the search starts."""
+    _write(exp, PLAN, {"budget": budget})
 
 
-def read_winner(exp: str) -> list[dict] | None:
-    doc = _read(exp, WINNER)
-    return None if doc is None else doc["members"]
+def read_plan(exp: str) -> dict | None:
+    """The recorded time budget's plan, or None (no budget, or not started)."""
+    doc = _read(exp, PLAN)
+    return None if doc is None else doc["budget"]
+
+
+def write_winner(
+    exp: str,
+    members: list[dict],
+    *,
+    retrain_epochs: int,
+    stopped_by_time: list[str] | frozenset[str] = (),
+    budget: dict | None = None,
+) -> None:
+    """Record, in one file, what the search ended with: the trials the retrain starts from (the winner
+    first), the retrain's length, the trials the time limit stopped and the budget as the retrain was
+    resized (``TimeBudget.to_record``); chosen once, before the retrain starts."""
+    doc = {"members": members, "retrain_epochs": retrain_epochs, "stopped_by_time": sorted(stopped_by_time)}
+    _write(exp, WINNER, doc | {"budget": budget})
+
+
+def read_winner(exp: str) -> dict | None:
+    """``write_winner``'s document (``members``, ``retrain_epochs``, ``stopped_by_time``, ``budget``), or
+    None while the winner is not chosen."""
+    return _read(exp, WINNER)
 
 
 def write_phases(exp: str, seconds: dict) -> None:
@@ -144,24 +167,42 @@ def _show(v) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def resume_settings(
-    given: SweepSettings, exp: str, bare: bool, retrain_started: bool
-) -> tuple[SweepSettings, list[str]]:
-    """The settings a resumed sweep runs with, and the changes it takes over ("key old -> new").
+def _with_command_line(saved: SweepSettings, given: SweepSettings) -> SweepSettings:
+    """``saved`` with the keys ``given`` took from the command line (its ``origins``) laid over it."""
+    raw, new = to_mapping(saved), to_mapping(given)
+    for key in given.origins:
+        section, _, sub = key.partition(".")
+        if key in LOCATION:
+            continue
+        if sub:
+            raw.setdefault(section, {})[sub] = new[section][sub]
+        else:
+            raw[key] = new[key]
+    s = settings_from_mapping(raw, saved.source, given.origins)
+    return dataclasses.replace(s, given=saved.given | given.origins.keys())
 
-    ``bare``: the command line set only where the experiment is, so the record is used as it is. A change
-    a resume cannot honour (any but retrain keys before ``retrain_started``) is a one-line FerError.
+
+def resume_settings(
+    given: SweepSettings, exp: str, bare: bool, retrain_started: bool, from_file: bool = True
+) -> tuple[SweepSettings, list[str]]:
+    """The settings a resumed sweep runs with, and the changes it takes over ("key old -> new"); the
+    caller records them (not a dry run).
+
+    ``bare``: the command line set only where the experiment is, so the record is used as it is. Without
+    ``from_file`` (no --config), the keys the command line set are laid over the record. A time budget's
+    plan (trials, epochs, retrain) is kept for the keys the command line did not set. A change a resume
+    cannot honour (any but retrain keys before ``retrain_started``) is a one-line FerError naming the key.
     """
     saved = dataclasses.replace(read_record(exp), name=given.name, storage=given.storage)
     if bare:
         return saved, []
-    if saved.time_budget and given.time_budget == saved.time_budget:  # keep what that budget planned
-        given = dataclasses.replace(
-            given,
-            num_samples=saved.num_samples,
-            retrain_epochs=saved.retrain_epochs,
-            scheduler=dataclasses.replace(given.scheduler, max_epochs=saved.scheduler.max_epochs),
-        )
+    if not from_file:
+        given = _with_command_line(saved, given)
+    elif saved.time_budget and given.time_budget == saved.time_budget:  # keep what that budget planned
+        planned = {k: getattr(saved, k) for k in ("num_samples", "retrain_epochs") if k not in given.origins}
+        if "scheduler.max_epochs" not in given.origins:
+            planned["scheduler"] = dataclasses.replace(given.scheduler, max_epochs=saved.scheduler.max_epochs)
+        given = dataclasses.replace(given, **planned)
     old, new = flat_settings(saved), flat_settings(given)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     safe = [k for k in changed if not retrain_started and k.startswith(RETRAIN_KEYS)]
@@ -172,9 +213,7 @@ def resume_settings(
         started = retrain_started and any(k.startswith(RETRAIN_KEYS) for k in refused)
         raise FerError(
             f"--resume: {exp} was started with other settings: {listed}{more}"
-            f"{' (the retrain has started)' if started else ''}; resume with only --resume --name (the "
-            "experiment's own settings are used), or start a new --name"
+            f"{' (the retrain has started: its winner and length are recorded)' if started else ''}; resume "
+            "with only --resume --name (the experiment's own settings are used), or start a new --name"
         )
-    if safe:
-        write_record(exp, given)  # a later bare resume and the report see what this run applies
     return given, [f"{k} {_show(old.get(k))} -> {_show(new.get(k))}" for k in safe]

@@ -5,6 +5,8 @@ Ray's status table says what runs, not when it will end; these lines say that, f
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 from ray.tune import Callback
@@ -15,7 +17,7 @@ from sweeps.config.settings import fmt_duration
 class Phases:
     """Wall time per phase, in order (``lines``/``to_dict`` for the summary and report), added to the
     ``earlier`` seconds of the runs of the driver that worked on the experiment before; ``save`` (if given)
-    records them at each phase's end and, through ``tick``, every ``every_s`` seconds while one runs."""
+    records them at each phase's end and, inside ``ticking``, every ``every_s`` seconds while one runs."""
 
     def __init__(
         self, t0: float | None = None, earlier: dict | None = None, save=None, every_s: float = 30.0
@@ -42,6 +44,24 @@ class Phases:
             self._saved = now
             self._save({**self.seconds, name: self.seconds.get(name, 0.0) + now - self._mark})
 
+    @contextlib.contextmanager
+    def ticking(self, name: str):
+        """Record the phases every ``every_s`` seconds while phase ``name`` runs, from a thread of the
+        driver's own: Tune restores the callbacks pickled with a run, so a callback cannot be the clock."""
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(self.every_s):
+                self.tick(name)
+
+        thread = threading.Thread(target=loop, name=f"phases-{name}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+
     @property
     def total(self) -> float:
         return self._before + time.monotonic() - self.t0
@@ -57,23 +77,12 @@ class Phases:
 class EpochProgress(Callback):
     """A Tune callback printing ``[sweeps] retrain: 5/12 epochs, 40s elapsed, ETA 56s`` as epochs report.
     ``total_epochs`` over all trials may be an estimate; ``deadline`` is a ``time.time()`` the phase stops
-    at (or None); at most one line per ``every_s`` seconds, and always the last epoch's. ``phases``: the
-    command's ``Phases``, told of each epoch (``Phases.tick``)."""
+    at (or None); at most one line per ``every_s`` seconds, and always the last epoch's. Holds nothing of
+    the driver: a resume runs the copy Tune pickled with the experiment."""
 
-    def __init__(
-        self, phase: str, total_epochs: float, deadline: float | None = None, phases: Phases | None = None
-    ):
-        self.phase, self.total, self.deadline, self.phases, self.every_s = (
-            phase,
-            total_epochs,
-            deadline,
-            phases,
-            15.0,
-        )
+    def __init__(self, phase: str, total_epochs: float, deadline: float | None = None):
+        self.phase, self.total, self.deadline, self.every_s = phase, total_epochs, deadline, 15.0
         self.setup()
-
-    def __getstate__(self):  # Tune pickles its callbacks into the experiment's state: no clock of this run
-        return {**self.__dict__, "phases": None}
 
     def setup(self, **info) -> None:
         # Called by Tune when fit() starts, also after a restore: the clock starts here.
@@ -82,8 +91,6 @@ class EpochProgress(Callback):
             self.deadline = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if self.phases:
-            self.phases.tick(self.phase)
         self.done += 1
         now = time.time()
         total = max(self.total, self.done)

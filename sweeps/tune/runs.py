@@ -8,6 +8,7 @@ import signal
 import time
 
 import optuna
+import pyarrow.fs as pafs
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -16,7 +17,7 @@ from ray.tune.stopper import Stopper
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
 from sweeps.state.signing import SignStateCallback, sign_files
-from sweeps.state.storage import experiment_uri, storage_uri
+from sweeps.state.storage import experiment_uri, open_storage, storage_uri
 from sweeps.tune.trainable import fer_trainable, trial_config
 
 
@@ -66,6 +67,16 @@ class _EndsBeforeDeadline(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.deadline is not None and not self.deadline.fired:
             self.deadline.ended_before.add(trial.trial_id)
+
+
+def restorable(exp: str) -> bool:
+    """Whether Tune can continue the run in ``exp``: its ``tuner.pkl`` and an experiment state (a run
+    killed between the two has none, and is started anew)."""
+    if not tune.Tuner.can_restore(exp):
+        return False
+    fs, root = open_storage(exp)
+    found = fs.get_file_info(pafs.FileSelector(root))
+    return any(f.base_name.startswith("experiment_state-") for f in found)
 
 
 def _trainable(base: dict, resources: dict, members: list[dict] | None = None):
@@ -190,7 +201,7 @@ def run_retrain(
     base = trial_config(settings, data=data, retrain=True)
     trainable = _trainable(base, placement.resources, members=[dict(m) for m in members])
     exp = f"{experiment_uri(settings)}/retrain"
-    resumed = tune.Tuner.can_restore(exp)
+    resumed = restorable(exp)
     if resumed:
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
