@@ -223,7 +223,9 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
     if recorded is not None:  # the first run's deadline is not restored: its verdict is in the record
         stopped_by_time = frozenset(recorded.get("stopped_by_time", ()))
     trials = collect_trials(results, settings, stopped_by_time)
-    measured = dict(results=results, sweep_s=sweep_s, t0=phases.t0, stopped_by_time=stopped_by_time)
+    # The budget counts from the experiment's start: a resumed run's earlier runs' phases included.
+    started = time.monotonic() - phases.total
+    measured = dict(results=results, sweep_s=sweep_s, t0=started, stopped_by_time=stopped_by_time)
     members, settings, budget, retrain_limit_s = choose_winner(
         settings, trials=trials, recorded=recorded, plan=plan, data=data, exp=exp, **measured
     )

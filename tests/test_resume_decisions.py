@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from sweeps.config.settings import load_settings
 from sweeps.plan.budget import Counts, Estimate, TimeBudget
 from sweeps.state.record import read_winner, resume_settings, write_record, write_winner
 from sweeps.state.signing import verify_experiment
-from sweeps.tune.progress import Phases
+from sweeps.tune.progress import EpochProgress, Phases
 
 from . import kill_resume_check
 from .conftest import REPO
@@ -84,6 +85,17 @@ def test_phase_times_are_recorded_while_a_phase_runs_without_any_callback():
     count = len(saved)
     time.sleep(0.15)
     assert len(saved) == count  # the thread ends with the phase
+
+
+def test_a_restored_progress_callback_prints_this_runs_line(capsys):
+    # Tune pickles its callbacks with the experiment; Tuner.restore runs those copies, not this run's.
+    restored = pickle.loads(pickle.dumps(EpochProgress("search", total_epochs=12)))
+    mine = EpochProgress("search", total_epochs=5, deadline=time.time() + 600)
+    restored.setup()
+    for _ in range(5):
+        restored.on_trial_result(0, [], None, {})
+    assert mine.done == 5 and restored.done == 0
+    assert "[sweeps] search: 5/~5 epochs" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -74,23 +74,35 @@ class Phases:
         return "Time: " + ", ".join(parts) + f"; total {fmt_duration(self.total)}"
 
 
+# The progress line of each phase of this driver run. Tune pickles its callbacks with the experiment and a
+# restore runs those copies (Tuner.restore takes no callbacks): a copy forwards each result to the line here.
+_LINES: dict[str, EpochProgress] = {}
+
+
 class EpochProgress(Callback):
     """A Tune callback printing ``[sweeps] retrain: 5/12 epochs, 40s elapsed, ETA 56s`` as epochs report.
     ``total_epochs`` over all trials may be an estimate; ``deadline`` is a ``time.time()`` the phase stops
-    at (or None); at most one line per ``every_s`` seconds, and always the last epoch's. Holds nothing of
-    the driver: a resume runs the copy Tune pickled with the experiment."""
+    at (or None); at most one line per ``every_s`` seconds, and always the last epoch's. Made by this run it
+    is the phase's line; a copy restored from the experiment forwards to it, so a resumed run prints its
+    own total and deadline."""
 
     def __init__(self, phase: str, total_epochs: float, deadline: float | None = None):
         self.phase, self.total, self.deadline, self.every_s = phase, total_epochs, deadline, 15.0
-        self.setup()
+        self.t0, self.done, self.last = time.time(), 0, 0.0
+        _LINES[phase] = self
+
+    def __setstate__(self, state):  # a restored copy: this run's line, when it made one, prints instead
+        self.__dict__.update(state)
 
     def setup(self, **info) -> None:
         # Called by Tune when fit() starts, also after a restore: the clock starts here.
-        self.t0, self.done, self.last = time.time(), 0, 0.0
-        if self.deadline is not None and self.deadline < self.t0:  # a resumed run: that budget is spent
-            self.deadline = None
+        line = _LINES.get(self.phase, self)
+        line.t0, line.done, line.last = time.time(), 0, 0.0
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        _LINES.get(self.phase, self).epoch_reported()
+
+    def epoch_reported(self) -> None:
         self.done += 1
         now = time.time()
         total = max(self.total, self.done)
