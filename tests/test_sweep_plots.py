@@ -11,6 +11,7 @@ from sweeps.config.settings import SweepSettings
 from sweeps.config.space import parse_space, to_optuna
 from sweeps.report import plots
 from sweeps.report.trials import ranked, top_trials
+from sweeps.state.storage import sqlite_url
 
 SPACE = parse_space(
     {
@@ -192,5 +193,5 @@ def test_the_study_is_saved_and_loaded_where_a_percent_sign_is_in_its_path(tmp_p
     study, _ = _study(TRIALS)
     plots.save_study(study, "s", "val_accuracy", path)
     assert path.is_file() and [p.name for p in tmp_path.rglob("*.db")] == ["optuna.db"]
-    loaded = optuna.load_study(study_name="s", storage=plots.study_url(path))
+    loaded = optuna.load_study(study_name="s", storage=sqlite_url(path))
     assert len(loaded.trials) == len(TRIALS)

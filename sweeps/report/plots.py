@@ -8,7 +8,6 @@ import contextlib
 import math
 import warnings
 from pathlib import Path
-from urllib.parse import quote
 
 import matplotlib
 import optuna
@@ -20,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 from fer_core.apps.figures import save_png
 from sweeps.report.escape import code, text
 from sweeps.report.trials import STATUSES, best_value
+from sweeps.state.storage import sqlite_url
 
 # Every sweep plot and its file in the report folder.
 FILES = {
@@ -82,18 +82,12 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
     return study, notes
 
 
-def study_url(path: Path) -> str:
-    """The SQLite address of the study file at ``path``: percent-encoded, because SQLAlchemy decodes the
-    address (a folder named ``a%2Fb`` would otherwise be read as ``a/b``)."""
-    return f"sqlite:///{quote(str(path.resolve()))}"
-
-
 def save_study(study: optuna.Study, name: str, metric: str, path: Path) -> Path:
     """Save ``study`` (``build_study``'s) as the Optuna study ``name`` in a new SQLite file at ``path``, which
     ``optuna-dashboard sqlite:///PATH`` opens and ``optuna.load_study`` reads: every trial with its state,
     parameters, per-epoch values and value. A file an earlier report of the sweep left is replaced."""
     path.unlink(missing_ok=True)
-    storage = optuna.storages.RDBStorage(study_url(path))
+    storage = optuna.storages.RDBStorage(sqlite_url(path))
     with _quiet():
         saved = optuna.create_study(storage=storage, study_name=name, directions=study.directions)
         saved.set_metric_names([metric])

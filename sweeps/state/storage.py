@@ -9,6 +9,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow.fs as pafs
 
@@ -186,3 +187,9 @@ def error_cause(e: Exception) -> str:
 def one_line(e: Exception, limit: int = 240) -> str:
     text = " ".join(str(e).split())
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy address of the SQLite file at ``path`` (optuna.db, mlflow.db): percent-encoded, because
+    SQLAlchemy decodes the address (a folder named ``a%2Fb`` would otherwise be read as ``a/b``)."""
+    return f"sqlite:///{quote(str(Path(path).resolve()))}"

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from fer_core.errors import FerError
+from sweeps.state.storage import sqlite_url
 
 PHASE_TAG, WINNER_TAG = "fer_sweep.phase", "fer_sweep.winner"
 # The check's HTTP bounds (unless the environment sets its own), read by MLflow at each request: a server
@@ -31,7 +32,7 @@ def _folder(settings) -> Path | None:
 def tracking_uri(settings) -> str:
     """The MLflow tracking URI: ``tracking_uri`` if a URI, else the SQLite store in the folder it names."""
     folder = _folder(settings)
-    return f"sqlite:///{folder}/mlflow.db" if folder else settings.tracking_uri
+    return sqlite_url(folder / "mlflow.db") if folder else settings.tracking_uri
 
 
 def _mlflow():
