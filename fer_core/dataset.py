@@ -41,6 +41,12 @@ def stratified_indices(labels: np.ndarray, max_samples: int, seed: int = 0) -> n
     return np.sort(np.concatenate(out))
 
 
+def epoch_steps(train_images: int, batch_size: int, steps_per_epoch: int = 0) -> int:
+    """Training steps of one epoch over ``train_images``: ``steps_per_epoch`` when set, else every whole batch
+    (the last partial one is dropped). The Trainer's rule; the sweep's time plan sizes epochs with it."""
+    return steps_per_epoch or train_images // batch_size
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Yields ``(epoch, index)`` pairs in a seeded per-epoch shuffle.
 

@@ -22,7 +22,7 @@ from .augment_torch import BatchAugment
 from .checkpoint import load_checkpoint, nonfinite_weights
 from .config import TrainConfig, config_to_dict, resolve_normalize
 from .data import SplitData
-from .dataset import DeviceBatches, EpochSampler, FerDataset, iter_batches, stratified_indices
+from .dataset import DeviceBatches, EpochSampler, FerDataset, epoch_steps, iter_batches, stratified_indices
 from .decode_cache import load_split
 from .duplicates import cross_split_duplicates
 from .ema import ModelEma
@@ -104,6 +104,38 @@ def _checked_splits(splits, cfg: TrainConfig) -> tuple[SplitData, SplitData]:
     return train, val
 
 
+def _load_args(cfg: TrainConfig) -> dict:
+    """``load_split``'s keyword arguments for this config's splits (its size, colour mode and cache)."""
+    return dict(
+        img_size=cfg.img_size, grayscale=cfg.grayscale, strict=cfg.strict, cache_dir=cfg.cache_dir or None
+    )
+
+
+def dedupe_dropped(
+    cfg: TrainConfig, train: SplitData | None = None, val: SplitData | None = None
+) -> np.ndarray:
+    """The train rows ``dedupe: cross_split`` leaves out (none with ``dedupe: none``): duplicates of a val or
+    test image, which would leak the answer to the evaluation; the splits not given are loaded. DataError: a
+    class would keep no training image (such splits overlap; dedupe cannot fix them)."""
+    if cfg.dedupe != "cross_split":
+        return np.empty(0, np.int64)
+    common = _load_args(cfg)
+    train = train if train is not None else load_split(root=cfg.data, split="train", **common)
+    others = [val if val is not None else load_split(root=cfg.data, split="val", **common)]
+    if (Path(cfg.data) / "test").is_dir():
+        others.append(load_split(root=cfg.data, split="test", **common))
+    dropped = np.asarray(cross_split_duplicates(train, others), dtype=np.int64)
+    kept = np.bincount(np.delete(train.labels, dropped), minlength=len(train.classes))
+    empty = [c for c, n in zip(train.classes, kept) if n == 0]
+    if empty:
+        raise DataError(
+            f"{Path(cfg.data) / 'train'}: dedupe: cross_split leaves no training image of {', '.join(empty)} "
+            f"({len(dropped)} of {len(train)} train images duplicate val or test: the splits overlap); give "
+            "train and val different images, or set dedupe: none"
+        )
+    return dropped
+
+
 class Trainer:
     """One run's pieces, built from its config: ``fer_core.train.train`` runs it epoch by epoch, and
     ``fer_core.timing`` times its passes.
@@ -133,9 +165,7 @@ class Trainer:
             augment_backend=cfg.augment_backend,
         )
         seed_everything(cfg.seed)
-        common = dict(
-            img_size=cfg.img_size, grayscale=cfg.grayscale, strict=cfg.strict, cache_dir=cfg.cache_dir or None
-        )
+        common = _load_args(cfg)
         if splits is None:
             splits = (
                 load_split(root=cfg.data, split="train", **common),
@@ -143,9 +173,7 @@ class Trainer:
             )
         self.train_data, self.val_data = _checked_splits(splits, cfg)
         self.class_names = list(self.train_data.classes)
-        self.dropped_duplicates = (
-            self._cross_split_duplicates(common) if cfg.dedupe == "cross_split" else np.empty(0, np.int64)
-        )
+        self.dropped_duplicates = dedupe_dropped(cfg, self.train_data, self.val_data)
         pool = np.setdiff1d(np.arange(len(self.train_data)), self.dropped_duplicates)
         self.train_idx = pool[stratified_indices(self.train_data.labels[pool], cfg.max_train_samples)]
         self.val_idx = stratified_indices(self.val_data.labels, cfg.max_val_samples)
@@ -179,7 +207,7 @@ class Trainer:
             raise FerError(
                 f"key 'batch_size' = {cfg.batch_size} exceeds the {n} training images; lower batch_size or add data"
             )
-        self.steps_per_epoch = cfg.steps_per_epoch or n // cfg.batch_size
+        self.steps_per_epoch = epoch_steps(n, cfg.batch_size, cfg.steps_per_epoch)
         self.sampler = EpochSampler(n, seed=cfg.seed, num_samples=self.steps_per_epoch * cfg.batch_size)
         self.loader = self._train_loader()
         self.optimizer = build_optimizer(model=self.model, cfg=cfg, fused=self.runtime.fused_optimizer)
@@ -229,24 +257,6 @@ class Trainer:
             prefetch_factor=PREFETCH if w > 0 else None,
             worker_init_fn=worker_init if w > 0 else None,
         )
-
-    def _cross_split_duplicates(self, common: dict) -> np.ndarray:
-        """dedupe: cross_split: train rows that duplicate a val (or test) image, which would otherwise leak
-        the answer to the evaluation. The audit finds them; the data files are left as they are. Refused
-        (DataError) when a class would keep no training image: such splits overlap, dedupe cannot fix them."""
-        others = [self.val_data]
-        if (Path(self.cfg.data) / "test").is_dir():
-            others.append(load_split(root=self.cfg.data, split="test", **common))
-        dropped = np.asarray(cross_split_duplicates(self.train_data, others), dtype=np.int64)
-        kept = np.bincount(np.delete(self.train_data.labels, dropped), minlength=len(self.train_data.classes))
-        empty = [c for c, n in zip(self.train_data.classes, kept) if n == 0]
-        if empty:
-            raise DataError(
-                f"{Path(self.cfg.data) / 'train'}: dedupe: cross_split leaves no training image of "
-                f"{', '.join(empty)} ({len(dropped)} of {len(self.train_data)} train images duplicate val or "
-                "test: the splits overlap); give train and val different images, or set dedupe: none"
-            )
-        return dropped
 
     # -- state ---------------------------------------------------------------------------------------------
     def state(self) -> dict:

@@ -77,6 +77,19 @@ def test_epoch_images_follow_the_trainer(demo_root):
         assert train == t.steps_per_epoch * cfg["batch_size"] and val == len(t.val_idx)
 
 
+def test_epoch_images_leave_out_what_dedupe_drops(demo_root):
+    """dedupe: cross_split trains on fewer images (the demo's train split shares near duplicates with val and
+    test); the plan's epoch is the Trainer's. Before, the plan counted the whole split."""
+    from fer_core.config import make_config
+
+    cfg = {"batch_size": 8, "dedupe": "cross_split"}
+    t = Trainer_for(demo_root, cfg)
+    counts = count_images(str(demo_root), make_config({"data": str(demo_root), "img_size": 48, **cfg}))
+    assert len(t.dropped_duplicates) > 0 and counts.train - counts.duplicates == len(t.train_idx)
+    train, _ = epoch_images({**cfg, "tta_flip": False}, counts)
+    assert train == t.steps_per_epoch * cfg["batch_size"] < counts.train // 8 * 8
+
+
 def Trainer_for(root, cfg):  # noqa: N802 - reads as the class it builds
     from fer_core.config import make_config
 

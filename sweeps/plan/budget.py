@@ -8,8 +8,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from fer_core.config import TrainConfig
 from fer_core.data import scan_split
+from fer_core.dataset import epoch_steps
 from fer_core.errors import FerError
+from fer_core.trainer import dedupe_dropped
 from sweeps.config.settings import Scheduler, SweepSettings, fmt_duration
 
 RETRAIN_SHARE = 0.7  # of the time left for training once start-up, report and margin are set aside
@@ -53,19 +56,25 @@ class Counts:
     train: int
     val: int
     test: int = 0
+    duplicates: int = 0  # train images that dedupe: cross_split leaves out (counted for such a config only)
 
 
-def count_images(data: str) -> Counts:
-    """Images in train/, val/ and (when present) test/ (the layout is checked by ``scan_split``)."""
+def count_images(data: str, train: TrainConfig | None = None) -> Counts:
+    """Images in train/, val/ and (when present) test/ (the layout is checked by ``scan_split``), and the
+    train images the config ``train`` leaves out with ``dedupe: cross_split`` (found as the Trainer finds
+    them, at its size and colour mode)."""
     test = len(scan_split(data, "test").paths) if (Path(data) / "test").is_dir() else 0
-    return Counts(len(scan_split(data, "train").paths), len(scan_split(data, "val").paths), test)
+    dropped = len(dedupe_dropped(train)) if train is not None else 0
+    return Counts(len(scan_split(data, "train").paths), len(scan_split(data, "val").paths), test, dropped)
 
 
 def epoch_images(cfg: dict, counts: Counts) -> tuple[int, int]:
-    """(train images, val images) an epoch of this TrainConfig mapping covers, as ``Trainer`` sizes it."""
-    n = min(cfg.get("max_train_samples") or counts.train, counts.train)
+    """(train images, val images) an epoch of this TrainConfig mapping covers, as ``Trainer`` sizes it: its
+    pool (less the duplicates dedupe drops), the subset, ``fer_core.dataset.epoch_steps``."""
+    pool = counts.train - (counts.duplicates if cfg.get("dedupe") == "cross_split" else 0)
+    n = min(cfg.get("max_train_samples") or pool, pool)
     batch = int(cfg["batch_size"])
-    steps = cfg.get("steps_per_epoch") or max(1, n // batch)
+    steps = max(1, epoch_steps(n, batch, cfg.get("steps_per_epoch") or 0))  # a Trainer refuses 0 steps
     val = min(cfg.get("max_val_samples") or counts.val, counts.val)
     return steps * batch, val * (2 if cfg.get("tta_flip") else 1)  # flip TTA runs the model twice
 

@@ -154,7 +154,13 @@ def fit_budget(
         f"({rates.runtime}); took {rates.seconds:.0f} s",
         flush=True,
     )
-    est = estimate(settings, rates=rates, counts=count_images(data), base=base, retrain_base=retrain_base)
+    est = estimate(
+        settings,
+        rates=rates,
+        counts=count_images(data, dataclasses.replace(settings.train, data=data)),
+        base=base,
+        retrain_base=retrain_base,
+    )
     if not settings.time_budget:
         return None, settings, placement, est
     budget_s = parse_duration(settings.time_budget, source)
