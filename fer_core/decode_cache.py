@@ -279,3 +279,10 @@ def _record_problem(meta, key: str, n_files: int, item_shape: tuple) -> str | No
     except (KeyError, TypeError) as e:
         return f"a malformed record ({type(e).__name__}: {e})"
     return None if ok else "a malformed record (a field of the wrong type or length)"
+
+
+def load_args(cfg) -> dict:
+    """``load_split``'s keyword arguments for a TrainConfig's splits: its size, colour mode, strictness, cache."""
+    return dict(
+        img_size=cfg.img_size, grayscale=cfg.grayscale, strict=cfg.strict, cache_dir=cfg.cache_dir or None
+    )

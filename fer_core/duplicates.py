@@ -4,19 +4,22 @@
 the pairs within ``PHASH_MAX_DISTANCE`` bits and ``PHASH_MIN_COSINE``; ``exact_duplicate_groups`` and
 ``near_duplicate_groups`` turn ids and pairs into groups for the audit's report, and
 ``cross_split_duplicates`` lists the train images that leak into val/test (what ``dedupe: cross_split``
-leaves out). Its own module because training needs it without the audit's report and CLI, and because the
+leaves out; ``dedupe_dropped`` applies that to a training config). Its own module because training needs it without the audit's report and CLI, and because the
 hashing, with the measurements behind its thresholds, is one piece of work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import SplitData
+from .decode_cache import load_args, load_split
+from .errors import DataError
 from .image_stats import BLANK_STD, CHUNK, image_stats, to_gray
 
 # Near duplicates: the 64-bit DCT pHash (8x8 lowest frequencies of a 32x32 resize, each bit = coefficient
@@ -184,3 +187,26 @@ def cross_split_duplicates(
     (h1, c1), (h2, c2) = perceptual_hash(timg), perceptual_hash(oimg)
     hit[_near_pairs(h1, c1, h2, c2, max_distance, min_cosine)[:, 0]] = True
     return ti[hit].astype(np.int64)
+
+
+def dedupe_dropped(cfg, train: SplitData | None = None, val: SplitData | None = None) -> np.ndarray:
+    """The train rows ``dedupe: cross_split`` leaves out (none with ``dedupe: none``) for the TrainConfig ``cfg``: duplicates of a val or
+    test image, which would leak the answer to the evaluation; the splits not given are loaded. DataError: a
+    class would keep no training image (such splits overlap; dedupe cannot fix them)."""
+    if cfg.dedupe != "cross_split":
+        return np.empty(0, np.int64)
+    common = load_args(cfg)
+    train = train if train is not None else load_split(root=cfg.data, split="train", **common)
+    others = [val if val is not None else load_split(root=cfg.data, split="val", **common)]
+    if (Path(cfg.data) / "test").is_dir():
+        others.append(load_split(root=cfg.data, split="test", **common))
+    dropped = np.asarray(cross_split_duplicates(train, others), dtype=np.int64)
+    kept = np.bincount(np.delete(train.labels, dropped), minlength=len(train.classes))
+    empty = [c for c, n in zip(train.classes, kept) if n == 0]
+    if empty:
+        raise DataError(
+            f"{Path(cfg.data) / 'train'}: dedupe: cross_split leaves no training image of {', '.join(empty)} "
+            f"({len(dropped)} of {len(train)} train images duplicate val or test: the splits overlap); give "
+            "train and val different images, or set dedupe: none"
+        )
+    return dropped

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,8 +22,8 @@ from .checkpoint import load_checkpoint, nonfinite_weights
 from .config import TrainConfig, config_to_dict, resolve_normalize
 from .data import SplitData
 from .dataset import DeviceBatches, EpochSampler, FerDataset, epoch_steps, iter_batches, stratified_indices
-from .decode_cache import load_split
-from .duplicates import cross_split_duplicates
+from .decode_cache import load_args, load_split
+from .duplicates import dedupe_dropped
 from .ema import ModelEma
 from .errors import CheckpointError, ConfigError, DataError, DivergedError, FerError
 from .metrics import ROW_VAL_KEYS, lower_is_better
@@ -104,38 +103,6 @@ def _checked_splits(splits, cfg: TrainConfig) -> tuple[SplitData, SplitData]:
     return train, val
 
 
-def _load_args(cfg: TrainConfig) -> dict:
-    """``load_split``'s keyword arguments for this config's splits (its size, colour mode and cache)."""
-    return dict(
-        img_size=cfg.img_size, grayscale=cfg.grayscale, strict=cfg.strict, cache_dir=cfg.cache_dir or None
-    )
-
-
-def dedupe_dropped(
-    cfg: TrainConfig, train: SplitData | None = None, val: SplitData | None = None
-) -> np.ndarray:
-    """The train rows ``dedupe: cross_split`` leaves out (none with ``dedupe: none``): duplicates of a val or
-    test image, which would leak the answer to the evaluation; the splits not given are loaded. DataError: a
-    class would keep no training image (such splits overlap; dedupe cannot fix them)."""
-    if cfg.dedupe != "cross_split":
-        return np.empty(0, np.int64)
-    common = _load_args(cfg)
-    train = train if train is not None else load_split(root=cfg.data, split="train", **common)
-    others = [val if val is not None else load_split(root=cfg.data, split="val", **common)]
-    if (Path(cfg.data) / "test").is_dir():
-        others.append(load_split(root=cfg.data, split="test", **common))
-    dropped = np.asarray(cross_split_duplicates(train, others), dtype=np.int64)
-    kept = np.bincount(np.delete(train.labels, dropped), minlength=len(train.classes))
-    empty = [c for c, n in zip(train.classes, kept) if n == 0]
-    if empty:
-        raise DataError(
-            f"{Path(cfg.data) / 'train'}: dedupe: cross_split leaves no training image of {', '.join(empty)} "
-            f"({len(dropped)} of {len(train)} train images duplicate val or test: the splits overlap); give "
-            "train and val different images, or set dedupe: none"
-        )
-    return dropped
-
-
 class Trainer:
     """One run's pieces, built from its config: ``fer_core.train.train`` runs it epoch by epoch, and
     ``fer_core.timing`` times its passes.
@@ -165,7 +132,7 @@ class Trainer:
             augment_backend=cfg.augment_backend,
         )
         seed_everything(cfg.seed)
-        common = _load_args(cfg)
+        common = load_args(cfg)
         if splits is None:
             splits = (
                 load_split(root=cfg.data, split="train", **common),

@@ -11,8 +11,8 @@ from pathlib import Path
 from fer_core.config import TrainConfig
 from fer_core.data import scan_split
 from fer_core.dataset import epoch_steps
+from fer_core.duplicates import dedupe_dropped
 from fer_core.errors import FerError
-from fer_core.trainer import dedupe_dropped
 from sweeps.config.settings import Scheduler, SweepSettings, fmt_duration
 
 RETRAIN_SHARE = 0.7  # of the time left for training once start-up, report and margin are set aside
