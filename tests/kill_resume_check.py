@@ -6,8 +6,8 @@
 The runs are made comparable by fixed seeds, concurrency 1 and a budget (30m) large enough that the caps,
 not the time limit, size the sweep: winner, trial statuses, retrain epochs and the plan's sizes must equal
 the uninterrupted run's. Trials are known by their parameters (Ray names them at random); on the tiny demo
-data trials often tie, and a tie goes to the smaller random trial id, so there the winner is compared with
-the one the experiment recorded. The budget's seconds come from each run's own probe, so the budget table is
+data trials often tie, and a tie goes by the parameters (``sweeps.report.trials.ranked``), so the winner
+must be the same too. The budget's seconds come from each run's own probe, so the budget table is
 compared with what that experiment recorded (fer_plan.json / fer_winner.json), not across runs.
 """
 
@@ -47,14 +47,11 @@ def _summary(exp: Path) -> dict:
     with open(exp / "report" / "trials.csv") as f:
         rows = list(csv.DictReader(f))
     statuses = sorted((*(row[n] for n in names), row["status"]) for row in rows)
-    best = [row[f"best_{metrics['metric']}"] for row in rows]
     budget = metrics["timing"].get("budget") or {}
     recorded = json.loads((exp / "fer_winner.json").read_text())["members"][0]["params"]
     return {
         "winner": metrics["params"],
         "winner_recorded": metrics["params"] == recorded,
-        "tied": best.count(best[0])
-        > 1,  # trials.csv is ranked: the winner's value shared, the tie goes by id
         "retrain_epochs": metrics["retrain_epochs"],
         "statuses": statuses,
         "plan": {k: budget.get(k) for k in PLAN_KEYS},
@@ -129,11 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     for instant in args.instants.split(","):
         got, before, rc = run(storage, f"kill-{instant}", instant)
         kept = all(got["phases"].get(k, 0) >= v - 0.1 for k, v in before.items())
-        tie = "tie (random trial ids)" if ref["tied"] and got["winner"] != ref["winner"] else ""
         checks = (
             rc == 0,
             got["winner_recorded"],
-            got["winner"] == ref["winner"] or bool(tie),
+            got["winner"] == ref["winner"],
             got["statuses"] == ref["statuses"],
             got["retrain_epochs"] == ref["retrain_epochs"],
             got["plan"] == ref["plan"],
@@ -142,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         ok &= all(checks)
         marks = ["same" if c else "DIFFERS" for c in checks[1:-1]]
-        marks[1] = tie or marks[1]
         rows.append((instant, str(rc), *marks, "yes" if kept else "NO"))
         print(f"  {instant}: {got['phases']} (the killed run had recorded {before})", flush=True)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -133,18 +133,23 @@ def test_the_failed_trial_is_never_a_member_and_the_csv_has_one_status_column(ta
     ]
 
 
-def test_tied_trials_rank_the_same_whatever_order_ray_lists_them_in(tmp_path):
-    """A killed driver's resume listed two tied trials the other way round and retrained the other one;
-    ties go to the smaller trial id, so the winner is the same from any order."""
-    a = _result(tmp_path, "b7", [0.2, 0.5], 1e-3)
-    b = _result(tmp_path, "a3", [0.5, 0.4], 2e-3)
-    c = _result(tmp_path, "c1", [0.3, 0.4], 3e-3)
-    orders = [[a, b, c], [c, b, a], [b, c, a], [a, c, b]]
-    picks = {
-        tuple(t["trial_id"] for t in top_trials(collect_trials(Grid(o), SETTINGS), SETTINGS, 3))
-        for o in orders
-    }
-    assert picks == {("a3", "b7", "c1")}
+def test_tied_trials_rank_the_same_whatever_order_or_ids_ray_gives_them(tmp_path):
+    """A killed driver's resume listed two tied trials the other way round and retrained the other one; and a
+    sweep run again names its trials anew at random: ties go by the parameters, so the winner is the same."""
+
+    def picks(ids: tuple[str, str, str]) -> set:
+        run = tmp_path / "-".join(ids)
+        run.mkdir()
+        a = _result(run, ids[0], [0.2, 0.5], 1e-3)
+        b = _result(run, ids[1], [0.5, 0.4], 2e-3)
+        c = _result(run, ids[2], [0.3, 0.4], 3e-3)
+        orders = [[a, b, c], [c, b, a], [b, c, a], [a, c, b]]
+        return {
+            tuple(t["params"]["lr"] for t in top_trials(collect_trials(Grid(o), SETTINGS), SETTINGS, 3))
+            for o in orders
+        }
+
+    assert picks(("b7", "a3", "c1")) == picks(("a3", "b7", "c1")) == {(1e-3, 2e-3, 3e-3)}
 
 
 def test_the_table_and_the_plots_give_a_trial_the_same_best_value(tmp_path):

@@ -123,17 +123,21 @@ def _usable(trials: pd.DataFrame, settings: SweepSettings) -> pd.Series:
 
 
 def ranked(trials: pd.DataFrame, settings: SweepSettings) -> pd.DataFrame:
-    """The trials best first by their best epoch's metric (unusable ones last; a tie goes to the smaller trial
-    id, so the order never depends on the order Ray lists them in), one column per parameter."""
+    """The trials best first by their best epoch's metric (unusable ones last), one column per parameter. A
+    tie goes by the parameters (as sorted JSON), then the trial id: Ray names trials at random, and a sweep
+    run again with the same seeds, or resumed after a kill, then still ranks its tied trials alike."""
     keys, ascending = (
-        ["_usable", f"best_{settings.metric}", "trial_id"],
-        [False, settings.mode == "min", True],
+        ["_usable", f"best_{settings.metric}", "_params", "trial_id"],
+        [False, settings.mode == "min", True, True],
     )
-    r = trials.assign(_usable=_usable(trials, settings)).sort_values(
-        keys, ascending=ascending, na_position="last"
-    )
+    r = trials.assign(_usable=_usable(trials, settings), _params=trials["params"].map(_params_key))
+    r = r.sort_values(keys, ascending=ascending, na_position="last").drop(columns=["_usable", "_params"])
     params = pd.DataFrame(r["params"].tolist(), index=r.index)
-    return r.drop(columns="_usable").join(params.reindex(columns=[p.name for p in settings.search_space]))
+    return r.join(params.reindex(columns=[p.name for p in settings.search_space]))
+
+
+def _params_key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 def top_trials(trials: pd.DataFrame, settings: SweepSettings, k: int) -> list[dict]:
@@ -141,7 +145,7 @@ def top_trials(trials: pd.DataFrame, settings: SweepSettings, k: int) -> list[di
     members), each as ``{"trial_id", "best", "params"}``; ``trials`` is the table of ``collect_trials``."""
     r = ranked(trials, settings)
     r = r[_usable(r, settings)]
-    r = r[~r["params"].map(lambda p: json.dumps(p, sort_keys=True, default=str)).duplicated()].head(k)
+    r = r[~r["params"].map(_params_key).duplicated()].head(k)
     best, rows = f"best_{settings.metric}", r.to_dict("records")
     return [{"trial_id": t["trial_id"], "best": float(t[best]), "params": t["params"]} for t in rows]
 
