@@ -12,6 +12,7 @@ from sweeps.config.settings import SweepSettings, fmt_duration
 from sweeps.report import plots
 from sweeps.report.calibration import markdown_lines as calibration_lines
 from sweeps.report.trials import STATUSES, device_lines, ranked, status_counts
+from sweeps.state.storage import write_local
 
 
 def _fmt(v) -> str:
@@ -161,7 +162,7 @@ def write_markdown(
         *(["", "## Failed trials", ""] if failed else []),
         *[f"- `{t['trial_id']}` with {t['params']}: {t['error']}" for t in failed],
     ]
-    path.write_text("\n".join(lines) + "\n")
+    write_local(path, ("\n".join(lines) + "\n").encode())
 
 
 def print_summary(

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 from fer_core.data import CLASS_NAMES, scan_split
 from fer_core.errors import FerError
 from sweeps.config.settings import SweepSettings, settings_from_mapping, to_mapping
-from sweeps.state.signing import sign_files
+from sweeps.state.signing import write_signed
 from sweeps.state.storage import open_storage
 
 RECORD, DATA, WINNER, PHASES = "fer_sweep.json", "fer_data.json", "fer_winner.json", "fer_phases.json"
@@ -39,11 +39,7 @@ def flat_settings(s: SweepSettings) -> dict:
 
 
 def _write(exp: str, name: str, doc) -> None:
-    fs, root = open_storage(exp)
-    fs.create_dir(root)
-    with fs.open_output_stream(f"{root}/{name}") as f:
-        f.write(json.dumps(doc, indent=1, default=str).encode())
-    sign_files(exp, [name])
+    write_signed(exp, name, json.dumps(doc, indent=1, default=str).encode())
 
 
 def _read(exp: str, name: str):

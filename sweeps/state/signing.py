@@ -23,7 +23,7 @@ from ray import tune
 from ray.train.constants import _get_ray_train_session_dir
 
 from fer_core.errors import FerError
-from sweeps.state.storage import open_storage
+from sweeps.state.storage import open_storage, write_local, write_state
 
 MANIFEST_PREFIX = "fer_manifest-"
 KEY_ENV = "FER_SWEEP_KEY_FILE"
@@ -105,14 +105,26 @@ def _read(fs, path: str) -> bytes:
         return f.readall()
 
 
-def _write(fs, path: str, data: bytes) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(data)
-
-
 def _listing(fs, root: str) -> list[str]:
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
-    rels = [os.path.relpath(i.path, root) for i in infos if i.type == pyarrow.fs.FileType.File]
+    """The files in the experiment ``root`` (a nested experiment's left out). A local folder is walked
+    without following links (pyarrow's recursive listing follows them: ``loop -> .`` never ends); a link
+    that a covered name points through is refused, since Ray would read what it leads to."""
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        rels = []
+        for top, dirs, files in os.walk(root):  # followlinks=False
+            for n in dirs + files:
+                rel = os.path.relpath(os.path.join(top, n), root)
+                if os.path.islink(os.path.join(root, rel)):
+                    if covered(rel) or n in dirs:
+                        raise FerError(
+                            f"{root}/{rel}: a symbolic link in the experiment state; the sweep writes none, "
+                            "so --resume will not follow it: remove it"
+                        )
+                elif n in files:
+                    rels.append(rel)
+    else:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+        rels = [os.path.relpath(i.path, root) for i in infos if i.type == pyarrow.fs.FileType.File]
     return [r for r in rels if r.split("/", 1)[0] not in NESTED or "/" not in r]
 
 
@@ -144,13 +156,27 @@ def read_manifests(fs, root: str, key: bytes, rels: list[str]) -> dict:
 def sign_files(uri: str, rels: list[str]) -> None:
     """Add the current contents of ``rels`` (paths inside the experiment ``uri``) to the driver's manifest."""
     fs, root = open_storage(uri)
+    _sign(fs, root, {rel: _sha(_read(fs, f"{root}/{rel}")) for rel in rels})
+
+
+def write_signed(uri: str, rel: str, data: bytes) -> None:
+    """Write ``data`` to ``rel`` in the experiment ``uri``, its hash signed into the driver's manifest BEFORE
+    the file is replaced (both writes atomic): a kill at any instant leaves the old file or the new one,
+    each of them signed."""
+    fs, root = open_storage(uri)
+    fs.create_dir(root)
+    _sign(fs, root, {rel: _sha(data)})
+    write_state(fs, f"{root}/{rel}", data, root)
+
+
+def _sign(fs, root: str, digests: dict) -> None:
     key = load_key(create=True)
     target = f"{root}/{MANIFEST_PREFIX}driver.json"
     exists = fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound
     files = read_manifests(fs, root, key, [f"{MANIFEST_PREFIX}driver.json"]) if exists else {}
-    for rel in rels:
-        _merge(files, rel, _sha(_read(fs, f"{root}/{rel}")))
-    _write(fs, target, _manifest_bytes(key, files))
+    for rel, digest in digests.items():
+        _merge(files, rel, digest)
+    write_state(fs, target, _manifest_bytes(key, files), root)
 
 
 def verify_experiment(uri: str) -> None:
@@ -248,9 +274,8 @@ class SignStateCallback(tune.Callback):
         if self._remote is not None:
             # Straight to storage, before Tune uploads the state just hashed: no unsigned state there, ever.
             fs, path = self._remote
-            _write(fs, f"{path}/{name}", _manifest_bytes(key, self._files))
+            write_state(fs, f"{path}/{name}", _manifest_bytes(key, self._files), path)
             return
-        target = root / name  # no trial known yet: the manifest travels with the state it signs
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(_manifest_bytes(key, self._files))
-        os.replace(tmp, target)  # the uploader never sees half a manifest
+        # No trial known yet: the manifest travels with the state it signs (its temporary name is hidden
+        # from the uploader, which never sees half a manifest).
+        write_local(root / name, _manifest_bytes(key, self._files), root)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from fer_core.atomic import write_atomic
 from fer_core.decode_cache import cache_folder, load_split
 from fer_core.errors import FerError
 
@@ -121,28 +122,72 @@ _NEVER_THROUGH = (
 )
 
 
+def _refuse_link_out(link: Path, real_root: Path, root: Path) -> None:
+    """The containment rule, in one place: a FerError when ``link`` leads out of the folder ``root``."""
+    target = os.path.realpath(link)  # a loop stays as it is (Path.resolve raises)
+    if not Path(target).is_relative_to(real_root):
+        raise FerError(
+            f"{link}: a symbolic link to {target}, outside the experiment folder {root}; " + _NEVER_THROUGH
+        )
+
+
 def check_contained(exp: str) -> None:
     """Before anything is written: a one-line FerError naming the first symbolic link in the experiment
     folder ``exp`` (a path or file:// URI; for any URI, the local copy of its report) whose target lies outside
     it, or that folder itself being a link; the sweep would write the report and checkpoints through it.
-    Object storage has no links."""
+    Object storage has no links. Each later write checks its own path again (``write_local``)."""
     folders = [_local_copy(exp)] if "://" in exp else [Path(exp)]
     if exp.startswith("file://"):
         folders.append(Path(open_storage(exp)[1]))
     for root in folders:
-        if root.is_symlink():
-            raise FerError(
-                f"{root}: the experiment folder is a symbolic link to {os.path.realpath(root)}; {_NEVER_THROUGH}"
-            )
+        _refuse_linked_root(root)
         real = root.resolve()
         for top, dirs, files in os.walk(root):  # followlinks=False: a linked folder is listed, never entered
             for link in (Path(top, n) for n in dirs + files if os.path.islink(os.path.join(top, n))):
-                target = os.path.realpath(link)  # a loop stays as it is (Path.resolve raises)
-                if not Path(target).is_relative_to(real):
-                    raise FerError(
-                        f"{link}: a symbolic link to {target}, outside the experiment folder {root}; "
-                        + _NEVER_THROUGH
-                    )
+                _refuse_link_out(link, real, root)
+
+
+def _refuse_linked_root(root: Path) -> None:
+    if root.is_symlink():
+        raise FerError(
+            f"{root}: the experiment folder is a symbolic link to {os.path.realpath(root)}; {_NEVER_THROUGH}"
+        )
+
+
+def write_local(path: Path, data: bytes, root: Path | None = None) -> None:
+    """The one writer of a local state or report file: atomic (``write_atomic``), and never through a
+    symbolic link that leads out of ``root`` (default: the file's folder), checked at this write: a link at
+    ``path`` or on the way to it from ``root``. A one-line FerError when refused or when the disk is full
+    (the old file is left as it was)."""
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    _refuse_linked_root(root)
+    real = root.resolve()
+    node = path
+    while node != root and node != node.parent:  # the file and each folder between it and root
+        if node.is_symlink():
+            _refuse_link_out(node, real, root)
+        node = node.parent
+    try:
+        write_atomic(path, lambda f: f.write(data), mode=0o644)
+    except OSError as e:
+        raise FerError(
+            f"{path}: could not be written ({e.strerror or e}); free space there, then run the same command "
+            "again (the file was left as it was)"
+        ) from None
+
+
+def write_state(fs, path: str, data: bytes, root: str) -> None:
+    """Write the file ``path`` of the experiment folder ``root`` on the storage ``fs``: locally through
+    ``write_local``; on object storage a single put, which is atomic there."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        write_local(Path(path), data, Path(root))
+        return
+    try:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    except OSError as e:
+        raise FerError(f"{path}: could not be written: {error_cause(e)} ({one_line(e)})") from None
 
 
 def upload_report(storage: str, name: str, report_dir: Path) -> str | None:

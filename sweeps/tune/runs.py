@@ -16,7 +16,7 @@ from ray.tune.stopper import Stopper
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
 from sweeps.plan.resources import trial_config
-from sweeps.state.signing import SignStateCallback, sign_files
+from sweeps.state.signing import SignStateCallback, sign_files, verify_experiment
 from sweeps.state.storage import experiment_uri, storage_uri
 from sweeps.tune.trainable import fer_trainable
 
@@ -127,6 +127,7 @@ def run_search(
     deadline = Deadline(time_limit_s) if time_limit_s else None
     if resume:
         # Finished trials are kept as they are; unfinished ones continue from their last checkpoint.
+        verify_experiment(exp)  # what Tuner.restore unpickles, checked now (the driver checked minutes ago)
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=False)
         return _fit(tuner, exp, resumed=True), frozenset()
     # TPE's default 10 random start-up trials would leave a small sweep entirely random.
@@ -188,6 +189,7 @@ def run_retrain(
     exp = f"{experiment_uri(settings)}/retrain"
     resumed = tune.Tuner.can_restore(exp)
     if resumed:
+        verify_experiment(exp)  # what Tuner.restore unpickles, checked at the moment it does
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         # Each member stops at an epoch's end, with its checkpoint: the report needs one.

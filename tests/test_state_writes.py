@@ -1,0 +1,162 @@
+"""Every state and report write is atomic, signed before it is trusted and contained in its experiment
+folder, at the moment it is made (issue 31, item 6 and its storage cases)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fer_core.errors import FerError
+from sweeps.config.settings import load_settings
+from sweeps.state.record import RECORD, read_record, write_record
+from sweeps.state.signing import sign_experiment, verify_experiment
+
+from .conftest import REPO
+from .test_resume_guard import NO_BUDGET, _Evil, _experiment
+
+# Rewrites the signed record of the experiment argv[1] as fast as it can, until killed.
+_REWRITER = """
+import sys
+from sweeps.config.settings import load_settings
+from sweeps.state.record import write_record
+print("ready", flush=True)
+n = 0
+while True:
+    n += 1
+    write_record(sys.argv[1], load_settings(None, {"time_budget": "", "num_samples": n % 50 + 1}))
+"""
+
+
+def test_a_kill_at_any_instant_leaves_a_signed_record_that_resume_accepts(tmp_path):
+    exp = str(tmp_path / "exp")
+    write_record(exp, load_settings(None, NO_BUDGET))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for delay in (0.3, 0.55, 0.8, 1.05):
+        p = subprocess.Popen(
+            [sys.executable, "-c", _REWRITER, exp], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert p.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        verify_experiment(exp)  # the record on disk, old or new, is signed: --resume accepts it
+        assert read_record(exp).num_samples >= 1  # and whole
+
+
+def test_a_link_planted_after_the_start_is_refused_at_the_write(tmp_path):
+    from sweeps.report.html import write_html
+
+    report = tmp_path / "exp" / "report"
+    report.mkdir(parents=True)
+    (report / "report.md").write_text("# r\n\ntext\n")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    (report / "report.html").symlink_to(outside)
+    with pytest.raises(
+        FerError, match=r"report.html: a symbolic link to .*outside.txt, outside the experiment"
+    ):
+        write_html(report / "report.md")
+    assert outside.read_text() == "precious\n"
+
+
+def test_a_linked_folder_on_the_way_to_a_state_file_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "exp").symlink_to(outside)
+    with pytest.raises(FerError, match="the experiment folder is a symbolic link"):
+        write_record(str(storage / "exp"), load_settings(None, NO_BUDGET))
+    assert list(outside.iterdir()) == []
+
+
+def test_resume_verifies_the_state_at_the_moment_tune_restores_it(tmp_path):
+    """The driver checked the folder minutes before; a tuner.pkl swapped since is refused, not unpickled."""
+    from sweeps.tune.runs import run_search
+
+    storage = tmp_path / "storage"
+    exp = _experiment(storage / "x")
+    sign_experiment(str(exp))
+    verify_experiment(str(exp))  # the driver's early check passes
+    marker = tmp_path / "pwned"
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(_Evil(marker)))  # swapped during the probe
+    settings = load_settings(None, {**NO_BUDGET, "name": "x", "storage": str(storage)})
+    placement = SimpleNamespace(resources={"cpu": 1, "gpu": 0}, concurrent=1)
+    with pytest.raises(FerError, match=r"tuner.pkl: changed after the sweep"):
+        run_search(settings, str(tmp_path), placement, resume=True)
+    assert not marker.exists()
+
+
+def _manifest_cli(*argv):
+    cmd = [sys.executable, "-m", "sweeps.manifest", *argv]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("target", [".", "/usr"])
+def test_manifest_sign_and_verify_never_follow_a_link(tmp_path, target):
+    exp = _experiment(tmp_path / "exp")
+    sign_experiment(str(exp))
+    (exp / "trial_1" / "link").symlink_to(target)
+    for action in ("verify", "sign"):
+        r = _manifest_cli(action, str(exp))
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.count("\n") == 1 and "trial_1/link: a symbolic link" in r.stderr, r.stderr
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs), filled but for a few KiB; skipped where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(folder: Path, leave: int) -> Path:
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    filler = folder / "filler"
+    filler.write_bytes(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_a_full_cache_disk_is_one_line_and_leaves_no_temporary_file(full_disk, demo_root):
+    from fer_core.decode_cache import load_split
+    from fer_core.errors import DataError
+
+    cache = full_disk / "cache"
+    cache.mkdir()
+    _fill(full_disk, leave=8192)
+    for _ in range(2):  # the same on the next run: nothing left behind to trip over
+        with pytest.raises(DataError, match=r"cannot write the image cache \(.* MiB free there\)") as e:
+            load_split(str(demo_root), "val", 48, True, cache_dir=str(cache))
+        assert "\n" not in str(e.value)
+        assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_full_storage_disk_is_one_line_and_keeps_the_signed_state(full_disk):
+    exp = str(full_disk / "exp")
+    write_record(exp, load_settings(None, {**NO_BUDGET, "num_samples": 3}))
+    filler = _fill(full_disk, leave=0)
+    with pytest.raises(FerError, match="No space left on device") as e:
+        write_record(exp, load_settings(None, {**NO_BUDGET, "num_samples": 4, "seed": 9}))
+    assert "\n" not in str(e.value)
+    filler.unlink()  # space again: the experiment is whole, signed, and takes the write
+    verify_experiment(exp)
+    assert read_record(exp).num_samples in (3, 4)
+    write_record(exp, load_settings(None, {**NO_BUDGET, "num_samples": 4}))
+    verify_experiment(exp)
+    assert read_record(exp).num_samples == 4 and (full_disk / "exp" / RECORD).is_file()
