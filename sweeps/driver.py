@@ -26,6 +26,7 @@ from sweeps.report.trials import collect_trials, top_trials
 from sweeps.state.lock import Lease
 from sweeps.state.record import (
     check_data,
+    check_location,
     read_phases,
     read_winner,
     resume_settings,
@@ -77,6 +78,7 @@ def check_experiment(exp: str, resume: bool) -> None:
         )
     if resume:
         verify_experiment(exp)
+        check_location(exp)
         if tune.Tuner.can_restore(f"{exp}/retrain"):
             verify_experiment(f"{exp}/retrain")
 

@@ -160,3 +160,21 @@ def test_a_full_storage_disk_is_one_line_and_keeps_the_signed_state(full_disk):
     write_record(exp, load_settings(None, {**NO_BUDGET, "num_samples": 4}))
     verify_experiment(exp)
     assert read_record(exp).num_samples == 4 and (full_disk / "exp" / RECORD).is_file()
+
+
+@pytest.mark.parametrize("how", ["mv", "cp"])
+def test_a_moved_or_copied_experiment_is_refused_in_one_line(tmp_path, how):
+    storage = tmp_path / "storage"
+    exp = _experiment(storage / "a")
+    write_record(str(exp), load_settings(None, {**NO_BUDGET, "name": "a", "storage": str(storage)}))
+    sign_experiment(str(exp))
+    subprocess.run([how, "-a" if how == "cp" else "-T", str(exp), str(storage / "b")], check=True)
+    r = subprocess.run(
+        [sys.executable, "sweeps/run.py", "--storage", str(storage), "--name", "b", "--resume"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (
+        r.stderr.count("\n") == 1
+        and f"{storage}/b was started as {storage}/a and moved or copied" in r.stderr
+    )

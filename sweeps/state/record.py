@@ -52,8 +52,22 @@ def _read(exp: str, name: str):
 
 
 def write_record(exp: str, s: SweepSettings) -> None:
-    """Write (or rewrite) the settings' record into the experiment folder ``exp`` (a path or URI), signed."""
-    _write(exp, RECORD, {"version": 1, "settings": to_mapping(s), "given": sorted(s.given)})
+    """Write (or rewrite) the settings' record into the experiment folder ``exp`` (a path or URI), signed;
+    it names that folder (``check_location``)."""
+    doc = {"version": 1, "experiment": exp, "settings": to_mapping(s), "given": sorted(s.given)}
+    _write(exp, RECORD, doc)
+
+
+def check_location(exp: str) -> None:
+    """Refuse (one line) to resume an experiment that was moved or copied to ``exp``: Ray's state still
+    sends its unfinished trials to the folder it started in (call after ``verify_experiment``)."""
+    doc = _read(exp, RECORD) or {}
+    then = doc.get("experiment", exp)
+    if then != exp:
+        raise FerError(
+            f"--resume: {exp} was started as {then} and moved or copied here; Ray's state would send its "
+            f"unfinished trials back to {then}, so resume it where it started (move it back), or start a new --name"
+        )
 
 
 def read_record(exp: str) -> SweepSettings:
