@@ -178,3 +178,16 @@ def test_a_moved_or_copied_experiment_is_refused_in_one_line(tmp_path, how):
         r.stderr.count("\n") == 1
         and f"{storage}/b was started as {storage}/a and moved or copied" in r.stderr
     )
+
+
+def test_an_unreachable_gcs_storage_fails_in_seconds_in_one_line():
+    """No credentials or no network: one line within ~20 s, not a silent wait (GCS retries for 15 minutes)."""
+    code = (
+        "from sweeps.state.storage import check_writable; check_writable('gs://fer-no-bucket/x', '--storage')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t0 < 40
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0 and "FerError: --storage gs://fer-no-bucket/x: cannot write there" in last, last

@@ -8,15 +8,18 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from fer_core.atomic import write_atomic
 from fer_core.decode_cache import cache_folder, load_split
 from fer_core.errors import FerError
 
-# Bound the driver's own requests: give up within ~20 s, not pyarrow's ~100 s per retried request.
+# Bound the driver's own requests: give up within ~20 s, not pyarrow's ~100 s per retried S3 request
+# (or the 15 minutes GCS retries for).
 # request_timeout is curl's "no byte for this long", not a cap on a whole upload.
 CONNECT_TIMEOUT_S = 5
 REQUEST_TIMEOUT_S = 10
@@ -47,6 +50,10 @@ def open_storage(uri: str, what: str = "--storage"):
         options["region"] = options["region"] or fs.region  # the region the client resolved, when not given
         retry = pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS)
         fs = pafs.S3FileSystem(**options, retry_strategy=retry)
+    elif isinstance(fs, pafs.GcsFileSystem):  # its default retries each request for 15 minutes
+        _, (options,) = fs.__reduce__()
+        options["retry_time_limit"] = timedelta(seconds=CONNECT_TIMEOUT_S + REQUEST_TIMEOUT_S)
+        fs = pafs.GcsFileSystem(**options)
     return fs, path.rstrip("/")
 
 
@@ -61,7 +68,7 @@ def check_uri_writable(uri: str, what: str = "--storage") -> None:
         with fs.open_output_stream(probe) as f:
             f.write(b"probe")
         fs.delete_file(probe)
-    except OSError as e:
+    except (OSError, pa.ArrowException) as e:  # GCS: an unreadable credentials file is an ArrowException
         raise FerError(f"{what} {uri}: cannot write there: {error_cause(e)} ({one_line(e)})") from None
 
 
@@ -218,6 +225,11 @@ def error_cause(e: Exception) -> str:
     text = str(e)
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         return "the bucket does not exist; create it or fix --storage"
+    if "OAuth2 access token" in text:
+        return (
+            "no Google Cloud credentials, or the server cannot be reached; set GOOGLE_APPLICATION_CREDENTIALS "
+            "(or run gcloud auth application-default login) and check the network"
+        )
     if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not resolve" in text:
         return "the storage server cannot be reached; check the network, and AWS_ENDPOINT_URL for an S3-compatible server"
     if any(k in text for k in _DENIED):
