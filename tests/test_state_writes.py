@@ -191,3 +191,15 @@ def test_an_unreachable_gcs_storage_fails_in_seconds_in_one_line():
     assert time.monotonic() - t0 < 40
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode != 0 and "FerError: --storage gs://fer-no-bucket/x: cannot write there" in last, last
+
+
+def test_signed_files_copied_from_another_experiment_with_the_same_key_are_refused(tmp_path):
+    a, b = _experiment(tmp_path / "a"), _experiment(tmp_path / "b")
+    (a / "tuner.pkl").write_bytes(pickle.dumps({"tuner": "a"}))
+    sign_experiment(str(a))
+    sign_experiment(str(b))
+    (a / "fer_manifest-driver.json").rename(a / "fer_manifest-20250101-000000-aaaaaa.json")  # as a session's
+    for name in ("tuner.pkl", "fer_manifest-20250101-000000-aaaaaa.json"):
+        (b / name).write_bytes((a / name).read_bytes())
+    with pytest.raises(FerError, match=r"signed for another experiment .*copied in"):
+        verify_experiment(str(b))

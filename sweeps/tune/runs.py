@@ -16,7 +16,7 @@ from ray.tune.stopper import Stopper
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
 from sweeps.plan.resources import trial_config
-from sweeps.state.signing import SignStateCallback, sign_files, verify_experiment
+from sweeps.state.signing import SignStateCallback, experiment_id, sign_files, verify_experiment
 from sweeps.state.storage import experiment_uri, storage_uri
 from sweeps.tune.trainable import fer_trainable
 
@@ -168,7 +168,7 @@ def _run_config(settings, name: str, storage: str, deadline: Deadline | None, ca
         stop=deadline,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only last.pt is needed to resume
-        callbacks=[SignStateCallback(name), *ends, *callbacks],
+        callbacks=[SignStateCallback(name, experiment_id(f"{storage}/{name}")), *ends, *callbacks],
         verbose=1,  # the trial status table and start/stop lines, not every epoch's full result
     )
 
