@@ -1,6 +1,7 @@
-"""Where an experiment lives: a local folder or a URI (``s3://bucket/prefix``), checked before Ray starts.
+"""Where an experiment lives (a local folder or a URI, ``s3://bucket/prefix``) and the one writer of its files.
 
-A URI is opened as Ray opens it (same server, same credentials: see docs/architecture.md).
+A URI is opened as Ray opens it (same server, same credentials: see docs/architecture.md). Every state and
+report file is written by ``write_state``/``write_local``: atomic, and never through a link out of the folder.
 """
 
 from __future__ import annotations
