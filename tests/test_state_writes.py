@@ -203,3 +203,25 @@ def test_signed_files_copied_from_another_experiment_with_the_same_key_are_refus
         (b / name).write_bytes((a / name).read_bytes())
     with pytest.raises(FerError, match=r"signed for another experiment .*copied in"):
         verify_experiment(str(b))
+
+
+def test_state_on_s3_is_written_in_one_put_signed_and_bound(tmp_path):
+    from .s3_server import BUCKET, S3
+
+    store = S3(tmp_path)
+    code = (
+        "import sys; from sweeps.config.settings import load_settings; "
+        "from sweeps.state.record import write_record, read_record; "
+        "from sweeps.state.signing import verify_experiment, experiment_id; "
+        "exp = sys.argv[1]; write_record(exp, load_settings(None, {'time_budget': '', 'num_samples': 3})); "
+        "verify_experiment(exp); print(read_record(exp).num_samples, experiment_id(exp) == experiment_id(exp))"
+    )
+    try:
+        env = {**store.env, "PYTHONPATH": str(REPO), "AWS_EC2_METADATA_DISABLED": "true"}
+        r = subprocess.run([sys.executable, "-c", code, f"s3://{BUCKET}/sweeps/e"], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0 and r.stdout.split() == ["3", "True"], r.stderr[-2000:]
+        names = store.files("sweeps/e")
+        assert any(n.endswith("fer_sweep.json") for n in names) and not any(".tmp" in n for n in names), names
+    finally:
+        store.stop()
