@@ -180,6 +180,7 @@ def test_a_moved_or_copied_experiment_is_refused_in_one_line(tmp_path, how):
     )
 
 
+@pytest.mark.slow  # ~20 s of waiting on GCS's retry limit
 def test_an_unreachable_gcs_storage_fails_in_seconds_in_one_line():
     """No credentials or no network: one line within ~20 s, not a silent wait (GCS retries for 15 minutes)."""
     code = (
