@@ -20,6 +20,7 @@ from sweeps.state.record import RECORD, read_record, write_record
 from sweeps.state.signing import sign_experiment, verify_experiment
 
 from .conftest import REPO
+from .test_report_trials import SETTINGS, table  # noqa: F401 (a fixture)
 from .test_resume_guard import NO_BUDGET, _Evil, _experiment
 
 # Rewrites the signed record of the experiment argv[1] as fast as it can, until killed.
@@ -51,20 +52,45 @@ def test_a_kill_at_any_instant_leaves_a_signed_record_that_resume_accepts(tmp_pa
         assert read_record(exp).num_samples >= 1  # and whole
 
 
-def test_a_link_planted_after_the_start_is_refused_at_the_write(tmp_path):
-    from sweeps.report.html import write_html
+def _writers(trials):
+    """One writer of each kind of report file, by the file it writes in the report folder."""
+    import matplotlib.pyplot as plt
 
+    from fer_core.apps.figures import save_png
+    from fer_core.checkpoint import copy_checkpoint
+    from sweeps.config.space import to_optuna
+    from sweeps.report import plots
+    from sweeps.report.html import write_html
+    from sweeps.report.trials import write_csv
+
+    def study(p):
+        built, _ = plots.build_study(trials, to_optuna(SETTINGS.search_space), SETTINGS.mode)
+        plots.save_study(built, "x", SETTINGS.metric, p)
+
+    return {
+        "report.html": lambda p: write_html(p.with_name("report.md")),
+        "confusion_matrix.png": lambda p: save_png(plt.figure(), p),
+        "trials.csv": lambda p: write_csv(trials, SETTINGS, p),
+        "optuna.db": study,
+        "best.pt": lambda p: copy_checkpoint(p.with_name("report.md"), p),
+    }
+
+
+def test_a_link_planted_at_any_report_file_after_the_start_is_never_followed(tmp_path, table):  # noqa: F811
+    """Each write refuses the link in one line (the one writer) or replaces it (``write_atomic``'s rename)."""
     report = tmp_path / "exp" / "report"
     report.mkdir(parents=True)
     (report / "report.md").write_text("# r\n\ntext\n")
     outside = tmp_path / "outside.txt"
     outside.write_text("precious\n")
-    (report / "report.html").symlink_to(outside)
-    with pytest.raises(
-        FerError, match=r"report.html: a symbolic link to .*outside.txt, outside the experiment"
-    ):
-        write_html(report / "report.md")
-    assert outside.read_text() == "precious\n"
+    for name, write in _writers(table).items():
+        (report / name).symlink_to(outside)
+        try:
+            write(report / name)
+            assert not (report / name).is_symlink(), name
+        except FerError as e:
+            assert f"{name}: a symbolic link to {outside}, outside the experiment" in str(e), name
+        assert outside.read_text() == "precious\n", name
 
 
 def test_a_linked_folder_on_the_way_to_a_state_file_is_refused(tmp_path):
