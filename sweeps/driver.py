@@ -34,7 +34,7 @@ from sweeps.state.record import (
     write_record,
     write_winner,
 )
-from sweeps.state.signing import verify_experiment
+from sweeps.state.signing import restore_signed_state, verify_experiment
 from sweeps.state.storage import (
     check_cache,
     check_contained,
@@ -77,9 +77,11 @@ def check_experiment(exp: str, resume: bool) -> None:
             f"{exp}: an experiment already exists there; pass --resume to continue it or --name NEW to start another"
         )
     if resume:
+        restore_signed_state(exp)
         verify_experiment(exp)
         check_location(exp)
         if tune.Tuner.can_restore(f"{exp}/retrain"):
+            restore_signed_state(f"{exp}/retrain")
             verify_experiment(f"{exp}/retrain")
 
 

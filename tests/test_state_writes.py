@@ -138,18 +138,25 @@ def test_manifest_sign_and_verify_never_follow_a_link(tmp_path, target):
         assert r.stderr.count("\n") == 1 and "trial_1/link: a symbolic link" in r.stderr, r.stderr
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A real 1 MiB filesystem (tmpfs), filled but for a few KiB; skipped where mounting is not allowed."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+def _small_disk(folder: Path, size: str):
+    """A real filesystem (tmpfs) of ``size`` at ``folder``, unmounted after; skipped where mounting is not
+    allowed."""
+    folder.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
     try:
-        yield mnt
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs), filled by the tests but for a few KiB."""
+    yield from _small_disk(tmp_path / "small", "1m")
 
 
 def _fill(folder: Path, leave: int) -> Path:
@@ -186,6 +193,28 @@ def test_a_full_storage_disk_is_one_line_and_keeps_the_signed_state(full_disk):
     write_record(exp, load_settings(None, {**NO_BUDGET, "num_samples": 4}))
     verify_experiment(exp)
     assert read_record(exp).num_samples == 4 and (full_disk / "exp" / RECORD).is_file()
+
+
+@pytest.fixture
+def small_storage(tmp_path):
+    """A real 6 MiB filesystem (tmpfs): a tiny sweep's first checkpoint does not fit."""
+    yield from _small_disk(tmp_path / "small", "6m")
+
+
+@pytest.mark.slow  # a tiny sweep that fills its storage, then its resume (~2 min on 2 cores)
+def test_a_full_storage_is_one_line_and_the_sweep_resumes_once_there_is_space(small_storage):
+    """Ray's uploads are cut short (experiment_state, error.pkl): one line; then, with room, --resume takes
+    the signed state back from Ray's staging folder (the user signs nothing) and retries the failed trial."""
+    from .sweep_utils import run_sweep
+
+    r = run_sweep(small_storage, "full", "num_samples=1", "max_failures=0")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: ") and "the storage is full" in last, last
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_storage)], check=True)  # space again
+    r = run_sweep(small_storage, "full", "--resume")
+    assert "put back the signed state" in r.stdout and "retrying the failed trials" in r.stdout, r.stderr
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (small_storage / "full" / "report" / "report.md").is_file()
 
 
 @pytest.mark.parametrize("how", ["mv", "cp"])

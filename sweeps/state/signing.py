@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.fs
 from ray import tune
+from ray._common.utils import get_default_ray_temp_dir
 from ray.train.constants import _get_ray_train_session_dir
 
 from fer_core.errors import FerError
@@ -221,6 +222,54 @@ def verify_experiment(uri: str) -> None:
                 f"(its hash is not in the signed manifest), so --resume will not load it; if you "
                 f"trust every file in the folder: python -m sweeps.manifest sign {uri}"
             )
+
+
+def restore_signed_state(uri: str) -> list[str]:
+    """Before a resume of the local experiment ``uri``: put back, from the driver's staging folders that Ray
+    left in its temporary folder, the signed version of each state file Ray's upload left unsigned in the
+    experiment (a full disk truncates what it copies), with the manifest that signs it; then remove the
+    unsigned ``.pkl`` files left empty (nothing in them can run). Returns the files restored or removed;
+    any other unsigned file is left for ``verify_experiment`` to refuse. Nothing unsigned is ever accepted."""
+    if "://" in uri:  # object storage is written in single puts: never truncated
+        return []
+    fs, root = open_storage(uri)
+    rels = _listing(fs, root)
+    if not any(r.startswith(MANIFEST_PREFIX) for r in rels):
+        return []
+    key = load_key(create=False)
+    accepted, experiment = read_manifests(fs, root, key, rels)
+    bad = {r for r in rels if covered(r) and _sha(_read(fs, f"{root}/{r}")) not in accepted.get(r, ())}
+    done = []
+    pattern = (
+        f"{get_default_ray_temp_dir()}/session_*/artifacts/*/{glob.escape(Path(root).name)}/driver_artifacts"
+    )
+    for staging in sorted(glob.glob(pattern), key=os.path.getmtime, reverse=True):  # the newest first
+        found = _listing(fs, staging)
+        try:
+            signed, bound = read_manifests(fs, staging, key, found)
+        except FerError:
+            continue
+        if bound != experiment:  # another experiment of the same name
+            continue
+        for rel in sorted(bad & set(found)):
+            data = _read(fs, f"{staging}/{rel}")
+            if _sha(data) in signed.get(rel, ()):
+                for m in (m for m in found if "/" not in m and m.startswith(MANIFEST_PREFIX)):
+                    # its signature travels with it, under a name no session of the storage uses
+                    write_local(Path(root, f"{MANIFEST_PREFIX}restored-{m[len(MANIFEST_PREFIX) :]}"),
+                                _read(fs, f"{staging}/{m}"), Path(root))  # fmt: skip
+                write_local(Path(root, rel), data, Path(root))
+                bad.discard(rel)
+                done.append(rel)
+    for rel in sorted(r for r in bad if r.endswith(".pkl") and not _read(fs, f"{root}/{r}")):
+        fs.delete_file(f"{root}/{rel}")
+        done.append(rel)
+    if done:
+        print(
+            f"[sweeps] {uri}: put back the signed state a full disk left cut short: {', '.join(done)}",
+            flush=True,
+        )
+    return done
 
 
 def sign_experiment(uri: str) -> int:

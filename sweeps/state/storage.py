@@ -7,6 +7,7 @@ report file is written by ``write_state``/``write_local``: atomic, and never thr
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from datetime import timedelta
@@ -196,6 +197,22 @@ def write_state(fs, path: str, data: bytes, root: str) -> None:
             f.write(data)
     except OSError as e:
         raise FerError(f"{path}: could not be written: {error_cause(e)} ({one_line(e)})") from None
+
+
+FULL_BELOW = 2**20  # bytes free under which a local storage that failed a write is taken to be full
+
+
+def refuse_full_storage(exp: str) -> None:
+    """A one-line FerError when the local experiment folder ``exp`` is on a full disk (Ray's writes into it
+    fail in many ways: truncated files, an EOFError reading them back)."""
+    if "://" in exp:
+        return
+    free = shutil.disk_usage(Path(exp) if Path(exp).exists() else Path(exp).parent).free
+    if free < FULL_BELOW:
+        raise FerError(
+            f"{exp}: the storage is full ({free / 2**20:.2f} MiB free), so the sweep stopped; the trials "
+            "finished so far are kept: free space there, then run the same command with --resume"
+        )
 
 
 def upload_report(storage: str, name: str, report_dir: Path) -> str | None:
