@@ -201,19 +201,21 @@ def small_storage(tmp_path):
     yield from _small_disk(tmp_path / "small", "6m")
 
 
-@pytest.mark.slow  # a tiny sweep that fills its storage, then its resume (~2 min on 2 cores)
+@pytest.mark.slow  # a tiny sweep that fills its storage, then its resume (~1 min)
 def test_a_full_storage_is_one_line_and_the_sweep_resumes_once_there_is_space(small_storage):
     """Ray's uploads are cut short (experiment_state, error.pkl): one line; then, with room, --resume takes
     the signed state back from Ray's staging folder (the user signs nothing) and retries the failed trial."""
     from .sweep_utils import run_sweep
 
-    r = run_sweep(small_storage, "full", "num_samples=1", "max_failures=0")
+    settings = ("num_samples=1", "max_failures=0")
+    r = run_sweep(small_storage, "full", *settings)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and last.startswith("error: ") and "the storage is full" in last, last
-    subprocess.run(["mount", "-o", "remount,size=64m", str(small_storage)], check=True)  # space again
-    r = run_sweep(small_storage, "full", "--resume")
+    subprocess.run(["mount", "-o", "remount,size=512m", str(small_storage)], check=True)  # space again
+    r = run_sweep(small_storage, "full", *settings, "--resume")
     assert "put back the signed state" in r.stdout and "retrying the failed trials" in r.stdout, r.stderr
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    df = subprocess.run(["df", "-k", str(small_storage)], capture_output=True, text=True).stdout
+    assert r.returncode == 0, df + r.stdout[-2000:] + r.stderr[-2000:]
     assert (small_storage / "full" / "report" / "report.md").is_file()
 
 
