@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import write_atomic
 from .errors import CheckpointError
 from .model import build_model
 from .preprocess import Preprocess
@@ -26,23 +26,8 @@ FORMAT = "fer_core.checkpoint/1"
 REQUIRED = ("format", "model", "config", "class_names", "preprocess", "epoch")
 
 
-# Temporary files are ".<target name>.<random>.tmp" beside the target: a process killed mid-write leaves
-# one behind (up to a whole checkpoint), which ``remove_stale_temporaries`` deletes on the next start.
-TMP_SUFFIX = ".tmp"
-
-
-def _atomic(target: Path, write) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# Checkpoints are written by ``write_atomic``: a process killed mid-write leaves a temporary file (up to
+# a whole checkpoint), which ``remove_stale_temporaries`` deletes on the next start.
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names=("last.pt", "best.pt")) -> list[Path]:
@@ -111,7 +96,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         path: target file (its folder is created).
     """
     target = Path(path)
-    _atomic(target, lambda f: torch.save({**state, "format": FORMAT}, f))
+    write_atomic(target, lambda f: torch.save({**state, "format": FORMAT}, f))
     return target
 
 
@@ -119,7 +104,7 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Atomically copy a checkpoint file (best.pt from last.pt without serialising twice)."""
     target = Path(dst)
     with open(src, "rb") as s:
-        _atomic(target, lambda f: shutil.copyfileobj(s, f))
+        write_atomic(target, lambda f: shutil.copyfileobj(s, f))
     return target
 
 

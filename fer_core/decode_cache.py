@@ -18,13 +18,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
 from .data import CLASS_NAMES, SplitData, SplitFiles, decode_split, odd_sizes, scan_split, skip_warnings
 from .errors import DataError
 
@@ -172,14 +173,16 @@ def load_split(
 
 
 def _publish(target: Path, write) -> int:
-    """Write ``target`` through a temporary file renamed into place; returns its size in bytes."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "wb") as f:
-        write(f)
-        size = f.tell()
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users' jobs on a shared node read it too
-    os.replace(tmp, target)
-    return size
+    """Write ``target`` atomically (other users' jobs on a shared node read it: mode 0644); returns its size
+    in bytes. A full disk is a one-line DataError, and no temporary file is left behind."""
+    try:
+        return write_atomic(target, write, mode=0o644)
+    except OSError as e:  # numpy's short write has no strerror: say the space left
+        free = shutil.disk_usage(target.parent).free / 2**20
+        raise DataError(
+            f"{target.parent}: cannot write the image cache ({e.strerror or e}; {free:.1f} MiB free there); "
+            "free space there, or set cache_dir or $FER_CACHE_DIR to a folder with room"
+        ) from None
 
 
 def _open_lock(path: Path):

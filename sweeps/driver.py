@@ -26,13 +26,14 @@ from sweeps.report.trials import collect_trials
 from sweeps.state.lock import Lease
 from sweeps.state.record import (
     check_data,
+    check_location,
     read_phases,
     read_winner,
     resume_settings,
     write_phases,
     write_record,
 )
-from sweeps.state.signing import verify_experiment
+from sweeps.state.signing import restore_signed_state, verify_experiment
 from sweeps.state.storage import (
     check_cache,
     check_contained,
@@ -62,9 +63,10 @@ def prepare_data(settings: SweepSettings) -> str:
     return str(path)
 
 
-def check_experiment(exp: str, resume: bool) -> None:
-    """Refuse to resume nothing, or to start over an existing experiment; on ``--resume``, refuse state
-    the sweep did not write (``sweeps.state.signing``) before Ray unpickles any of it."""
+def check_experiment(exp: str, resume: bool, dry_run: bool = False) -> None:
+    """Refuse to resume nothing, or to start over an existing experiment; on ``--resume``, put back state a
+    full disk cut short (not on a dry run, which writes nothing) and refuse state the sweep did not write
+    (``sweeps.state.signing``) before Ray unpickles any of it."""
     exists = tune.Tuner.can_restore(exp)
     if resume and not exists:
         raise FerError(
@@ -75,9 +77,12 @@ def check_experiment(exp: str, resume: bool) -> None:
             f"{exp}: an experiment already exists there; pass --resume to continue it or --name NEW to start another"
         )
     if resume:
-        verify_experiment(exp)
-        if restorable(f"{exp}/retrain"):
-            verify_experiment(f"{exp}/retrain")
+        for folder in (exp, f"{exp}/retrain"):
+            if folder == exp or restorable(folder):
+                if not dry_run:
+                    restore_signed_state(folder)
+                verify_experiment(folder)
+        check_location(exp)
 
 
 def settings_for_resume(settings: SweepSettings, exp: str, args, bare: bool) -> SweepSettings:
@@ -136,7 +141,7 @@ def drive(args, settings: SweepSettings, t0: float, bare: bool) -> int:
 
 
 def _drive(args, settings: SweepSettings, t0: float, bare: bool, exp: str) -> int:
-    check_experiment(exp, args.resume)
+    check_experiment(exp, args.resume, args.dry_run)
     if args.resume:
         settings = settings_for_resume(settings, exp, args, bare)
     if "://" in settings.storage:

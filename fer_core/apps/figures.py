@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..atomic import write_atomic  # noqa: E402
+
 DPI = 120
 
 # One palette so that "right", "wrong", "predicted" and
@@ -34,15 +36,17 @@ COLOR_OTHER = "#c9d3de"
 
 
 def save_png(fig, path) -> Path:
-    """Save ``fig`` as PNG at ``path`` (creating parent folders), close it and return the path."""
+    """Save ``fig`` as PNG at ``path`` (creating parent folders) through ``write_atomic`` (a symbolic link at
+    ``path`` is replaced, never followed), close it and return the path."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # bbox_inches="tight" is a safety net for legends placed outside the axes;
     # without it they would be clipped at the figure border.
-    fig.savefig(out, dpi=DPI, bbox_inches="tight", facecolor="white")
-    # Closing matters: long sweeps call these functions hundreds of times and
-    # pyplot keeps every open figure alive otherwise.
-    plt.close(fig)
+    try:
+        write_atomic(
+            out, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+        )
+    finally:  # long sweeps draw hundreds of figures, and pyplot keeps every open one alive
+        plt.close(fig)
     return out
 
 

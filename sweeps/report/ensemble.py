@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
+from fer_core.checkpoint import copy_checkpoint
 from fer_core.evaluate import ensemble_metrics, score
 from sweeps.report.calibration import calibrate_ensemble
 
@@ -14,7 +14,7 @@ def copy_result_checkpoint(result, dst: Path) -> None:
     """Copy ``last.pt`` of a retrain's last reported checkpoint (a Ray Result) to ``dst``."""
     with tempfile.TemporaryDirectory() as tmp:
         result.checkpoint.to_directory(tmp)
-        shutil.copy2(Path(tmp) / "last.pt", dst)
+        copy_checkpoint(Path(tmp) / "last.pt", dst)
 
 
 def ensemble(
@@ -31,7 +31,7 @@ def ensemble(
         return {"ensemble_skipped": f"{failed}; an ensemble needs two"}
     folder = out / "ensemble"
     folder.mkdir(exist_ok=True)
-    shutil.copy2(out / "best.pt", folder / "member0.pt")
+    copy_checkpoint(out / "best.pt", folder / "member0.pt")
     scores = [winner]
     for i, (_, r) in enumerate(ok[1:], start=1):
         copy_result_checkpoint(r, folder / f"member{i}.pt")

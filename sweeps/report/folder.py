@@ -25,6 +25,7 @@ from sweeps.report.ensemble import copy_result_checkpoint, ensemble
 from sweeps.report.html import write_html
 from sweeps.report.markdown import started_from, write_markdown
 from sweeps.report.trials import status_counts, write_csv
+from sweeps.state.storage import write_local
 from sweeps.tune.progress import Phases, Steps
 
 # TrainConfig keys the sweep sets for how its trials run under Ray, not for what the model is: reset to their
@@ -65,7 +66,7 @@ def write_report(
     state = load_checkpoint(out / "best.pt")
     config, classes = state["config"], list(state["class_names"])
     standalone = {k: v for k, v in config.items() if k != "out"} | {k: FIELDS[k].default for k in TRIAL_ONLY}
-    (out / "best_config.yaml").write_text(yaml.safe_dump(standalone, sort_keys=False))
+    write_local(out / "best_config.yaml", yaml.safe_dump(standalone, sort_keys=False).encode(), out.parent)
     # Images are decoded where the trials decoded them: the default cache may be read-only or full.
     cache_dir = config.get("cache_dir") or None
     runtime = resolve_runtime()
@@ -122,14 +123,14 @@ def write_report(
     explain.write_saliency_figures(out / "best.pt", images, labels, probs, cm, classes, out, runtime)
     write_csv(trials, settings, out / "trials.csv")
     if audit is not None:
-        (out / "audit.json").write_text(json.dumps(audit, indent=1))
+        write_local(out / "audit.json", json.dumps(audit, indent=1).encode(), out.parent)
 
     phases.end("report")
     timing = {"phases": phases.to_dict()}
     if budget is not None:
         timing |= {"plan": budget.lines(), "budget": budget.to_dict()}
     metrics |= {"wall_seconds": timing["phases"]["total"], "timing": timing}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_local(out / "metrics.json", json.dumps(metrics, indent=1).encode(), out.parent)
     write_markdown(settings, trials, metrics, out / "report.md", audit, plot_notes)
     write_html(out / "report.md")  # last: it inlines every image report.md links
     return out

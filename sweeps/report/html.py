@@ -22,6 +22,8 @@ import markdown
 from markdown.extensions import Extension
 from markdown.treeprocessors import Treeprocessor
 
+from sweeps.state.storage import write_local
+
 # Narrow screens: the text column is at most 60 em, images shrink to fit, wide tables and code blocks
 # scroll inside their own box instead of widening the page.
 STYLE = """
@@ -91,5 +93,5 @@ def write_html(md_path: Path) -> Path:
         f"<body>\n{body}\n</body>\n</html>\n"
     )
     out = md_path.with_suffix(".html")
-    out.write_text(page)
+    write_local(out, page.encode())
     return out

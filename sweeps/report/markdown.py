@@ -13,6 +13,7 @@ from sweeps.report import plots
 from sweeps.report.calibration import markdown_lines as calibration_lines
 from sweeps.report.escape import code, text
 from sweeps.report.trials import STATUSES, device_lines, ranked, status_counts
+from sweeps.state.storage import write_local
 
 
 def _fmt(v, cell) -> str:
@@ -174,7 +175,7 @@ def write_markdown(
         *(["", "## Failed trials", ""] if failed else []),
         *[f"- {code(t['trial_id'])} with {text(t['params'])}: {text(t['error'])}" for t in failed],
     ]
-    path.write_text("\n".join(lines) + "\n")
+    write_local(path, ("\n".join(lines) + "\n").encode())
 
 
 def print_summary(

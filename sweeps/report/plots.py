@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from optuna.trial import TrialState, create_trial
 from fer_core.apps.figures import save_png
 from sweeps.report.escape import code, text
 from sweeps.report.trials import STATUSES, best_value
-from sweeps.state.storage import sqlite_url
+from sweeps.state.storage import write_local
 
 # Every sweep plot and its file in the report folder.
 FILES = {
@@ -85,15 +86,18 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
 def save_study(study: optuna.Study, name: str, metric: str, path: Path) -> Path:
     """Save ``study`` (``build_study``'s) as the Optuna study ``name`` in a new SQLite file at ``path``, which
     ``optuna-dashboard sqlite:///PATH`` opens and ``optuna.load_study`` reads: every trial with its state,
-    parameters, per-epoch values and value. A file an earlier report of the sweep left is replaced."""
-    path.unlink(missing_ok=True)
-    storage = optuna.storages.RDBStorage(sqlite_url(path))
-    with _quiet():
-        saved = optuna.create_study(storage=storage, study_name=name, directions=study.directions)
-        saved.set_metric_names([metric])
-        saved.add_trials(study.trials)
-    storage.remove_session()
-    storage.engine.dispose()  # close the file: the report folder may be uploaded next
+    parameters, per-epoch values and value. A file an earlier report of the sweep left is replaced.
+    SQLite writes a file of its own in a temporary folder (an address that ``%XX`` in ``path`` cannot
+    change), then the one writer copies it into the report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}/{STUDY_FILE}")
+        with _quiet():
+            saved = optuna.create_study(storage=storage, study_name=name, directions=study.directions)
+            saved.set_metric_names([metric])
+            saved.add_trials(study.trials)
+        storage.remove_session()
+        storage.engine.dispose()  # close the file before it is copied
+        write_local(path, (Path(tmp) / STUDY_FILE).read_bytes())
     return path
 
 

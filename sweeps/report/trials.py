@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sweeps.config.settings import SweepSettings
+from sweeps.state.storage import write_local
 
 # How a trial ended (the table's ``status``), in the words report.md, the plots and the summary use.
 STATUSES = {
@@ -154,4 +155,4 @@ def write_csv(trials: pd.DataFrame, settings: SweepSettings, path: Path) -> None
     """``trials.csv``: every trial, ranked, with one column per searched parameter."""
     m, names = settings.metric, [p.name for p in settings.search_space]
     cols = ["trial_id", "status", "epochs", f"best_{m}", f"last_{m}", *names, "device", "ray_gpus", "error"]
-    ranked(trials, settings)[cols].to_csv(path, index=False, na_rep="nan")
+    write_local(path, ranked(trials, settings)[cols].to_csv(index=False, na_rep="nan").encode())

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 from fer_core.data import CLASS_NAMES, scan_split
 from fer_core.errors import FerError
 from sweeps.config.settings import LOCATION, SweepSettings, settings_from_mapping, to_mapping
-from sweeps.state.signing import sign_files
+from sweeps.state.signing import write_signed
 from sweeps.state.storage import open_storage
 
 RECORD, DATA, PLAN = "fer_sweep.json", "fer_data.json", "fer_plan.json"
@@ -40,11 +40,7 @@ def flat_settings(s: SweepSettings) -> dict:
 
 
 def _write(exp: str, name: str, doc) -> None:
-    fs, root = open_storage(exp)
-    fs.create_dir(root)
-    with fs.open_output_stream(f"{root}/{name}") as f:
-        f.write(json.dumps(doc, indent=1, default=str).encode())
-    sign_files(exp, [name])
+    write_signed(exp, name, json.dumps(doc, indent=1, default=str).encode())
 
 
 def _read(exp: str, name: str):
@@ -57,8 +53,22 @@ def _read(exp: str, name: str):
 
 
 def write_record(exp: str, s: SweepSettings) -> None:
-    """Write (or rewrite) the settings' record into the experiment folder ``exp`` (a path or URI), signed."""
-    _write(exp, RECORD, {"version": 1, "settings": to_mapping(s), "given": sorted(s.given)})
+    """Write (or rewrite) the settings' record into the experiment folder ``exp`` (a path or URI), signed;
+    it names that folder (``check_location``)."""
+    doc = {"version": 1, "experiment": exp, "settings": to_mapping(s), "given": sorted(s.given)}
+    _write(exp, RECORD, doc)
+
+
+def check_location(exp: str) -> None:
+    """Refuse (one line) to resume an experiment that was moved or copied to ``exp``: Ray's state still
+    sends its unfinished trials to the folder it started in (call after ``verify_experiment``)."""
+    doc = _read(exp, RECORD) or {}
+    then = doc.get("experiment", exp)
+    if then != exp:
+        raise FerError(
+            f"--resume: {exp} was started as {then} and moved or copied here; Ray's state would send its "
+            f"unfinished trials back to {then}, so resume it where it started (move it back), or start a new --name"
+        )
 
 
 def read_record(exp: str) -> SweepSettings:

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pyarrow.fs
 from ray import tune
+from ray._common.utils import get_default_ray_temp_dir
 from ray.train.constants import _get_ray_train_session_dir
 
 from fer_core.errors import FerError
-from sweeps.state.storage import open_storage
+from sweeps.state.storage import open_storage, write_local, write_state
 
 MANIFEST_PREFIX = "fer_manifest-"
+DRIVER = f"{MANIFEST_PREFIX}driver.json"  # the driver's manifest: it holds the experiment's id
 KEY_ENV = "FER_SWEEP_KEY_FILE"
 DEFAULT_KEY = "~/.config/fer-sweep/experiment.key"
 HISTORY = 200  # hashes kept per file: state is re-saved every ~10 s, and storage may lag by an upload or two
@@ -71,8 +73,10 @@ def load_key(create: bool) -> bytes:
     return key
 
 
-def _mac(key: bytes, files: dict) -> str:
-    return hmac.new(key, json.dumps(files, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+def _mac(key: bytes, experiment: str | None, files: dict) -> str:
+    """The manifest's HMAC: its files bound to the experiment id (None: a manifest of version 1, unbound)."""
+    doc = files if experiment is None else {"experiment": experiment, "files": files}
+    return hmac.new(key, json.dumps(doc, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 def covered(rel: str) -> bool:
@@ -96,8 +100,9 @@ def _merge(into: dict, path: str, digest: str) -> None:
     del seen[:-HISTORY]
 
 
-def _manifest_bytes(key: bytes, files: dict) -> bytes:
-    return json.dumps({"version": 1, "files": files, "mac": _mac(key, files)}, sort_keys=True).encode()
+def _manifest_bytes(key: bytes, experiment: str | None, files: dict) -> bytes:
+    doc = {"version": 2, "experiment": experiment, "files": files, "mac": _mac(key, experiment, files)}
+    return json.dumps(doc, sort_keys=True).encode()
 
 
 def _read(fs, path: str) -> bytes:
@@ -105,52 +110,98 @@ def _read(fs, path: str) -> bytes:
         return f.readall()
 
 
-def _write(fs, path: str, data: bytes) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(data)
-
-
 def _listing(fs, root: str) -> list[str]:
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
-    rels = [os.path.relpath(i.path, root) for i in infos if i.type == pyarrow.fs.FileType.File]
+    """The files in the experiment ``root`` (a nested experiment's left out). A local folder is walked
+    without following links (pyarrow's recursive listing follows them: ``loop -> .`` never ends); a link
+    that a covered name points through is refused, since Ray would read what it leads to."""
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        rels = []
+        for top, dirs, files in os.walk(root):  # followlinks=False
+            for n in dirs + files:
+                rel = os.path.relpath(os.path.join(top, n), root)
+                if os.path.islink(os.path.join(root, rel)):
+                    if covered(rel) or n in dirs:
+                        raise FerError(
+                            f"{root}/{rel}: a symbolic link in the experiment state; the sweep writes none, "
+                            "so --resume will not follow it: remove it"
+                        )
+                elif n in files:
+                    rels.append(rel)
+    else:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+        rels = [os.path.relpath(i.path, root) for i in infos if i.type == pyarrow.fs.FileType.File]
     return [r for r in rels if r.split("/", 1)[0] not in NESTED or "/" not in r]
 
 
-def read_manifests(fs, root: str, key: bytes, rels: list[str]) -> dict:
-    """path -> accepted hashes, from every manifest at the top of ``root``; a forged one is refused."""
+def read_manifests(fs, root: str, key: bytes, rels: list[str]) -> tuple[dict, str | None]:
+    """path -> accepted hashes, from every manifest at the top of ``root``, and the experiment id they are
+    bound to; a forged manifest, or one signed for another experiment (copied in), is refused."""
     accepted: dict = {}
+    ids: dict = {}  # experiment id -> a manifest bound to it
     for rel in rels:
         if "/" in rel or not rel.startswith(MANIFEST_PREFIX):
             continue
         try:
             doc = json.loads(_read(fs, f"{root}/{rel}"))
-            files, mac = doc["files"], doc["mac"]
-        except (ValueError, KeyError, TypeError):
+            files, mac, experiment = doc["files"], doc["mac"], doc.get("experiment")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise FerError(
                 f"{root}/{rel}: not a manifest this sweep wrote; the experiment folder was modified, "
                 "so --resume will not load it"
             ) from None
-        if not hmac.compare_digest(_mac(key, files), str(mac)):
+        if not hmac.compare_digest(_mac(key, experiment, files), str(mac)):
             raise FerError(
                 f"{root}/{rel}: manifest signature does not match this machine's key; the experiment "
                 "folder was modified, or signed elsewhere, so --resume will not load it"
             )
+        if experiment is not None:  # version 1 manifests (None) were bound to nothing
+            ids.setdefault(experiment, rel)
+        if len(ids) > 1:
+            raise FerError(
+                f"{root}/{rel}: signed for another experiment than {ids[next(iter(ids))]} (copied in from "
+                "another experiment), so --resume will not load it; remove what was copied in"
+            )
         for path, digests in files.items():
             for d in digests:
                 _merge(accepted, path, d)
-    return accepted
+    return accepted, next(iter(ids), None)
 
 
 def sign_files(uri: str, rels: list[str]) -> None:
     """Add the current contents of ``rels`` (paths inside the experiment ``uri``) to the driver's manifest."""
     fs, root = open_storage(uri)
+    _sign(fs, root, {rel: _sha(_read(fs, f"{root}/{rel}")) for rel in rels})
+
+
+def write_signed(uri: str, rel: str, data: bytes) -> None:
+    """Write ``data`` to ``rel`` in the experiment ``uri``, its hash signed into the driver's manifest BEFORE
+    the file is replaced (both writes atomic): a kill at any instant leaves the old file or the new one,
+    each of them signed."""
+    fs, root = open_storage(uri)
+    fs.create_dir(root)
+    _sign(fs, root, {rel: _sha(data)})
+    write_state(fs, f"{root}/{rel}", data, root)
+
+
+def _sign(fs, root: str, digests: dict) -> str:
+    """Add ``digests`` to the driver's manifest; returns the experiment id it is bound to."""
     key = load_key(create=True)
-    target = f"{root}/{MANIFEST_PREFIX}driver.json"
+    target = f"{root}/{DRIVER}"
     exists = fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound
-    files = read_manifests(fs, root, key, [f"{MANIFEST_PREFIX}driver.json"]) if exists else {}
-    for rel in rels:
-        _merge(files, rel, _sha(_read(fs, f"{root}/{rel}")))
-    _write(fs, target, _manifest_bytes(key, files))
+    files, experiment = read_manifests(fs, root, key, [DRIVER]) if exists else ({}, None)
+    for rel, digest in digests.items():
+        _merge(files, rel, digest)
+    experiment = experiment or uuid.uuid4().hex  # a new experiment's id, made once
+    write_state(fs, target, _manifest_bytes(key, experiment, files), root)
+    return experiment
+
+
+def experiment_id(uri: str) -> str:
+    """The id every manifest of the experiment ``uri`` is bound to, kept in its driver manifest (created,
+    signing nothing yet, when the experiment has none; a version-1 one is bound now)."""
+    fs, root = open_storage(uri)
+    fs.create_dir(root)
+    return _sign(fs, root, {})
 
 
 def verify_experiment(uri: str) -> None:
@@ -163,7 +214,7 @@ def verify_experiment(uri: str) -> None:
             f"{uri}: experiment state is not signed (it was not written by this sweep), so --resume will not load it; if you trust every file in it: "
             f"python -m sweeps.manifest sign {uri}"
         )
-    accepted = read_manifests(fs, root, load_key(create=False), rels)
+    accepted = read_manifests(fs, root, load_key(create=False), rels)[0]
     for rel in sorted(rels):
         if covered(rel) and _sha(_read(fs, f"{root}/{rel}")) not in accepted.get(rel, ()):
             raise FerError(
@@ -171,6 +222,54 @@ def verify_experiment(uri: str) -> None:
                 f"(its hash is not in the signed manifest), so --resume will not load it; if you "
                 f"trust every file in the folder: python -m sweeps.manifest sign {uri}"
             )
+
+
+def restore_signed_state(uri: str) -> list[str]:
+    """Before a resume of the local experiment ``uri``: put back, from the driver's staging folders that Ray
+    left in its temporary folder, the signed version of each state file Ray's upload left unsigned in the
+    experiment (a full disk truncates what it copies), with the manifest that signs it; then remove the
+    unsigned ``.pkl`` files left empty (nothing in them can run). Returns the files restored or removed;
+    any other unsigned file is left for ``verify_experiment`` to refuse. Nothing unsigned is ever accepted."""
+    if "://" in uri:  # object storage is written in single puts: never truncated
+        return []
+    fs, root = open_storage(uri)
+    rels = _listing(fs, root)
+    if not any(r.startswith(MANIFEST_PREFIX) for r in rels):
+        return []
+    key = load_key(create=False)
+    accepted, experiment = read_manifests(fs, root, key, rels)
+    bad = {r for r in rels if covered(r) and _sha(_read(fs, f"{root}/{r}")) not in accepted.get(r, ())}
+    done = []
+    pattern = (
+        f"{get_default_ray_temp_dir()}/session_*/artifacts/*/{glob.escape(Path(root).name)}/driver_artifacts"
+    )
+    for staging in sorted(glob.glob(pattern), key=os.path.getmtime, reverse=True):  # the newest first
+        found = _listing(fs, staging)
+        try:
+            signed, bound = read_manifests(fs, staging, key, found)
+        except FerError:
+            continue
+        if bound != experiment:  # another experiment of the same name
+            continue
+        for rel in sorted(bad & set(found)):
+            data = _read(fs, f"{staging}/{rel}")
+            if _sha(data) in signed.get(rel, ()):
+                for m in (m for m in found if "/" not in m and m.startswith(MANIFEST_PREFIX)):
+                    # its signature travels with it, under a name no session of the storage uses
+                    write_local(Path(root, f"{MANIFEST_PREFIX}restored-{m[len(MANIFEST_PREFIX) :]}"),
+                                _read(fs, f"{staging}/{m}"), Path(root))  # fmt: skip
+                write_local(Path(root, rel), data, Path(root))
+                bad.discard(rel)
+                done.append(rel)
+    for rel in sorted(r for r in bad if r.endswith(".pkl") and not _read(fs, f"{root}/{r}")):
+        fs.delete_file(f"{root}/{rel}")
+        done.append(rel)
+    if done:
+        print(
+            f"[sweeps] {uri}: put back the signed state a full disk left cut short: {', '.join(done)}",
+            flush=True,
+        )
+    return done
 
 
 def sign_experiment(uri: str) -> int:
@@ -185,8 +284,8 @@ class SignStateCallback(tune.Callback):
     """Signs the experiment state Tune writes to its driver staging folder, right after each save
     (``get_state`` is the first moment all of a save is on disk; see docs/architecture.md)."""
 
-    def __init__(self, name: str):  # the experiment's name (RunConfig.name)
-        self._name = name
+    def __init__(self, name: str, experiment: str | None):  # RunConfig.name, the id of ``experiment_id``
+        self._name, self._experiment = name, experiment
         self._staging = None
         self._remote = None  # (filesystem, experiment path) of the storage
         self._session = None
@@ -194,10 +293,10 @@ class SignStateCallback(tune.Callback):
         self._seen: dict = {}  # path -> (mtime, size) when last hashed
 
     def __getstate__(self):  # tuner.pkl holds the RunConfig, callbacks included: keep paths and hashes out
-        return {"name": self._name}
+        return {"name": self._name, "experiment": self._experiment}
 
     def __setstate__(self, state):
-        self.__init__(state["name"])
+        self.__init__(state["name"], state.get("experiment"))
 
     def _find_staging(self, trials) -> None:
         # Tune tells a callback its staging folder only through a trial's storage context.
@@ -248,9 +347,8 @@ class SignStateCallback(tune.Callback):
         if self._remote is not None:
             # Straight to storage, before Tune uploads the state just hashed: no unsigned state there, ever.
             fs, path = self._remote
-            _write(fs, f"{path}/{name}", _manifest_bytes(key, self._files))
+            write_state(fs, f"{path}/{name}", _manifest_bytes(key, self._experiment, self._files), path)
             return
-        target = root / name  # no trial known yet: the manifest travels with the state it signs
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(_manifest_bytes(key, self._files))
-        os.replace(tmp, target)  # the uploader never sees half a manifest
+        # No trial known yet: the manifest travels with the state it signs (its temporary name is hidden
+        # from the uploader, which never sees half a manifest).
+        write_local(root / name, _manifest_bytes(key, self._experiment, self._files), root)

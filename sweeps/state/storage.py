@@ -1,22 +1,28 @@
-"""Where an experiment lives: a local folder or a URI (``s3://bucket/prefix``), checked before Ray starts.
+"""Where an experiment lives (a local folder or a URI, ``s3://bucket/prefix``) and the one writer of its files.
 
-A URI is opened as Ray opens it (same server, same credentials: see docs/architecture.md).
+A URI is opened as Ray opens it (same server, same credentials: see docs/architecture.md). Every state and
+report file is written by ``write_state``/``write_local``: atomic, and never through a link out of the folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
+from fer_core.atomic import write_atomic
 from fer_core.decode_cache import cache_folder, load_split
 from fer_core.errors import FerError
 
-# Bound the driver's own requests: give up within ~20 s, not pyarrow's ~100 s per retried request.
+# Bound the driver's own requests: give up within ~20 s, not pyarrow's ~100 s per retried S3 request
+# (or the 15 minutes GCS retries for).
 # request_timeout is curl's "no byte for this long", not a cap on a whole upload.
 CONNECT_TIMEOUT_S = 5
 REQUEST_TIMEOUT_S = 10
@@ -47,6 +53,10 @@ def open_storage(uri: str, what: str = "--storage"):
         options["region"] = options["region"] or fs.region  # the region the client resolved, when not given
         retry = pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS)
         fs = pafs.S3FileSystem(**options, retry_strategy=retry)
+    elif isinstance(fs, pafs.GcsFileSystem):  # its default retries each request for 15 minutes
+        _, (options,) = fs.__reduce__()
+        options["retry_time_limit"] = timedelta(seconds=CONNECT_TIMEOUT_S + REQUEST_TIMEOUT_S)
+        fs = pafs.GcsFileSystem(**options)
     return fs, path.rstrip("/")
 
 
@@ -61,7 +71,7 @@ def check_uri_writable(uri: str, what: str = "--storage") -> None:
         with fs.open_output_stream(probe) as f:
             f.write(b"probe")
         fs.delete_file(probe)
-    except OSError as e:
+    except (OSError, pa.ArrowException) as e:  # GCS: an unreadable credentials file is an ArrowException
         raise FerError(f"{what} {uri}: cannot write there: {error_cause(e)} ({one_line(e)})") from None
 
 
@@ -122,28 +132,88 @@ _NEVER_THROUGH = (
 )
 
 
+def _refuse_link_out(link: Path, real_root: Path, root: Path) -> None:
+    """The containment rule, in one place: a FerError when ``link`` leads out of the folder ``root``."""
+    target = os.path.realpath(link)  # a loop stays as it is (Path.resolve raises)
+    if not Path(target).is_relative_to(real_root):
+        raise FerError(
+            f"{link}: a symbolic link to {target}, outside the experiment folder {root}; " + _NEVER_THROUGH
+        )
+
+
 def check_contained(exp: str) -> None:
     """Before anything is written: a one-line FerError naming the first symbolic link in the experiment
     folder ``exp`` (a path or file:// URI; for any URI, the local copy of its report) whose target lies outside
     it, or that folder itself being a link; the sweep would write the report and checkpoints through it.
-    Object storage has no links."""
+    Object storage has no links. Each later write checks its own path again (``write_local``)."""
     folders = [_local_copy(exp)] if "://" in exp else [Path(exp)]
     if exp.startswith("file://"):
         folders.append(Path(open_storage(exp)[1]))
     for root in folders:
-        if root.is_symlink():
-            raise FerError(
-                f"{root}: the experiment folder is a symbolic link to {os.path.realpath(root)}; {_NEVER_THROUGH}"
-            )
+        _refuse_linked_root(root)
         real = root.resolve()
         for top, dirs, files in os.walk(root):  # followlinks=False: a linked folder is listed, never entered
             for link in (Path(top, n) for n in dirs + files if os.path.islink(os.path.join(top, n))):
-                target = os.path.realpath(link)  # a loop stays as it is (Path.resolve raises)
-                if not Path(target).is_relative_to(real):
-                    raise FerError(
-                        f"{link}: a symbolic link to {target}, outside the experiment folder {root}; "
-                        + _NEVER_THROUGH
-                    )
+                _refuse_link_out(link, real, root)
+
+
+def _refuse_linked_root(root: Path) -> None:
+    if root.is_symlink():
+        raise FerError(
+            f"{root}: the experiment folder is a symbolic link to {os.path.realpath(root)}; {_NEVER_THROUGH}"
+        )
+
+
+def write_local(path: Path, data: bytes, root: Path | None = None) -> None:
+    """The one writer of a local state or report file: atomic (``write_atomic``), and never through a
+    symbolic link that leads out of ``root`` (default: the file's folder), checked at this write: a link at
+    ``path`` or on the way to it from ``root``. A one-line FerError when refused or when the disk is full
+    (the old file is left as it was)."""
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    _refuse_linked_root(root)
+    real = root.resolve()
+    node = path
+    while node != root and node != node.parent:  # the file and each folder between it and root
+        if node.is_symlink():
+            _refuse_link_out(node, real, root)
+        node = node.parent
+    try:
+        write_atomic(path, lambda f: f.write(data), mode=0o644)
+    except OSError as e:
+        raise FerError(
+            f"{path}: could not be written ({e.strerror or e}); free space there, then run the same command "
+            "again (the file was left as it was)"
+        ) from None
+
+
+def write_state(fs, path: str, data: bytes, root: str) -> None:
+    """Write the file ``path`` of the experiment folder ``root`` on the storage ``fs``: locally through
+    ``write_local``; on object storage a single put, which is atomic there."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        write_local(Path(path), data, Path(root))
+        return
+    try:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    except OSError as e:
+        raise FerError(f"{path}: could not be written: {error_cause(e)} ({one_line(e)})") from None
+
+
+FULL_BELOW = 2**20  # bytes free under which a local storage that failed a write is taken to be full
+
+
+def refuse_full_storage(exp: str) -> None:
+    """A one-line FerError when the local experiment folder ``exp`` is on a full disk (Ray's writes into it
+    fail in many ways: truncated files, an EOFError reading them back)."""
+    if "://" in exp:
+        return
+    free = shutil.disk_usage(Path(exp) if Path(exp).exists() else Path(exp).parent).free
+    if free < FULL_BELOW:
+        raise FerError(
+            f"{exp}: the storage is full ({free / 2**20:.2f} MiB free), so the sweep stopped; the trials "
+            "finished so far are kept: free space there, then run the same command with --resume"
+        )
 
 
 def upload_report(storage: str, name: str, report_dir: Path) -> str | None:
@@ -174,6 +244,11 @@ def error_cause(e: Exception) -> str:
     text = str(e)
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         return "the bucket does not exist; create it or fix --storage"
+    if "OAuth2 access token" in text:
+        return (
+            "no Google Cloud credentials, or the server cannot be reached; set GOOGLE_APPLICATION_CREDENTIALS "
+            "(or run gcloud auth application-default login) and check the network"
+        )
     if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not resolve" in text:
         return "the storage server cannot be reached; check the network, and AWS_ENDPOINT_URL for an S3-compatible server"
     if any(k in text for k in _DENIED):

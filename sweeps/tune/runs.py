@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from pathlib import Path
 
 import optuna
 import pyarrow.fs as pafs
@@ -16,8 +17,8 @@ from ray.tune.stopper import Stopper
 
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
-from sweeps.state.signing import SignStateCallback, sign_files
-from sweeps.state.storage import experiment_uri, open_storage, storage_uri
+from sweeps.state.signing import SignStateCallback, experiment_id, sign_files, verify_experiment
+from sweeps.state.storage import experiment_uri, open_storage, refuse_full_storage, storage_uri
 from sweeps.tune.trainable import fer_trainable, trial_config
 
 
@@ -108,12 +109,28 @@ def _fit(tuner, exp: str, resumed: bool):
     if not resumed:
         sign_files(exp, ["tuner.pkl"])
     signal.signal(signal.SIGINT, _interrupt)
-    results = tuner.fit()
-    interrupted = signal.getsignal(signal.SIGINT) is _interrupt
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        results = tuner.fit()
+    except Exception:
+        refuse_full_storage(exp)  # a full disk surfaces as whatever Ray failed to read back
+        raise
+    finally:
+        interrupted = signal.getsignal(signal.SIGINT) is _interrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if interrupted:
         raise KeyboardInterrupt
     return results
+
+
+def _failed_for_space(exp: str) -> bool:
+    """Whether a trial of the local experiment ``exp`` failed for a full disk (its pickled error says so, read
+    as bytes): a resume then retries the failed trials, which an uninterrupted run with room would have run."""
+    if "://" in exp:
+        return False
+    failed = any(b"No space left on device" in p.read_bytes() for p in Path(exp).glob("*/error.pkl"))
+    if failed:
+        print("[sweeps] retrying the failed trials: a full disk stopped some of them", flush=True)
+    return failed
 
 
 def run_search(
@@ -137,7 +154,9 @@ def run_search(
     deadline = Deadline(time_limit_s) if time_limit_s else None
     if resume:
         # Finished trials are kept as they are; unfinished ones continue from their last checkpoint.
-        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        verify_experiment(exp)  # what Tuner.restore unpickles, checked now (the driver checked minutes ago)
+        again = _failed_for_space(exp)
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=again)
         return _fit(tuner, exp, resumed=True), frozenset()
     # TPE's default 10 random start-up trials would leave a small sweep entirely random.
     startup = max(2, min(10, settings.num_samples // 3))
@@ -182,7 +201,7 @@ def _run_config(settings, name: str, storage: str, deadline: Deadline | None, ca
         stop=deadline,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only last.pt is needed to resume
-        callbacks=[SignStateCallback(name), *ends, *callbacks],
+        callbacks=[SignStateCallback(name, experiment_id(f"{storage}/{name}")), *ends, *callbacks],
         verbose=1,  # the trial status table and start/stop lines, not every epoch's full result
     )
 
@@ -203,6 +222,7 @@ def run_retrain(
     exp = f"{experiment_uri(settings)}/retrain"
     resumed = restorable(exp)
     if resumed:
+        verify_experiment(exp)  # what Tuner.restore unpickles, checked at the moment it does
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         # Each member stops at an epoch's end, with its checkpoint: the report needs one.
