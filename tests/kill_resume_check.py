@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", default=None)
     args = p.parse_args(argv)
     storage = Path(args.storage or tempfile.mkdtemp(prefix="kill-resume-"))
+    storage.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     ref, _, _ = run(storage, "whole", None)
     print(

@@ -56,7 +56,7 @@ def test_a_restored_time_limit_never_binds():
 def _resume(tmp_path: Path, *argv: str):
     args = build_arg_parser().parse_intermixed_args(["--storage", str(tmp_path), "--name", "exp", *argv])
     bare = len(argv) == 1  # --resume alone
-    return settings_for_resume(resolve_settings(args), str(tmp_path / "exp"), bare)
+    return settings_for_resume(resolve_settings(args), str(tmp_path / "exp"), args, bare)
 
 
 def test_resume_refuses_a_new_tracking_target_that_tune_would_not_use(tmp_path):

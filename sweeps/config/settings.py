@@ -123,17 +123,15 @@ _NOT_SCALAR = {*_SECTIONS, *_MAPPINGS, "initial_points", "given", "source", "ori
 _SCALARS = {f.name: f for f in dataclasses.fields(SweepSettings) if f.name not in _NOT_SCALAR}
 TOP_KEYS = {*_SCALARS, *_SECTIONS, *_MAPPINGS, "initial_points"}
 CLI = "command line"
-LOCATION = ("name", "storage")  # where an experiment is, not what it is (also flags: --name, --storage)
-
-
-# The keys that name a folder: YAML reads name=2024 or name=true as a number or a boolean, whose text may not
-# be what was typed (010 is 8), so they must be text.
-_FOLDER_KEYS = ("name", "storage")
+# Where an experiment is, not what it is (also flags: --name, --storage). They name folders: YAML reads
+# name=2024 or name=true as a number or a boolean, whose text may not be what was typed (010 is 8), so they
+# must be text.
+LOCATION = ("name", "storage")
 
 
 def _typed(f: dataclasses.Field, value, where: str):
     """One value of a settings field, converted and checked by fer_core's own rules."""
-    if f.name in _FOLDER_KEYS and not isinstance(value, str):
+    if f.name in LOCATION and not isinstance(value, str):
         flag, kind = f"--{f.name} {value}", "boolean" if isinstance(value, bool) else type(value).__name__
         kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else kind
         raise ConfigError(

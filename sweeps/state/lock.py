@@ -38,9 +38,8 @@ from sweeps.state.storage import error_cause, one_line, open_storage
 LEASE_NAME = ".fer-lease"
 LEASE_S = 60.0  # a lease not renewed for this long is stale: its driver was killed (on any host)
 LEASE_ENV = "FER_LEASE_S"  # sets LEASE_S, e.g. shorter for tests that stop a driver past its lease
-SETTLE_S = (
-    0.3  # object storage: write, wait, read back: of two drivers starting at once the later writer wins
-)
+# Object storage: write, wait, read back: of two drivers starting at once the later writer wins.
+SETTLE_S = 0.3
 LOST_STATUS = 3  # the exit status of a driver whose lease another driver took over
 
 
