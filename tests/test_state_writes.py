@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ import pytest
 from fer_core.errors import FerError
 from sweeps.config.settings import load_settings
 from sweeps.state.record import RECORD, read_record, write_record
-from sweeps.state.signing import sign_experiment, verify_experiment
+from sweeps.state.signing import sign_experiment, verify_experiment, write_signed
 
 from .conftest import REPO
 from .test_report_trials import SETTINGS, table  # noqa: F401 (a fixture)
@@ -283,3 +284,21 @@ def test_state_on_s3_is_written_in_one_put_signed_and_bound(tmp_path):
         assert any(n.endswith("fer_sweep.json") for n in names) and not any(".tmp" in n for n in names), names
     finally:
         store.stop()
+
+
+def test_two_threads_of_the_driver_writing_state_at_once_leave_every_file_signed(tmp_path):
+    # The phase clock's thread writes fer_phases.json while the main thread writes the record and the winner:
+    # both merge into the driver's manifest, and neither may drop the other's hash.
+    exp = str(tmp_path / "exp")
+    write_record(exp, load_settings(None, {}))
+
+    def write(name: str) -> None:
+        for i in range(40):
+            write_signed(exp, name, f'{{"n": {i}}}'.encode())
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in ("fer_phases.json", "fer_winner.json")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    verify_experiment(exp)  # every covered file's current content is signed

@@ -14,6 +14,7 @@ import os
 import secrets
 import stat
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -183,16 +184,21 @@ def write_signed(uri: str, rel: str, data: bytes) -> None:
     write_state(fs, f"{root}/{rel}", data, root)
 
 
+# The driver's manifest is read, merged and rewritten by its main thread and its phase clock's thread.
+_DRIVER_MANIFEST = threading.Lock()
+
+
 def _sign(fs, root: str, digests: dict) -> str:
     """Add ``digests`` to the driver's manifest; returns the experiment id it is bound to."""
     key = load_key(create=True)
     target = f"{root}/{DRIVER}"
-    exists = fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound
-    files, experiment = read_manifests(fs, root, key, [DRIVER]) if exists else ({}, None)
-    for rel, digest in digests.items():
-        _merge(files, rel, digest)
-    experiment = experiment or uuid.uuid4().hex  # a new experiment's id, made once
-    write_state(fs, target, _manifest_bytes(key, experiment, files), root)
+    with _DRIVER_MANIFEST:
+        exists = fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound
+        files, experiment = read_manifests(fs, root, key, [DRIVER]) if exists else ({}, None)
+        for rel, digest in digests.items():
+            _merge(files, rel, digest)
+        experiment = experiment or uuid.uuid4().hex  # a new experiment's id, made once
+        write_state(fs, target, _manifest_bytes(key, experiment, files), root)
     return experiment
 
 

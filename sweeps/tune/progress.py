@@ -19,9 +19,7 @@ class Phases:
     ``earlier`` seconds of the runs of the driver that worked on the experiment before; ``save`` (if given)
     records them at each phase's end and, inside ``ticking``, every ``every_s`` seconds while one runs."""
 
-    def __init__(
-        self, t0: float | None = None, earlier: dict | None = None, save=None, every_s: float = 30.0
-    ):
+    def __init__(self, t0: float | None = None, earlier: dict | None = None, save=None, every_s: float = 5.0):
         self.t0 = time.monotonic() if t0 is None else t0
         self._mark, self.seconds = self.t0, dict(earlier or {})
         self._before = sum(self.seconds.values())
