@@ -84,9 +84,7 @@ def write_report(
         "params": members[0]["params"],
         "metric": settings.metric,
         "mode": settings.mode,
-        "retrain_epochs": int(
-            state["epoch"]
-        ),  # trained, as the checkpoint says (a time limit may stop it early)
+        "retrain_epochs": int(state["epoch"]),  # trained, as best.pt says: a time limit may stop it early
         "retrain_epochs_planned": int(config["epochs"]),
         "started_from": started_from(config),
         "device": runtime.describe(),

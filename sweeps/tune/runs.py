@@ -177,7 +177,7 @@ def run_search(
     )
     # Metric and mode go to the searcher and the scheduler, not to TuneConfig: there Tune's status would print
     # a "Current best trial" by its own rule (last epoch, first listed on a tie), which can name another trial
-    # than the driver's winner (trials.ranked: best epoch, smaller trial id on a tie).
+    # than the driver's winner (trials.ranked: best epoch; a tie goes by the parameters, then the trial id).
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
