@@ -173,7 +173,7 @@ def write_markdown(
         *_trial_table(trials, settings, limit=10),
         "\nAll trials: `trials.csv`.",
         *(["", "## Failed trials", ""] if failed else []),
-        *[f"- {code(t['trial_id'])} with {text(t['params'])}: {text(t['error'])}" for t in failed],
+        *[f"- {code(t['trial_id'])} with {code(t['params'])}: {code(t['error'])}" for t in failed],
     ]
     write_local(path, ("\n".join(lines) + "\n").encode())
 
