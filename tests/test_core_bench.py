@@ -31,3 +31,9 @@ def test_default_data_without_fer2013_is_the_demo_and_says_so(tmp_path):
     data, source = bench.default_data(tmp_path / "main")
     assert (data / "train").is_dir() and data.name.startswith("demo-")
     assert "demo" in source and str(tmp_path / "shared" / "data" / "fer2013") in source, source
+
+
+def test_a_sweep_config_is_refused_in_one_line_naming_the_command(capsys):
+    rc = bench.main(["--config", str(REPO / "sweeps" / "configs" / "default.yaml"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: ") and "python -m sweeps.trial_config" in err[-1], err

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from fer_core.checkpoint import load_checkpoint
 from fer_core.errors import ConfigError
@@ -84,8 +85,13 @@ def test_compiled_bf16_training_runs_and_saves_plain_weights(demo_root, tmp_path
 
 
 @pytest.mark.slow  # a benchmark run
-def test_bench_cli_prints_all_three_paths_and_ratios(demo_root):
-    """A sweep's trial config (the demo sweep: lr, batch and augmentation at their middles, the shape given)."""
+def test_bench_cli_prints_all_three_paths_and_ratios(demo_root, tmp_path):
+    """A sweep's trial config (the demo sweep: lr, batch and augmentation at their middles, the shape given),
+    as ``python -m sweeps.trial_config`` writes it; the sweep YAML itself is refused, naming that command."""
+    from sweeps.trial_config import middle_trial_config
+
+    trial = tmp_path / "trial.yaml"
+    trial.write_text(yaml.safe_dump(middle_trial_config(REPO / "sweeps" / "configs" / "default.yaml")))
     r = subprocess.run(
         [
             sys.executable,
@@ -106,7 +112,7 @@ def test_bench_cli_prints_all_three_paths_and_ratios(demo_root):
             "--rounds",
             "1",
             "--config",
-            "sweeps/configs/default.yaml",
+            str(trial),
             "--json",
         ],
         cwd=REPO,
@@ -118,7 +124,7 @@ def test_bench_cli_prints_all_three_paths_and_ratios(demo_root):
     assert r.stderr.splitlines()[0] == f"data: {demo_root} (given with --data)", (
         r.stderr
     )  # says what it measures
-    assert "config: a trial of sweeps/configs/default.yaml at the middle of its search space" in r.stderr
+    assert f"config: {trial}" in r.stderr
     res = json.loads(r.stdout)
     ips = res["images_per_s"]
     assert all(ips[k] > 0 for k in ("seed", "fer_core", "ready_step"))

@@ -44,7 +44,7 @@ import torch
 
 from ..apps.demo import ensure_demo_dataset
 from ..config import TrainConfig, config_to_dict, load_yaml, make_config, parse_overrides
-from ..errors import FerError
+from ..errors import ConfigError, FerError
 from ..runtime import available_cpus, resolve_runtime
 from ..train import train
 from .bench_timing import SEED_WORKERS, bench_fer_core, bench_seed
@@ -311,9 +311,13 @@ def main(argv: list[str] | None = None) -> int:
                 log=log,
             )
         else:
-            base = (
-                config_to_dict(make_config(load_yaml(args.config), source=args.config)) if args.config else {}
-            )
+            raw = load_yaml(args.config) if args.config else {}
+            if "search_space" in raw or "train" in raw:
+                raise ConfigError(
+                    f"{args.config}: a sweep config, not a TrainConfig YAML; write its trial with "
+                    f"python -m sweeps.trial_config {args.config} > trial.yaml and pass --config trial.yaml"
+                )
+            base = config_to_dict(make_config(raw, source=args.config)) if args.config else {}
             if args.config:
                 log(f"config: {args.config}")
             cfg = make_config(
