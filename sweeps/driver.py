@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shlex
 import signal
@@ -129,7 +130,9 @@ def drive(args, settings: SweepSettings, t0: float, bare: bool) -> int:
     try:
         check_writable(settings.storage, "--storage")
         check_contained(exp)
-        with Lease(exp):  # one driver at a time, before anything looks at or writes the experiment
+        # One driver at a time, before anything looks at or writes the experiment; a dry run writes nothing
+        # into it, not even a lease, and reads only files written whole (the one writer's renames).
+        with contextlib.nullcontext() if args.dry_run else Lease(exp):
             return _drive(args, settings, t0, bare, exp)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)

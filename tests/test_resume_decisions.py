@@ -26,8 +26,8 @@ BUDGETED = {"time_budget": "30m", "num_samples": 6, "retrain_epochs": 4, "schedu
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    """Every file's hash but the lease's (a dry run takes over, then drops, a killed driver's lease)."""
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".fer-lease"]
+    """Every file's hash, the killed driver's lease included (a dry run takes no lease)."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
