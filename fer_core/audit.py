@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import TrainConfig
 from .data import MAX_PIXELS, ImageWarning, SplitData, image_info, odd_sizes, skipped_reasons
-from .decode_cache import load_split
+from .datasets import Dataset, resolve
+from .decode_cache import load_dataset
 from .duplicates import PHASH_MAX_DISTANCE, PHASH_MIN_COSINE, exact_duplicate_groups, near_duplicate_groups
-from .errors import DataError, FerError
+from .errors import FerError
 from .image_stats import BLANK_STD, image_stats, split_mismatch
 from .outputs import check_output
 
@@ -100,12 +102,13 @@ def _skipped(root: Path, data: SplitData, examples: int) -> dict:
 
 
 def audit_dataset(
-    root, img_size: int = 48, grayscale: bool = True, cache_dir=None, strict: bool = False, examples: int = 5
+    data, img_size: int = 48, grayscale: bool = True, cache_dir=None, strict: bool = False, examples: int = 5
 ) -> dict:
-    """Audit a dataset folder (train, val, and test when present); nothing under ``root`` is written.
+    """Audit a dataset (train, val, and test when present, as ``datasets.resolve`` made them); nothing under
+    its folders is written.
 
     Args:
-        root: dataset root with train/ and val/ (test/ optional), each holding the class folders.
+        data: a ``datasets.Dataset``, or a dataset root (its folders are its classes).
         img_size: training size the images are decoded at (through ``load_split``'s cache).
         grayscale: decode as the training does (duplicates compare those bytes; the rest uses gray).
         cache_dir: decoded-image cache (None: $FER_CACHE_DIR or ~/.cache/fer_core).
@@ -126,13 +129,13 @@ def audit_dataset(
         nonlocal clock
         timings[name], clock = round(time.perf_counter() - clock, 3), time.perf_counter()
 
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found; pass the folder that holds train/ and val/")
-    names = [s for s in SPLITS if s != "test" or (root / "test").is_dir()]
+    dataset = data if isinstance(data, Dataset) else resolve(TrainConfig(data=str(data)))
+    # paths are relative to the one root, or (several) carry their root
+    root = dataset.sources[0].root if len(dataset.sources) == 1 else Path()
+    names = list(dataset.splits)
     data = {
-        s: load_split(
-            root=root, split=s, img_size=img_size, grayscale=grayscale, strict=strict, cache_dir=cache_dir
+        s: load_dataset(
+            dataset, s, img_size=img_size, grayscale=grayscale, strict=strict, cache_dir=cache_dir
         )
         for s in names
     }
@@ -141,7 +144,12 @@ def audit_dataset(
     stats = {s: image_stats(d.images) for s, d in data.items()}
     ok = {s: stats[s]["contrast"] >= BLANK_STD for s in names}  # blank: neither duplicates nor in the medians
     lap("stats")
-    findings: dict = {"root": str(root), "img_size": img_size, "grayscale": grayscale, "splits": {}}
+    findings: dict = {
+        "root": ", ".join(str(s.root) for s in dataset.sources),
+        "img_size": img_size,
+        "grayscale": grayscale,
+        "splits": {},
+    }
     for s, d in data.items():
         counts = np.bincount(d.labels, minlength=len(classes))
         blank = np.flatnonzero(~ok[s])
@@ -171,7 +179,16 @@ def audit_dataset(
         **_group_report(near_groups, split_of, labels, paths, classes, exact, examples),
     }
     lap("near_duplicates")
-    findings["mismatch"], findings["warnings"] = {}, []
+    made = [str(src.root) for src in dataset.sources if src.split is not None]
+    leaks = findings["near_duplicates"]["cross_split"]["groups"]
+    findings["warnings"] = []
+    if made and leaks:
+        findings["warnings"].append(
+            f"{leaks} groups of near-identical images fall on both sides of the split made from {', '.join(made)} "
+            "(frames of one person or sequence?): set group, a regular expression over file names whose match "
+            'stays in one split, e.g. group: "^(S\\d+)_"'
+        )
+    findings["mismatch"] = {}
     for s in names[1:]:
         figs, warns = split_mismatch(
             s,

@@ -33,8 +33,22 @@ class TrainConfig:
     """Everything one training run needs. See ``python -m fer_core.train --help`` for each key."""
 
     # --- data -------------------------------------------------------------------------------------------
-    data: str = _opt(
-        "", "Dataset root holding train/ and val/ (and optionally test/), each with the seven class folders."
+    data: Any = _opt(
+        "",
+        "Dataset root: a folder holding train/ and val/ (test/ optional) with one folder per class, or the class folders themselves (split here, see split). Or a list of roots trained on together, each a path or a mapping {root, name, classes, exclude, split, group, weight}: val is reported per dataset (NAME/val_accuracy, ...) and pooled (val_accuracy).",
+    )
+    classes: Any = _opt(
+        None,
+        "The classes in label order: a list of names (folders of those names), or a mapping class -> folder or list of folders (negative: [angry, disgust, fear, sad]). Empty: the sorted folder names of train/ (of the first dataset, with several; the others' folders match by name, case and common expression synonyms aside: Anger is angry).",
+    )
+    exclude: Any = _opt(None, "Folder names to leave out (a list), e.g. [contempt].")
+    split: Any = _opt(
+        None,
+        "For a root without train/: the shares of val and test and the seed, {val: 0.15, test: 0.15, seed: 0} (the default): stratified by class, the file lists kept with the run.",
+    )
+    group: str = _opt(
+        "",
+        'For a root without train/: a regular expression over file names whose match (its first group, if it has one) keeps the images of one person or sequence in one split, e.g. "^(S\\d+)_" for CK+.',
     )
     out: str = _opt("runs/train", "Output folder: checkpoints/, epochs.jsonl, config.yaml, metrics JSON.")
     img_size: int = _opt(
@@ -217,6 +231,8 @@ _HINTS = typing.get_type_hints(TrainConfig)
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Convert ``value`` to the declared type of TrainConfig's ``key`` or raise a one-line ConfigError."""
+    if _HINTS[key] is Any:  # data, classes, exclude, split: their shape is fer_core.datasets' to check
+        return value
     meta = FIELDS[key].metadata
     return coerce(
         value,

@@ -32,7 +32,8 @@ from .errors import DataError
 
 Size = tuple[int, int]  # (width, height) in pixels
 
-# Alphabetical, which is also ImageFolder's order: label i is CLASS_NAMES[i].
+# FER2013's seven expressions, in its folders' sorted order (the demo data draws them). Any other dataset's
+# classes come from its own folders or the config (``fer_core.datasets``).
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -59,6 +60,7 @@ class SplitData:
     paths: list[str]
     skipped: list[str]
     sizes: list[tuple[int, int]]  # (width, height) of each original file
+    source: np.ndarray | None = None  # per image, the index of its dataset (``datasets.Dataset.sources``)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,13 +71,44 @@ def _visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
-def scan_split(root: str | os.PathLike, split: str, classes: Sequence[str] = CLASS_NAMES) -> SplitFiles:
-    """Find a split's image files and check the layout.
+def visible_folders(folder: Path) -> list[str]:
+    """The sorted names of ``folder``'s visible sub-folders (its class folders, in a dataset)."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and _visible(p))
+
+
+def list_images(class_dir: Path) -> list[Path]:
+    """A class folder's image files (sub-folders included, hidden ones not), sorted.
+
+    Raises:
+        DataError: the folder cannot be listed, or holds a file that is not an image.
+    """
+    if not os.access(class_dir, os.R_OK | os.X_OK):  # rglob would see an empty folder
+        raise DataError(
+            f"{class_dir}: permission denied (the folder cannot be listed); make it readable, e.g. chmod -R a+rX"
+        )
+    files = sorted(
+        p
+        for p in class_dir.rglob("*")
+        if p.is_file()
+        and _visible(p)
+        and all(_visible(q) for q in p.relative_to(class_dir).parents if str(q) != ".")
+    )
+    for p in files:
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(
+                f"{p}: not an image file ({p.suffix or 'no extension'}); move it out of the class folder (images must be one of {' '.join(IMAGE_EXTENSIONS)})"
+            )
+    return files
+
+
+def scan_split(root: str | os.PathLike, split: str, classes: Sequence[str] | None = None) -> SplitFiles:
+    """Find a split's image files and check the layout: one folder per class, label i for ``classes[i]``.
 
     Args:
         root: dataset root holding ``split``/<class>/ folders.
         split: "train", "val" or "test".
-        classes: the class folder names that must be present, in label order.
+        classes: the class folder names that must be present, in label order (None: the folders found,
+            sorted). A mapping of folders onto other names is ``fer_core.datasets``'.
 
     Raises:
         DataError: root or split missing, a class folder missing, unexpected or empty, or a file that is
@@ -89,9 +122,10 @@ def scan_split(root: str | os.PathLike, split: str, classes: Sequence[str] = CLA
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(
-            f"{split_dir}: split folder missing; the dataset root needs train/ and val/ (test/ optional), each with the class folders {', '.join(classes)}"
+            f"{split_dir}: split folder missing; the dataset root needs train/ and val/ (test/ optional), each with the class folders"
         )
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and _visible(p))
+    found = visible_folders(split_dir)
+    classes = tuple(classes) if classes is not None else tuple(found)
     extra = [c for c in found if c not in classes]
     if extra:
         raise DataError(
@@ -104,28 +138,12 @@ def scan_split(root: str | os.PathLike, split: str, classes: Sequence[str] = CLA
         )
     paths, labels = [], []
     for label, name in enumerate(classes):
-        class_dir = split_dir / name
-        if not os.access(class_dir, os.R_OK | os.X_OK):  # rglob would see an empty folder
-            raise DataError(
-                f"{class_dir}: permission denied (the folder cannot be listed); make it readable, e.g. chmod -R a+rX"
-            )
-        files = sorted(
-            p
-            for p in class_dir.rglob("*")
-            if p.is_file()
-            and _visible(p)
-            and all(_visible(q) for q in p.relative_to(class_dir).parents if str(q) != ".")
-        )
-        for p in files:
-            if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise DataError(
-                    f"{p}: not an image file ({p.suffix or 'no extension'}); move it out of the class folder (images must be one of {' '.join(IMAGE_EXTENSIONS)})"
-                )
+        files = list_images(split_dir / name)
         if not files:
-            raise DataError(f"{class_dir}: class folder is empty; add at least one image of '{name}'")
+            raise DataError(f"{split_dir / name}: class folder is empty; add at least one image of '{name}'")
         paths += files
         labels += [label] * len(files)
-    return SplitFiles(root, split, tuple(classes), paths, labels)
+    return SplitFiles(root, split, classes, paths, labels)
 
 
 # The most pixels a file may have to be read: 8000x8000, or a 45-50 MP camera's full frame; 192 MB as RGB.

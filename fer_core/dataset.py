@@ -41,6 +41,20 @@ def stratified_indices(labels: np.ndarray, max_samples: int, seed: int = 0) -> n
     return np.sort(np.concatenate(out))
 
 
+def weighted(indices: np.ndarray, source: np.ndarray | None, weights, seed: int = 0) -> np.ndarray:
+    """``indices`` with each dataset's images repeated by its sampling weight: weight 2 serves each image of
+    that dataset twice an epoch, 0.5 a seeded half of them (each dataset in ``weights``, by ``source``)."""
+    if source is None or all(w == 1.0 for w in weights):
+        return indices
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, w in enumerate(weights):
+        own = indices[source[indices] == i]
+        whole, part = int(w), w - int(w)
+        out += [own] * whole + [np.sort(rng.choice(own, size=int(round(part * len(own))), replace=False))]
+    return np.sort(np.concatenate(out))
+
+
 def epoch_steps(train_images: int, batch_size: int, steps_per_epoch: int = 0) -> int:
     """Training steps of one epoch over ``train_images``: ``steps_per_epoch`` when set, else every whole batch
     (the last partial one is dropped). The Trainer's rule; the sweep's time plan sizes epochs with it."""

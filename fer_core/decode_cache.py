@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_atomic
-from .data import CLASS_NAMES, SplitData, SplitFiles, decode_split, odd_sizes, scan_split, skip_warnings
+from .data import SplitData, SplitFiles, decode_split, odd_sizes, scan_split, skip_warnings
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def load_split(
     grayscale: bool = True,
     strict: bool = False,
     cache_dir: str | os.PathLike | None = None,
-    classes: Sequence[str] = CLASS_NAMES,
+    classes: Sequence[str] | None = None,
 ) -> SplitData:
     """Check, decode (once) and return a split as uint8 arrays.
 
@@ -98,13 +98,47 @@ def load_split(
         grayscale: decode as 1-channel.
         strict: raise on a corrupt image instead of warning and skipping it.
         cache_dir: cache folder (None: $FER_CACHE_DIR or ~/.cache/fer_core).
-        classes: expected class folder names in label order.
+        classes: expected class folder names in label order (None: the folders found, sorted).
 
     Raises:
         DataError: see ``scan_split``; corrupt files when ``strict``; a read-only cache folder without a
             usable entry for the split.
     """
-    files = scan_split(root, split, classes)
+    return load_files(scan_split(root, split, classes), img_size, grayscale, strict, cache_dir)
+
+
+def load_dataset(
+    dataset, split: str, img_size: int, grayscale: bool = True, strict: bool = False, cache_dir=None
+):
+    """One split of a ``datasets.Dataset``: each dataset's files loaded as ``load_files`` does, then joined in
+    the dataset's order, ``source`` saying which dataset each image came from."""
+    parts = [
+        (i, dataset.files[split][s.name])
+        for i, s in enumerate(dataset.sources)
+        if s.name in dataset.files[split]
+    ]
+    loaded = [(i, load_files(f, img_size, grayscale, strict, cache_dir)) for i, f in parts]
+    if len(loaded) == 1:
+        i, d = loaded[0]
+        d.source = np.full(len(d), i, dtype=np.int64)
+        return d
+    return SplitData(
+        split=split,
+        classes=dataset.classes,
+        images=np.concatenate([np.asarray(d.images) for _, d in loaded]),
+        labels=np.concatenate([d.labels for _, d in loaded]),
+        paths=[str(dataset.sources[i].root / p) for i, d in loaded for p in d.paths],  # several roots
+        skipped=[p for _, d in loaded for p in d.skipped],
+        sizes=[z for _, d in loaded for z in d.sizes],
+        source=np.concatenate([np.full(len(d), i, dtype=np.int64) for i, d in loaded]),
+    )
+
+
+def load_files(
+    files: SplitFiles, img_size: int, grayscale: bool = True, strict: bool = False, cache_dir=None
+) -> SplitData:
+    """``load_split`` for files already found (``scan_split`` or ``datasets.resolve``)."""
+    root, split = files.root, files.split
     cache = cache_folder(cache_dir)
     try:
         cache.mkdir(parents=True, exist_ok=True)

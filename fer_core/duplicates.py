@@ -11,14 +11,14 @@ hashing, with the measurements behind its thresholds, is one piece of work.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import SplitData
-from .decode_cache import load_args, load_split
+from .datasets import resolve
+from .decode_cache import load_args, load_dataset
 from .errors import DataError
 from .image_stats import BLANK_STD, CHUNK, image_stats, to_gray
 
@@ -196,16 +196,17 @@ def dedupe_dropped(cfg, train: SplitData | None = None, val: SplitData | None = 
     if cfg.dedupe != "cross_split":
         return np.empty(0, np.int64)
     common = load_args(cfg)
-    train = train if train is not None else load_split(root=cfg.data, split="train", **common)
-    others = [val if val is not None else load_split(root=cfg.data, split="val", **common)]
-    if (Path(cfg.data) / "test").is_dir():
-        others.append(load_split(root=cfg.data, split="test", **common))
+    dataset = resolve(cfg)
+    train = train if train is not None else load_dataset(dataset, "train", **common)
+    others = [val if val is not None else load_dataset(dataset, "val", **common)]
+    if "test" in dataset.splits:
+        others.append(load_dataset(dataset, "test", **common))
     dropped = np.asarray(cross_split_duplicates(train, others), dtype=np.int64)
     kept = np.bincount(np.delete(train.labels, dropped), minlength=len(train.classes))
     empty = [c for c, n in zip(train.classes, kept) if n == 0]
     if empty:
         raise DataError(
-            f"{Path(cfg.data) / 'train'}: dedupe: cross_split leaves no training image of {', '.join(empty)} "
+            f"{', '.join(str(src.root) for src in dataset.sources)}: dedupe: cross_split leaves no training image of {', '.join(empty)} "
             f"({len(dropped)} of {len(train)} train images duplicate val or test: the splits overlap); give "
             "train and val different images, or set dedupe: none"
         )

@@ -14,11 +14,14 @@ import numpy as np
 import torch
 
 from . import engine
-from .checkpoint import load_model, temperature_of
+from .checkpoint import load_checkpoint, load_model, temperature_of
+from .config import make_config, parse_overrides
 from .dataset import iter_batches
-from .decode_cache import load_split
+from .datasets import DATA_KEYS, Dataset, absolute, data_roots, digest, resolve, resolve_for
+from .decode_cache import load_dataset
 from .engine import probs_metrics, view_probs
-from .errors import CheckpointError, FerError
+from .errors import DataError, FerError
+from .metrics import confusion_matrix, dataset_metrics
 from .outputs import check_output
 from .runtime import Runtime, resolve_runtime
 
@@ -42,58 +45,73 @@ def ensemble_metrics(scores: list[dict], split: str, classes: list[str]) -> dict
     return out
 
 
-def _check_same_classes(path, classes: list[str], split_dir: Path) -> None:
-    """A checkpoint of another class set is the mismatch to report, not the data's folders: the layout check
-    alone would tell the user to rename or remove their (correct) class folders."""
-    if not split_dir.is_dir():
-        return  # load_split names the missing folder
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if found != sorted(classes):
-        raise CheckpointError(
-            f"{path}: trained on classes {', '.join(classes)} but {split_dir} holds {', '.join(found) or 'no class folders'}; "
-            "evaluate it on data with its classes, or pass a checkpoint trained on these"
-        )
+def checkpoint_data(state: dict, data=None, mapping=None) -> tuple[Dataset, dict[str, int]]:
+    """The data a checkpoint is scored on, labelled with its classes: its own training data as it was
+    split then (``data`` None or the same), else ``data`` mapped onto its classes (``datasets.resolve_for``:
+    ``mapping``, the folder names it was trained from, the names); with the folders left out, and their
+    image counts.
+
+    Raises:
+        DataError: the training data's files changed since (a split made then cannot be made again), or no
+            folder of ``data`` is one of its classes.
+    """
+    config, recorded = state["config"], state.get("data") or {}
+    if data is None or (not mapping and absolute(data) == absolute(config["data"])):
+        dataset = resolve(make_config({k: config[k] for k in DATA_KEYS}))
+        if recorded.get("digest") and digest(dataset.record()) != recorded["digest"]:
+            made = [str(s.root) for s in dataset.sources if s.split is not None]
+            if made:
+                raise DataError(
+                    f"{', '.join(made)}: its files changed since the checkpoint was trained, so the split made "
+                    "then cannot be made again; evaluate on a folder with its own val/ or test/"
+                )
+        return dataset, {}
+    return resolve_for(
+        list(state["class_names"]), recorded.get("aliases", {}), data, mapping, recorded.get("sources", ())
+    )
 
 
 def evaluate_checkpoint(
     path,
-    data: str,
+    data=None,
     split: str = "val",
     batch_size: int = 0,
     runtime: Runtime | None = None,
     cache_dir: str | None = None,
     return_probs: bool = False,
     tta_flip: bool = False,
+    mapping: dict | None = None,
 ) -> dict:
-    """Evaluate a checkpoint on ``data/split``, with the checkpoint's own preprocessing and temperature.
+    """Evaluate a checkpoint on a split of ``data``, with the checkpoint's own preprocessing and temperature.
 
     Args:
         path: checkpoint file.
-        data: dataset root.
-        split: split folder (val, test, train).
+        data: a dataset folder (or a list; ``checkpoint_data``), None: the one it was trained on.
+        split: val, test or train.
         batch_size: evaluation batch size (0 = the runtime's: 1024 on CUDA, 256 on CPU).
         runtime: device settings (default: auto).
         cache_dir: decoded-image cache folder (None: default).
         return_probs: include "probs"/"labels"/"logits" arrays (and "probs_tta"/"logits_flip").
         tta_flip: add horizontal-flip TTA metrics under ``split_tta_``.
+        mapping: class -> folders of ``data`` (beside the names and the folders it was trained from).
 
     Returns:
-        Metrics with keys prefixed by ``split_`` plus "checkpoint", "split", "epoch".
+        Metrics with keys prefixed by ``split_`` (and ``NAME/split_`` per dataset, when several), plus
+        "checkpoint", "split", "epoch", "folders" (each folder's class) and "left_out" (folder -> images).
     """
     runtime = runtime or resolve_runtime()
     model, pre, classes, state = load_model(path, runtime)
-    _check_same_classes(path, classes, Path(data) / split)
-    split_data = load_split(
-        root=data,
-        split=split,
-        img_size=pre.img_size,
-        grayscale=pre.grayscale,
-        cache_dir=cache_dir,
-        classes=classes,
-    )
+    dataset, left_out = checkpoint_data(state, data, mapping)
+    if split not in dataset.splits:
+        roots = ", ".join(str(s.root) for s in dataset.sources)
+        raise DataError(
+            f"{roots}: has no {split} split (it has {', '.join(dataset.splits)}); pick one of those"
+        )
+    split_data = load_dataset(dataset, split, pre.img_size, pre.grayscale, cache_dir=cache_dir)
     batches = iter_batches(
         split_data, np.arange(len(split_data)), batch_size=batch_size or runtime.eval_batch_size
     )
+    several = len(dataset.files[split]) > 1
     out = engine.evaluate(
         model=model,
         batches=batches,
@@ -101,23 +119,42 @@ def evaluate_checkpoint(
         runtime=runtime,
         class_names=classes,
         prefix=f"{split}_",
-        return_probs=return_probs,
+        return_probs=return_probs or several,
         tta_flip=tta_flip,
         temperature=temperature_of(state, path),
     )
-    out.update({"checkpoint": str(path), "split": split, "epoch": int(state["epoch"])})
+    if several:
+        for i, src in enumerate(dataset.sources):
+            mask = split_data.source == i
+            if mask.any():
+                cm = confusion_matrix(out["labels"][mask], out["probs"][mask].argmax(1), len(classes))
+                out |= dataset_metrics(cm, classes, src.name, f"{split}_")
+        if not return_probs:
+            for k in ("probs", "labels", "logits", "probs_tta", "logits_flip"):
+                out.pop(k, None)
+    out.update(
+        {
+            "checkpoint": str(path),
+            "split": split,
+            "epoch": int(state["epoch"]),
+            "folders": {s.name: s.folders for s in dataset.sources},
+            "left_out": left_out,
+        }
+    )
     return out
 
 
-def splits(data: str) -> list[str]:
-    """The splits a dataset is scored on: val, and test when ``data`` has one."""
-    return ["val"] + (["test"] if (Path(data) / "test").is_dir() else [])
+def splits(state: dict, data=None) -> list[str]:
+    """The splits a dataset is scored on: val and test, those it has (a folder the model never saw and that
+    has no split of its own is all test)."""
+    return [s for s in ("val", "test") if s in checkpoint_data(state, data)[0].splits]
 
 
-def score(ckpt: Path, data: str, cache_dir: str | None, runtime: Runtime) -> dict[str, dict]:
+def score(ckpt: Path, data, cache_dir: str | None, runtime: Runtime) -> dict[str, dict]:
     """A checkpoint's metrics per split, plain and with flip TTA, with the probability arrays."""
     kwargs = dict(runtime=runtime, cache_dir=cache_dir, return_probs=True, tta_flip=True)
-    return {sp: evaluate_checkpoint(ckpt, data, sp, **kwargs) for sp in splits(data)}
+    state = load_checkpoint(ckpt)
+    return {sp: evaluate_checkpoint(ckpt, data, sp, **kwargs) for sp in splits(state, data)}
 
 
 def at_temperature(scores: dict, temperature: float) -> dict:
@@ -157,8 +194,20 @@ def main(argv=None) -> int:
         description="Evaluate a fer_core checkpoint on a split and save metrics JSON.",
     )
     p.add_argument("checkpoint", help="best.pt / last.pt written by fer_core")
-    p.add_argument("--data", required=True, help="dataset root holding the split folder")
-    p.add_argument("--split", default="val", help="split folder to evaluate (val, test, ...); default val")
+    p.add_argument(
+        "--data",
+        help="dataset folder to score it on (default: the data it was trained on, split as then); its folders "
+        "map onto the checkpoint's classes by name (Anger is angry) and by the folder names it was trained from",
+    )
+    p.add_argument(
+        "--classes",
+        help="YAML mapping of the checkpoint's classes onto --data's folders, e.g. \"{negative: [anger, sadness]}\"",
+    )
+    p.add_argument(
+        "--split",
+        default="val",
+        help="val, test or train (a folder it never saw, without splits: test); default val",
+    )
     p.add_argument("--out", help="metrics JSON path (default: <checkpoint folder>/<split>_metrics.json)")
     p.add_argument(
         "--batch-size", type=int, default=0, help="evaluation batch size (default: 1024 on CUDA, 256 on CPU)"
@@ -177,7 +226,14 @@ def main(argv=None) -> int:
             raise FerError(
                 f"--out {args.out}: is a folder; give the metrics file to write, e.g. {Path(args.out) / 'metrics.json'}"
             )
-        check_output(out, inputs=[args.checkpoint], datasets=[args.data], overwrite=args.overwrite)
+        mapping = (
+            parse_overrides([f"classes={args.classes}"], "--classes")["classes"] if args.classes else None
+        )
+        if mapping is not None and not isinstance(mapping, dict):
+            raise FerError(f'--classes {args.classes}: give a YAML mapping, e.g. "{{angry: [anger]}}"')
+        check_output(
+            out, inputs=[args.checkpoint], datasets=data_roots(args.data) if args.data else [], overwrite=args.overwrite
+        )
         m = evaluate_checkpoint(
             args.checkpoint,
             data=args.data,
@@ -185,6 +241,7 @@ def main(argv=None) -> int:
             batch_size=args.batch_size,
             runtime=resolve_runtime(args.device),
             tta_flip=args.tta,
+            mapping=mapping,
         )
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -198,6 +255,11 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if m["left_out"]:
+        left = ", ".join(f"{f} ({n} images)" for f, n in m["left_out"].items())
+        print(f"left out (no class of the checkpoint): {left}")
+    for name, folders in m["folders"].items():
+        print(f"{name}: " + ", ".join(f"{f} -> {c}" if f != c else f for f, c in folders.items()))
     print(format_metrics(m, args.split))
     if args.tta:
         print(format_metrics(m, f"{args.split}_tta"))

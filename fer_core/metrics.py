@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +27,18 @@ ROW_VAL_KEYS = (
     "val_tta_balanced_accuracy",
     "val_tta_macro_f1",
 )
+
+
+# Per dataset, when a run trains on several: these keys of ``summarize`` under ``NAME/`` + the split prefix
+# (fer2013/val_accuracy), beside the pooled ones; a sweep's metric may be one of them.
+DATASET_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix")
+DATASET_METRIC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)/(val_(?:accuracy|balanced_accuracy|macro_f1))$")
+
+
+def dataset_metrics(cm: np.ndarray, class_names: Sequence[str], name: str, prefix: str) -> dict:
+    """One dataset's share of an evaluation (``DATASET_KEYS``), under ``name/prefix``."""
+    m = summarize(cm, class_names)
+    return {f"{name}/{prefix}{k}": m[k] for k in DATASET_KEYS}
 
 
 def lower_is_better(metric: str) -> bool:

@@ -32,6 +32,7 @@ from .config import (
     make_config,
     parse_overrides,
 )
+from .datasets import data_roots, resolve
 from .errors import ConfigError, FerError
 from .outputs import RUN_FILES, check_out_folder
 from .trainer import Trainer
@@ -50,11 +51,11 @@ def _summary_line(row: dict, epochs: int, best_name: str, best) -> str:
     )
 
 
-def run_audit(cfg: TrainConfig, prefix: str = "[fer_core]") -> dict:
+def run_audit(cfg: TrainConfig, prefix: str = "[fer_core]", dataset=None) -> dict:
     """Audit ``cfg.data`` at the size and colour mode training decodes it (sharing its image cache) and print
     the summary, warnings included; returns the findings for an ``audit.json``."""
     findings = audit_dataset(
-        cfg.data,
+        dataset or resolve(cfg),
         img_size=cfg.img_size,
         grayscale=cfg.grayscale,
         cache_dir=cfg.cache_dir or None,
@@ -206,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             cli = dataclasses.replace(cli, **{key: getattr(given, key)})
         cfg = cli
         last = Path(cfg.out) / "checkpoints" / "last.pt"
-        check_out_folder(cfg.out, args.resume, args.overwrite, inputs=[cfg.weights], datasets=[cfg.data])
+        check_out_folder(
+            cfg.out, args.resume, args.overwrite, inputs=[cfg.weights], datasets=data_roots(cfg.data)
+        )
         resume = last if args.resume and last.exists() else None
         log = Path(cfg.out) / "epochs.jsonl"
         if args.resume and resume is None and log.is_file() and log.read_text().strip():

@@ -21,12 +21,21 @@ from .augment_torch import BatchAugment
 from .checkpoint import load_checkpoint, nonfinite_weights
 from .config import TrainConfig, config_to_dict, resolve_normalize
 from .data import SplitData
-from .dataset import DeviceBatches, EpochSampler, FerDataset, epoch_steps, iter_batches, stratified_indices
-from .decode_cache import load_args, load_split
+from .dataset import (
+    DeviceBatches,
+    EpochSampler,
+    FerDataset,
+    epoch_steps,
+    iter_batches,
+    stratified_indices,
+    weighted,
+)
+from .datasets import digest, resolve
+from .decode_cache import load_args, load_dataset
 from .duplicates import dedupe_dropped
 from .ema import ModelEma
 from .errors import CheckpointError, ConfigError, DataError, DivergedError, FerError
-from .metrics import ROW_VAL_KEYS, lower_is_better
+from .metrics import DATASET_METRIC, ROW_VAL_KEYS, confusion_matrix, dataset_metrics, lower_is_better
 from .mixing import BatchMixer
 from .model import build_model, normalization
 from .preprocess import Preprocess
@@ -133,16 +142,22 @@ class Trainer:
         )
         seed_everything(cfg.seed)
         common = load_args(cfg)
+        self.dataset = None if splits is not None else resolve(cfg)
         if splits is None:
             splits = (
-                load_split(root=cfg.data, split="train", **common),
-                load_split(root=cfg.data, split="val", **common),
+                load_dataset(self.dataset, "train", **common),
+                load_dataset(self.dataset, "val", **common),
             )
         self.train_data, self.val_data = _checked_splits(splits, cfg)
         self.class_names = list(self.train_data.classes)
         self.dropped_duplicates = dedupe_dropped(cfg, self.train_data, self.val_data)
         pool = np.setdiff1d(np.arange(len(self.train_data)), self.dropped_duplicates)
-        self.train_idx = pool[stratified_indices(self.train_data.labels[pool], cfg.max_train_samples)]
+        self.train_idx = weighted(
+            pool[stratified_indices(self.train_data.labels[pool], cfg.max_train_samples)],
+            self.train_data.source,
+            [s.weight for s in self.dataset.sources] if self.dataset is not None else [1.0],
+            seed=cfg.seed,
+        )
         self.val_idx = stratified_indices(self.val_data.labels, cfg.max_val_samples)
         self.model = build_model(
             name=cfg.model,
@@ -237,6 +252,7 @@ class Trainer:
             "best_metric_name": self.cfg.best_metric,
             "config": config_to_dict(self.cfg),
             "class_names": self.class_names,
+            "data": self.data_summary(),
             "preprocess": self.preprocess.to_dict(),
             "augment_backend": self.runtime.augment_backend,  # resolved: "auto" differs by device
             "history": self.history,
@@ -275,25 +291,53 @@ class Trainer:
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         self.best = state["best_metric"]
 
+    def data_summary(self) -> dict | None:
+        """What a checkpoint keeps of its data: per class the folder names it was trained from (so data named
+        like a training set maps by itself), the datasets' settings and the digest of their file lists."""
+        if self.dataset is None:
+            return None
+        record = self.dataset.record()
+        return {
+            "aliases": self.dataset.aliases(),
+            "sources": record["sources"],
+            "digest": digest(record),
+        }
+
     def evaluate(
         self, data: SplitData | None = None, indices=None, prefix: str = "val_", return_probs: bool = False
     ) -> dict:
+        """Metrics of ``indices`` of ``data`` (default: the val subset); with several datasets, each one's
+        too, under ``NAME/`` + the key (NAME/val_accuracy), beside the pooled ones."""
         data = data if data is not None else self.val_data
         indices = (
             indices
             if indices is not None
             else (self.val_idx if data is self.val_data else np.arange(len(data)))
         )
-        return engine.evaluate(
+        several = self.dataset is not None and len(self.dataset.sources) > 1 and data.source is not None
+        out = engine.evaluate(
             model=self.eval_model,
             batches=iter_batches(data, indices, batch_size=self.runtime.eval_batch_size),
             preprocess=self.preprocess,
             runtime=self.runtime,
             class_names=self.class_names,
             prefix=prefix,
-            return_probs=return_probs,
+            return_probs=return_probs or several,
             tta_flip=self.cfg.tta_flip,
         )
+        if several:
+            source = data.source[indices]
+            for i, src in enumerate(self.dataset.sources):
+                mask = source == i
+                if mask.any():
+                    cm = confusion_matrix(
+                        out["labels"][mask], out["probs"][mask].argmax(1), len(self.class_names)
+                    )
+                    out |= dataset_metrics(cm, self.class_names, src.name, prefix)
+            if not return_probs:
+                for k in ("probs", "labels", "logits", "probs_tta", "logits_flip"):
+                    out.pop(k, None)
+        return out
 
     @property
     def eval_model(self) -> nn.Module:
@@ -362,6 +406,7 @@ class Trainer:
             "lr": lr,
             **tm,
             **{k: vm[k] for k in ROW_VAL_KEYS if k in vm},
+            **{k: v for k, v in vm.items() if DATASET_METRIC.match(k)},  # each dataset's val figures
             "device": str(self.runtime.device),
         }  # where it trained: a sweep's report names it per trial
         self._check_finite(row)

@@ -8,15 +8,17 @@ import shlex
 import signal
 import sys
 import time
+from typing import Any
 
 import ray
 from ray import tune
 
 from fer_core.apps.demo import ensure_demo_dataset
-from fer_core.data import scan_split
-from fer_core.errors import FerError
+from fer_core.datasets import Dataset, resolve
+from fer_core.errors import ConfigError, FerError
+from fer_core.metrics import DATASET_METRIC
 from fer_core.train import run_audit
-from sweeps.config.settings import SweepSettings
+from sweeps.config.settings import SweepSettings, source_of
 from sweeps.plan.budget import budget_verdict, expected_epochs
 from sweeps.plan.decisions import choose_winner, plan_sweep
 from sweeps.plan.dry_run import print_dry_run
@@ -48,20 +50,31 @@ from sweeps.tune.runs import restorable, run_retrain, run_search
 from sweeps.tune.tracking import check_tracking, log_report, tracking_callbacks, tracking_uri
 
 
-def prepare_data(settings: SweepSettings) -> str:
-    """The dataset to sweep: the YAML/--data path (its layout checked now), or the cached demo set."""
-    if settings.data:
-        for split in ("train", "val"):
-            scan_split(settings.data, split)  # layout errors now, not inside a trial
-        return settings.data
-    path = ensure_demo_dataset(**dataclasses.asdict(settings.demo))  # the demo: section is its arguments
-    print(
-        f"[sweeps] Using the built-in DEMO data (procedurally drawn faces) at {path}.\n"
-        "[sweeps] For real data: python sweeps/run.py --config sweeps/configs/fer2013.yaml --data /path/to/fer2013 "
-        "(an ImageFolder root with train/ and val/, each holding angry disgust fear happy neutral sad surprise)",
-        flush=True,
-    )
-    return str(path)
+def prepare_data(settings: SweepSettings) -> tuple[Any, Dataset]:
+    """The data to sweep (the YAML/--data value, or the cached demo set) and what it resolves to, printed:
+    the classes and each dataset's folders and splits (every layout and mapping error now, not in a trial)."""
+    data = settings.data
+    if not data:
+        data = str(
+            ensure_demo_dataset(**dataclasses.asdict(settings.demo))
+        )  # the demo: section is its arguments
+        print(
+            f"[sweeps] Using the built-in DEMO data (procedurally drawn faces) at {data}.\n"
+            "[sweeps] For real data: python sweeps/run.py --config sweeps/configs/fer2013.yaml --data /path/to/fer2013 "
+            "(a folder with train/ and val/ holding a folder per class, or the class folders alone)",
+            flush=True,
+        )
+    dataset = resolve(dataclasses.replace(settings.train, data=data))
+    for line in dataset.describe():
+        print(f"[sweeps] data: {line}", flush=True)
+    m = DATASET_METRIC.match(settings.metric)
+    names = [s.name for s in dataset.sources]
+    if m and (len(names) < 2 or m.group(1) not in names):
+        raise ConfigError(
+            f"{source_of(settings, 'metric')} = {settings.metric}: there is no dataset '{m.group(1)}' among several "
+            f"(datasets: {', '.join(names)}); use val_accuracy, or NAME/val_accuracy for one of those"
+        )
+    return data, dataset
 
 
 def check_experiment(exp: str, resume: bool, dry_run: bool = False) -> None:
@@ -150,16 +163,16 @@ def _drive(args, settings: SweepSettings, t0: float, bare: bool, exp: str) -> in
     if "://" in settings.storage:
         check_writable(str(report_folder(settings).parent), "the report's local copy")
     check_tracking(settings)
-    data = prepare_data(settings)
-    check_cache(settings, data)
+    data, dataset = prepare_data(settings)
+    check_cache(settings, dataset)
     if args.resume:
-        check_data(exp, data, record=not args.dry_run)
-    findings = run_audit(dataclasses.replace(settings.train, data=data), prefix="[sweeps]")
+        check_data(exp, dataset, record=not args.dry_run)
+    findings = run_audit(dataclasses.replace(settings.train, data=data), prefix="[sweeps]", dataset=dataset)
     save = None if args.dry_run else lambda seconds: write_phases(exp, seconds)
     phases = Phases(t0, earlier=read_phases(exp) if args.resume else None, save=save)
     init_ray(args.address)
     try:
-        return sweep(settings, data, findings, args, exp, phases)
+        return sweep(settings, data, dataset, findings, args, exp, phases)
     finally:
         ray.shutdown()
 
@@ -199,7 +212,9 @@ def work_left(exp: str, settings: SweepSettings) -> str:
     return "\n".join(lines)
 
 
-def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, phases: Phases) -> int:
+def sweep(
+    settings: SweepSettings, data, dataset: Dataset, findings: dict, args, exp: str, phases: Phases
+) -> int:
     """Plan, search, retrain and report, on a running Ray; returns the exit status. The decisions are
     ``sweeps.plan.decisions``'s: recorded when taken, read back by a resume."""
     plan = plan_sweep(settings, data=data, args=args, exp=exp, t0=phases.t0)
@@ -212,7 +227,7 @@ def sweep(settings: SweepSettings, data: str, findings: dict, args, exp: str, ph
         return 0
     if not args.resume:  # signed, so that --resume alone continues these settings, on this data
         write_record(exp, settings)
-        check_data(exp, data, record=True)
+        check_data(exp, dataset, record=True)
     announce(placement, args.address, plan.cluster_config)
     phases.end("start-up" + (" and probe" if plan.est else ""))
     deadline = time.time() + plan.search_s if plan.search_s else None

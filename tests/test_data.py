@@ -13,8 +13,10 @@ from PIL import Image
 
 from fer_core import data as fdata
 from fer_core import decode_cache
+from fer_core.config import TrainConfig
 from fer_core.data import CLASS_NAMES, decode_image, scan_split
 from fer_core.dataset import stratified_indices
+from fer_core.datasets import resolve
 from fer_core.decode_cache import load_split
 from fer_core.errors import DataError
 
@@ -44,18 +46,25 @@ def test_missing_split(demo_copy):
     assert f"{demo_copy / 'val'}: split folder missing" in _one_line(e)
 
 
-def test_missing_class(demo_copy):
+def test_a_class_missing_from_val_is_one_line(demo_copy):
+    shutil.rmtree(demo_copy / "val" / "fear")
+    with pytest.raises(DataError) as e:
+        resolve(TrainConfig(data=str(demo_copy)))
+    assert f"{demo_copy / 'val'}: class 'fear' has no image there" in _one_line(e)
+
+
+def test_a_val_folder_train_lacks_is_one_line(demo_copy):
+    shutil.copytree(demo_copy / "val" / "fear", demo_copy / "val" / "contempt")
+    with pytest.raises(DataError) as e:
+        resolve(TrainConfig(data=str(demo_copy)))
+    assert "folder 'contempt' is not among train/'s folders" in _one_line(e) and "exclude" in str(e.value)
+
+
+def test_classes_are_the_folders_of_train(demo_copy):
     shutil.rmtree(demo_copy / "train" / "fear")
-    with pytest.raises(DataError) as e:
-        scan_split(demo_copy, "train")
-    assert f"{demo_copy / 'train' / 'fear'}: class folder missing" in _one_line(e)
-
-
-def test_unexpected_class(demo_copy):
-    (demo_copy / "train" / "contempt").mkdir()
-    with pytest.raises(DataError) as e:
-        scan_split(demo_copy, "train")
-    assert "unexpected class folder 'contempt'" in _one_line(e) and "rename or remove" in str(e.value)
+    shutil.rmtree(demo_copy / "val" / "fear")
+    d = resolve(TrainConfig(data=str(demo_copy)))
+    assert d.classes == tuple(c for c in CLASS_NAMES if c != "fear")
 
 
 def test_empty_class(demo_copy):

@@ -10,6 +10,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fer_core.config import (
     FIELDS,
@@ -20,8 +21,9 @@ from fer_core.config import (
     make_config,
     unknown_key_error,
 )
+from fer_core.datasets import absolute
 from fer_core.errors import ConfigError, FerError
-from fer_core.metrics import SELECTABLE, lower_is_better
+from fer_core.metrics import DATASET_METRIC, SELECTABLE, lower_is_better
 from sweeps.config.space import Param, parse_space, to_spec
 
 TRACKERS = ("none", "mlflow")
@@ -88,8 +90,12 @@ class Demo:
 class SweepSettings:
     name: str = "fer-sweep"
     storage: str = "runs"
-    data: str = ""  # empty: the built-in demo data; else an absolute path
-    metric: str = _key("val_accuracy", choices=SELECTABLE)
+    # empty: the built-in demo data; else a dataset folder or a list of them (fer_core.datasets), made absolute
+    data: Any = ""
+    # The pooled val metric by default: the one figure every run has, over all its val images; with several
+    # datasets NAME/val_accuracy (balanced_accuracy, macro_f1) optimises one of them alone.
+    metric: str = "val_accuracy"
+    eval_data: Any = ()  # datasets the report also evaluates the winner on (their test/, else val/)
     mode: str = _key("max", choices=("max", "min"))
     num_samples: int = _key(8, low=1)
     max_concurrent_trials: int = _key(0, low=0)  # 0 = as many as the resources allow
@@ -131,6 +137,15 @@ LOCATION = ("name", "storage")
 
 def _typed(f: dataclasses.Field, value, where: str):
     """One value of a settings field, converted and checked by fer_core's own rules."""
+    if f.name in ("data", "eval_data"):  # a folder or a list of them: fer_core.datasets checks the shape
+        return value
+    if f.name == "metric":
+        if value in SELECTABLE or (isinstance(value, str) and DATASET_METRIC.match(value)):
+            return value
+        raise ConfigError(
+            f"{where} = {value!r} is not one of {', '.join(SELECTABLE)}, or NAME/val_accuracy (balanced_accuracy, "
+            "macro_f1) for one dataset NAME of several"
+        )
     if f.name in LOCATION and not isinstance(value, str):
         flag, kind = f"--{f.name} {value}", "boolean" if isinstance(value, bool) else type(value).__name__
         kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else kind
@@ -260,8 +275,9 @@ def settings_from_mapping(raw: dict, src: str, origins: dict | None = None) -> S
     train = make_config(raw.get("train") or {}, source=f"{src}: train")
     retrain = dict(raw.get("retrain") or {})
     make_config(retrain, source=f"{src}: retrain")
-    if values.get("data"):
-        values["data"] = str(Path(values["data"]).expanduser().resolve())
+    for key in ("data", "eval_data"):
+        if values.get(key):
+            values[key] = absolute(values[key], key)
     train = dataclasses.replace(train, weights=_weights(train.weights, "train"))
     if retrain.get("weights"):
         retrain["weights"] = _weights(retrain["weights"], "retrain")

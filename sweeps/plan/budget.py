@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from fer_core.config import TrainConfig
-from fer_core.data import scan_split
 from fer_core.dataset import epoch_steps
+from fer_core.datasets import resolve
 from fer_core.duplicates import dedupe_dropped
 from fer_core.errors import FerError
 from sweeps.config.settings import Scheduler, SweepSettings, fmt_duration
@@ -59,13 +58,14 @@ class Counts:
     duplicates: int = 0  # train images that dedupe: cross_split leaves out (counted for such a config only)
 
 
-def count_images(data: str, train: TrainConfig | None = None) -> Counts:
-    """Images in train/, val/ and (when present) test/ (the layout is checked by ``scan_split``), and the
-    train images the config ``train`` leaves out with ``dedupe: cross_split`` (found as the Trainer finds
-    them, at its size and colour mode)."""
-    test = len(scan_split(data, "test").paths) if (Path(data) / "test").is_dir() else 0
-    dropped = len(dedupe_dropped(train)) if train is not None else 0
-    return Counts(len(scan_split(data, "train").paths), len(scan_split(data, "val").paths), test, dropped)
+def count_images(train: TrainConfig) -> Counts:
+    """Images in train, val and (when there is one) test of the config's data (``fer_core.datasets``; train
+    counted with each dataset's sampling weight, as the Trainer serves it), and the train images
+    ``dedupe: cross_split`` leaves out (found as the Trainer finds them, at its size and colour mode)."""
+    d = resolve(train)
+    weight = {s.name: s.weight for s in d.sources}
+    images = sum(round(len(f.paths) * weight[name]) for name, f in d.files["train"].items())
+    return Counts(images, d.count("val"), d.count("test"), len(dedupe_dropped(train)))
 
 
 def epoch_images(cfg: dict, counts: Counts) -> tuple[int, int]:

@@ -157,7 +157,7 @@ def fit_budget(
     est = estimate(
         settings,
         rates=rates,
-        counts=count_images(data, dataclasses.replace(settings.train, data=data)),
+        counts=count_images(dataclasses.replace(settings.train, data=data)),
         base=base,
         retrain_base=retrain_base,
     )

@@ -10,11 +10,10 @@ import hashlib
 import json
 import os
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from fer_core.data import CLASS_NAMES, scan_split
+from fer_core.datasets import Dataset
 from fer_core.errors import FerError
 from sweeps.config.settings import LOCATION, SweepSettings, settings_from_mapping, to_mapping
 from sweeps.state.signing import write_signed
@@ -87,32 +86,47 @@ def _size_and_time(path) -> str:
     return f"{st.st_size} {st.st_mtime_ns}"
 
 
-def data_fingerprint(data: str) -> dict:
-    """Per split: its image count, class counts and a hash of its file list with sizes and times."""
-    out = {}
-    for split in ("train", "val", "test"):
-        if split == "test" and not (Path(data) / "test").is_dir():
-            continue
-        files = scan_split(data, split)
-        stats = sorted(f"{os.path.relpath(p, data)} {_size_and_time(p)}" for p in files.paths)
-        counts = Counter(files.labels)
-        classes = {c: counts.get(i, 0) for i, c in enumerate(CLASS_NAMES)}
-        files_hash = hashlib.sha256("\n".join(stats).encode()).hexdigest()
-        out[split] = {"images": len(files.paths), "classes": classes, "files": files_hash}
+def data_fingerprint(dataset: Dataset) -> dict:
+    """The data as an experiment records it: its classes and datasets, per split its image count, class
+    counts and a hash of its file list with sizes and times, and the file lists of the splits made here
+    (a split of a folder without train/ is the record's, not the seed's: a resume reads the same one)."""
+    record = dataset.record()
+    out: dict = {"classes": record["classes"], "sources": record["sources"], "splits": {}}
+    for split in dataset.splits:
+        parts = dataset.files[split]
+        stats = sorted(
+            f"{name}/{os.path.relpath(p, f.root)} {_size_and_time(p)}"
+            for name, f in parts.items()
+            for p in f.paths
+        )
+        counts = Counter(label for f in parts.values() for label in f.labels)
+        out["splits"][split] = {
+            "images": len(stats),
+            "classes": {c: counts.get(i, 0) for i, c in enumerate(dataset.classes)},
+            "files": hashlib.sha256("\n".join(stats).encode()).hexdigest(),
+        }
+    made = {s.name for s in dataset.sources if s.split is not None}
+    if made:
+        out["split_files"] = {
+            sp: {n: v for n, v in by.items() if n in made} for sp, by in record["files"].items()
+        }
     return out
 
 
-def check_data(exp: str, data: str, record: bool) -> None:
+def check_data(exp: str, dataset: Dataset, record: bool) -> None:
     """Refuse data that changed since the experiment recorded it (one line naming what changed); with
     ``record``, record the data when the experiment has none yet (a new one, or one stopped before)."""
-    now, then = data_fingerprint(data), _read(exp, DATA)
+    now, then = data_fingerprint(dataset), _read(exp, DATA)
     if then is None:
         if record:
             _write(exp, DATA, now)
         return
     changed = []
-    for split in sorted(then.keys() | now.keys()):
-        a, b = then.get(split, {}), now.get(split, {})
+    if then.get("classes") != now["classes"]:
+        changed.append(f"classes {', '.join(then.get('classes') or [])} -> {', '.join(now['classes'])}")
+    a_splits, b_splits = then.get("splits", {}), now["splits"]
+    for split in sorted(a_splits.keys() | b_splits.keys()):
+        a, b = a_splits.get(split, {}), b_splits.get(split, {})
         if a.get("images") != b.get("images"):
             changed.append(f"{split} {a.get('images', 'none')} -> {b.get('images', 'none')} images")
         elif a.get("classes") != b.get("classes"):
@@ -125,8 +139,9 @@ def check_data(exp: str, data: str, record: bool) -> None:
         elif a.get("files") != b.get("files"):
             changed.append(f"{split} files replaced or changed (same counts)")
     if changed:
+        roots = ", ".join(str(s.root) for s in dataset.sources)
         raise FerError(
-            f"--resume: {data} changed since {exp} started ({'; '.join(changed)}); resume on the data it "
+            f"--resume: {roots} changed since {exp} started ({'; '.join(changed)}); resume on the data it "
             "started with, or start a new --name"
         )
 

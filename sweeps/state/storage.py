@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from fer_core.atomic import write_atomic
-from fer_core.decode_cache import cache_folder, load_split
+from fer_core.decode_cache import cache_folder, load_dataset
 from fer_core.errors import FerError
 
 # Bound the driver's own requests: give up within ~20 s, not pyarrow's ~100 s per retried S3 request
@@ -92,16 +92,16 @@ def check_writable(folder: str, what: str) -> None:
         ) from None
 
 
-def check_cache(settings, data: str) -> None:
+def check_cache(settings, dataset) -> None:
     """The decoded-image cache must be writable, or (read-only) already hold the splits the trials read;
-    else load_split's one-line DataError names the folder and the fix."""
+    else load_dataset's one-line DataError names the folder and the fix."""
     t = settings.train
     cache = t.cache_dir or None
     try:
         check_writable(str(cache_folder(cache)), "the image cache (cache_dir or $FER_CACHE_DIR)")
     except FerError:
         for split in ("train", "val"):  # a finished cache loads at once; a missing one says why in one line
-            load_split(data, split, t.img_size, t.grayscale, cache_dir=cache)
+            load_dataset(dataset, split, t.img_size, t.grayscale, cache_dir=cache)
 
 
 def storage_uri(storage: str) -> str:
