@@ -174,15 +174,16 @@ def at_temperature(scores: dict, temperature: float) -> dict:
 
 
 def format_metrics(m: dict, split: str) -> str:
-    """A readable table of a split's metrics."""
+    """A readable table of a split's metrics, one row per class (its column as wide as the longest name)."""
+    w = max([10, *(len(c) + 1 for c in m[f"{split}_support"])])
     lines = [
         f"{split}: accuracy {m[f'{split}_accuracy']:.4f}  balanced {m[f'{split}_balanced_accuracy']:.4f}  "
         f"macro-F1 {m[f'{split}_macro_f1']:.4f}  loss {m[f'{split}_loss']:.4f}  ({m[f'{split}_samples']} images)",
-        f"{'class':<10}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>7}",
+        f"{'class':<{w}}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>7}",
     ]
     for c in m[f"{split}_support"]:
         lines.append(
-            f"{c:<10}{m[f'{split}_per_class_precision'][c]:>10.3f}{m[f'{split}_per_class_recall'][c]:>8.3f}"
+            f"{c:<{w}}{m[f'{split}_per_class_precision'][c]:>10.3f}{m[f'{split}_per_class_recall'][c]:>8.3f}"
             f"{m[f'{split}_per_class_f1'][c]:>8.3f}{m[f'{split}_support'][c]:>7d}"
         )
     return "\n".join(lines)

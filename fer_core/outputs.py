@@ -1,7 +1,7 @@
 """Where a command may write: the one rule every output path of every fer_core command is checked against.
 
 An output never replaces the command's own input and never lands inside a dataset (a folder with train/
-and val/ holding class folders); it replaces a checkpoint, a run's files or a file of a sweep's report
+and val/ holding class folders, or one that holds class folders of images and nothing else); it replaces a checkpoint, a run's files or a file of a sweep's report
 folder only when told to (``--overwrite``). ``check_output`` applies the rule to one path,
 ``check_output_folder`` to a folder a command fills, ``check_out_folder`` to a training run's folder. Commands call them before any work, so a refusal costs nothing and writes nothing;
 ``docs/guarantees.md`` ("Finished work is never overwritten") states the rule for users.
@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .data import CLASS_NAMES
+from .data import IMAGE_EXTENSIONS
 from .errors import FerError
 
 # What a finished or interrupted run leaves in its folder: its presence means the folder holds a run.
@@ -24,6 +24,9 @@ RUN_RECORDS = (*RUN_FILES, "config.yaml", "audit.json")
 # What marks a sweep's finished report folder (``sweeps.report`` writes both): its files are finished work too.
 REPORT_MARKS = ("report.md", "best.pt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
+# Entries of a folder looked at to tell a class folder (one holding image files): enough for any such
+# folder, few enough that walking up from an output path past large folders stays instant.
+_PEEK = 64
 
 PathLike = str | os.PathLike
 
@@ -49,13 +52,47 @@ def same_path(a: PathLike, b: PathLike) -> bool:
     return _resolved(a) == _resolved(b)
 
 
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """The visible entries of ``folder`` (none when it cannot be listed)."""
+    try:
+        with os.scandir(folder) as it:
+            return [e for e in it if not e.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def _entry_is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _holds_images(folder: str | os.PathLike) -> bool:
+    """Whether one of the first ``_PEEK`` entries of ``folder`` is an image file: a class folder's are."""
+    try:
+        with os.scandir(folder) as it:
+            for _, entry in zip(range(_PEEK), it):
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                    return True
+    except OSError:
+        pass
+    return False
+
+
 def is_dataset_root(folder: PathLike) -> bool:
-    """A folder laid out as ``fer_core.data`` reads a dataset: train/ and val/, train/ holding a class folder."""
+    """A folder laid out as a dataset, whatever its class names: train/ and val/ with train/ holding a
+    (visible) sub-folder; or, without splits, a folder holding two or more sub-folders, each with image
+    files, and nothing else visible (a file beside them, such as a command's predictions.csv, means it is
+    not a dataset)."""
     folder = Path(folder)
+    if _is_dir(folder / "train") and _is_dir(folder / "val"):
+        return any(_entry_is_dir(e) for e in _entries(folder / "train"))
+    entries = _entries(folder)
     return (
-        _is_dir(folder / "train")
-        and _is_dir(folder / "val")
-        and any(_is_dir(folder / "train" / c) for c in CLASS_NAMES)
+        len(entries) >= 2
+        and all(_entry_is_dir(e) for e in entries)
+        and all(_holds_images(e.path) for e in entries)
     )
 
 

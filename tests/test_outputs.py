@@ -185,6 +185,52 @@ def test_check_output_allows_ordinary_outputs_and_sees_through_links(run_dir, de
         check_output(tmp_path / "data_link" / "train" / "x.json")
 
 
+def test_a_dataset_of_any_class_names_is_recognised(tmp_path):
+    from fer_core.outputs import check_output, is_dataset_root
+
+    def images(folder, n=2):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (folder / f"{i}.png").write_bytes(b"not decoded here")
+
+    split = tmp_path / "sentiment"
+    for sp in ("train", "val"):
+        for c in ("negative", "positive"):
+            images(split / sp / c)
+    flat = tmp_path / "affect"  # class folders of images, no splits
+    for c in ("Anger", "Happy", "Sad"):
+        images(flat / c)
+    assert is_dataset_root(split) and is_dataset_root(flat)
+    for inside in (
+        split / "preds",
+        split / "train" / "positive" / "x.png",
+        flat / "out.json",
+        flat / "Happy" / "p",
+    ):
+        with pytest.raises(FerError, match="inside the dataset"):
+            check_output(inside)
+
+    # Not datasets: a photo album (images beside its folders), a predict --out folder mirroring its input's
+    # folders (predictions.csv beside them), a folder with one image folder, a folder of non-image folders.
+    album = tmp_path / "album"
+    for c in ("2024", "2025"):
+        images(album / c)
+    images(album, 1)
+    preds = tmp_path / "preds"
+    for c in ("Anger", "Happy"):
+        images(preds / c)
+    (preds / "predictions.csv").write_text("path\n")
+    one = tmp_path / "one"
+    images(one / "only")
+    runs = tmp_path / "runs"
+    for c in ("a", "b"):
+        (runs / c).mkdir(parents=True)
+        (runs / c / "notes.txt").write_text("")
+    for folder in (album, preds, one, runs, tmp_path):
+        assert not is_dataset_root(folder), folder
+        check_output(folder / "new.json")
+
+
 # -- dedupe: cross_split ------------------------------------------------------------------------------------
 
 

@@ -12,8 +12,7 @@ The exported model takes what a deployment has at hand, decoded uint8 pixels, an
   or ``(x - 255*mean) / (255*std)`` per channel with the weights' mean/std.
 - output ``probabilities``: float32 N×C, softmax of the logits divided by the checkpoint's temperature (1
   unless the sweep's report fitted one: ``fer_core.calibration.tempered_softmax``), over the checkpoint's own
-  classes in ``class_names`` order: the seven FER2013 expressions, or whatever classes it was trained on (the
-  command says so when they differ).
+  classes (whatever it was trained on) in its ``class_names`` order, which the command prints.
 
 The class names and this contract are stored in the ONNX file's ``metadata_props`` (keys ``class_names``,
 ``preprocess``, ``temperature``, ``input_contract``, ``source_checkpoint``, ``fer_core_version``).
@@ -35,7 +34,6 @@ from torch import nn
 from .. import __version__
 from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
-from ..data import CLASS_NAMES
 from ..errors import FerError
 from ..outputs import check_output
 from ..preprocess import Preprocess
@@ -314,11 +312,9 @@ def main(argv=None) -> int:
         export_onnx(args.checkpoint, out, args.opset)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         classes = onnx_class_names(out)
-        if tuple(classes) != CLASS_NAMES:
-            print(
-                f"note: {args.checkpoint} is trained on classes {', '.join(classes)}, not the seven FER2013 "
-                "expressions; the model's probabilities are in that order (metadata 'class_names')"
-            )
+        print(
+            f"its {len(classes)} probabilities are, in order: {', '.join(classes)} (metadata 'class_names')"
+        )
         if args.check:
             r = check_onnx(out, args.checkpoint, bench_batch=args.batch_size)
             print(

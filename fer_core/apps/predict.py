@@ -1,9 +1,10 @@
-"""Prediction: images or photos in, the seven expression probabilities (and charts) out.
+"""Prediction: images or photos in, the probabilities of the checkpoint's own classes (and charts) out.
 
 Two layers:
 
 - ``Predictor.from_checkpoint(path).predict(images)``: face crops (paths, PIL images or uint8 arrays) in,
-  an N×7 probability array out, batched. Each image goes through the checkpoint's stored preprocessing
+  an N×C probability array out (C: the classes the checkpoint was trained on, in its ``class_names``
+  order), batched. Each image goes through the checkpoint's stored preprocessing
   contract (size, grayscale, normalisation): a path is decoded by ``fer_core.data.decode_image``, the very
   function that built the training and validation caches, and an in-memory image by ``data.to_model_array``,
   which repeats its conversions.
@@ -31,8 +32,8 @@ from PIL import Image
 
 from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
-from ..data import CLASS_NAMES, decode_image, to_model_array
-from ..errors import CheckpointError, DataError
+from ..data import decode_image, to_model_array
+from ..errors import DataError
 from ..preprocess import Preprocess
 from ..runtime import Runtime, resolve_runtime
 from ..saliency import class_activation_maps
@@ -65,7 +66,7 @@ class FacePrediction:
     saliency: np.ndarray | None = None
 
     def label(self, class_names: Sequence[str]) -> str:
-        """The expression shown and written for this face: its top class, or ``UNCERTAIN``."""
+        """The class shown and written for this face: its top class, or ``UNCERTAIN``."""
         return UNCERTAIN if self.uncertain else class_names[self.index]
 
     @property
@@ -112,8 +113,12 @@ class ImageResult:
             f"{len(self.faces)} face(s) found" if self.face_found else "no face found: whole image classified"
         )
 
-    def to_dict(self, class_names: Sequence[str] = CLASS_NAMES) -> dict:
-        """JSON-ready: path, size, faces (box, expression, probability, all probabilities), note, error."""
+    def to_dict(self, class_names: Sequence[str]) -> dict:
+        """JSON-ready: path, size, faces (box, expression, probability, all probabilities), note, error.
+
+        Args:
+            class_names: the predictor's ``class_names``, which name the expression and the probabilities.
+        """
         return {
             "path": self.path,
             "ok": self.ok,
@@ -182,17 +187,11 @@ class Predictor:
             batch_size: images per forward pass.
 
         Raises:
-            CheckpointError: not a fer_core checkpoint, weights that do not fit its model, or a class set other
-                than the seven expressions.
+            CheckpointError: not a fer_core checkpoint, or weights that do not fit its model.
             ConfigError: an unknown or unavailable device.
         """
         runtime = resolve_runtime(device)
         model, pre, classes, state = load_model(path, runtime)
-        if tuple(classes) != CLASS_NAMES:
-            raise CheckpointError(
-                f"{path}: trained on classes {', '.join(classes)}, not the seven expressions "
-                f"({', '.join(CLASS_NAMES)}); pass a checkpoint trained on those"
-            )
         return cls(model, pre, classes, runtime, batch_size, str(path), temperature_of(state, path))
 
     @property
@@ -244,7 +243,7 @@ class Predictor:
                 H×W×4; any size, resized like training). An N×H×W or N×H×W×3 uint8 array is a batch.
 
         Returns:
-            N×7 float32 probabilities, rows in input order, columns in ``class_names`` order.
+            N×C float32 probabilities, rows in input order, columns in ``class_names`` order.
 
         Raises:
             DataError: an image cannot be read (use ``predict_files`` to collect per-file errors instead).

@@ -26,9 +26,11 @@ INPUT is an image file, a folder (searched recursively) or a glob pattern (quote
 each image (OpenCV Haar cascade), cropped with a margin and classified; an image with no face found is
 classified whole, and the output says so. Use --no-face-detect when the inputs are face crops already.
 
-Output: a table on stdout (or JSON with --json), OUT/predictions.csv (one row per face), one PNG per
-image (the image with its face boxes beside the probability bars; --explain adds each face's map of
-where the model found its top expression) and, for several images, OUT/contact_sheet.png; --no-plots
+The classes are the checkpoint's own (its class_names, in that order), whatever it was trained on.
+Output: a table on stdout (or JSON with --json), OUT/predictions.csv (one row per face, one probability
+column per class), one PNG per image (the image with its face boxes beside the probability bars;
+--explain adds each face's map of where the model found its top class) and, for several images,
+OUT/contact_sheet.png; --no-plots
 skips the PNGs and the contact sheet (drawing them is most of the time on many small images). With
 --min-confidence P, a face whose top probability is under P is labelled "uncertain" instead of a class (its
 probabilities are still written). Files that cannot be read are listed at the end; the rest are predicted.
@@ -58,6 +60,8 @@ def resolve_checkpoint(target: str) -> Path:
     )
 
 
+# predictions.csv's columns besides the one per class.
+CSV_FIXED = ("path", "face", "x", "y", "w", "h", "expression", "probability", "note")
 # The files every run writes at the top of OUT: no per-image PNG may take (or sit under) these names.
 SUMMARY_FILES = ("predictions.csv", "contact_sheet.png")
 
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     # Imported after parsing: the prediction stack (timm, OpenCV, the model code) doubles the start-up time of --help.
-    from .predict import Predictor
+    from .predict import UNCERTAIN, Predictor
     from .predict_inputs import collect_inputs
     from .predict_plots import plot_contact_sheet, plot_prediction
 
@@ -174,6 +178,11 @@ def main(argv=None) -> int:
         return 2
 
     classes = predictor.class_names
+    # The table's columns fit the checkpoint's own class names, whatever their length.
+    label_w = max(len("expression"), len(UNCERTAIN), *map(len, classes))
+    col_w = [max(8, len(c)) for c in classes]
+    # One CSV column per class, named after it; "p(name)" for a class named like a fixed column.
+    columns = [f"p({c})" if c in CSV_FIXED else c for c in classes]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -188,8 +197,8 @@ def main(argv=None) -> int:
             f"{len(files)} file(s), face detection {'off' if args.no_face_detect else 'on'}"
         )
         print(
-            f"{'image':<36} {'face':>4} {'box x,y,w,h':<19} {'expression':<10} {'prob':>5}  "
-            + " ".join(f"{c[:8]:>8}" for c in classes)
+            f"{'image':<36} {'face':>4} {'box x,y,w,h':<19} {'expression':<{label_w}} {'prob':>5}  "
+            + " ".join(f"{c:>{w}}" for c, w in zip(classes, col_w))
         )
     results, records, used = [], [], set(SUMMARY_FILES)
     rows = []
@@ -221,7 +230,7 @@ def main(argv=None) -> int:
                 "h": "",
                 "expression": "",
                 "probability": "",
-                **{c: "" for c in classes},
+                **{column: "" for column in columns},
                 "note": r.note,
             }
             if f is not None:
@@ -230,14 +239,14 @@ def main(argv=None) -> int:
                 row.update(
                     expression=f.label(classes),
                     probability=f"{f.score:.4f}",
-                    **{c: f"{v:.4f}" for c, v in zip(classes, f.probs)},
+                    **{column: f"{v:.4f}" for column, v in zip(columns, f.probs)},
                 )
             rows.append(row)
             if not args.json and f is not None:
                 note = "" if f.box else f"  ({r.note})"
                 print(
-                    f"{_short(rel, 36):<36} {i if f.box else '-':>4} {_box(f.box):<19} {f.label(classes):<10} {f.score:>5.2f}  "
-                    + " ".join(f"{v:>8.3f}" for v in f.probs)
+                    f"{_short(rel, 36):<36} {i if f.box else '-':>4} {_box(f.box):<19} {f.label(classes):<{label_w}} {f.score:>5.2f}  "
+                    + " ".join(f"{v:>{w}.3f}" for v, w in zip(f.probs, col_w))
                     + note,
                     flush=True,
                 )

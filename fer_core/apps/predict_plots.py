@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..data import CLASS_NAMES
-
 if TYPE_CHECKING:
     from .predict import ImageResult
 
@@ -77,7 +75,7 @@ def _draw_boxes(
 
 
 def plot_prediction(
-    result: ImageResult, path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES, max_faces: int = 6
+    result: ImageResult, path: str | os.PathLike, class_names: Sequence[str], max_faces: int = 6
 ) -> Path:
     """The image with its face boxes beside one probability bar chart per face.
 
@@ -99,7 +97,8 @@ def plot_prediction(
     img = result.image
     aspect = img.shape[1] / img.shape[0]
     img_w = min(6.0, max(3.0, 3.6 * aspect))
-    fig = plt.figure(figsize=(img_w + 3.4, max(3.2, 1.75 * n + 0.6)), layout="constrained")
+    row_h = max(1.75, 0.2 * len(class_names) + 0.35)  # one bar chart: room for every class's bar
+    fig = plt.figure(figsize=(img_w + 3.4, max(3.2, row_h * n + 0.6)), layout="constrained")
     gs = fig.add_gridspec(n, 2, width_ratios=[img_w, 3.4])
     ax_img = fig.add_subplot(gs[:, 0])
     ax_img.imshow(img)
@@ -128,7 +127,7 @@ def plot_prediction(
 def plot_contact_sheet(
     results: Sequence[ImageResult],
     path: str | os.PathLike,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str],
     max_items: int = 60,
     cols: int = 6,
 ) -> Path:
