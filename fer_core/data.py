@@ -409,10 +409,11 @@ def decode_split(files: SplitFiles, img_size: int, grayscale: bool, strict: bool
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     labels = np.asarray([files.labels[i] for i in keep], dtype=np.int64)
     counts = np.bincount(labels, minlength=len(files.classes))
+    listed = np.bincount(np.asarray(files.labels, dtype=np.int64), minlength=len(files.classes))
     for c, n in enumerate(counts):
-        if n == 0:
+        if n == 0 and listed[c]:
             raise DataError(
-                f"{files.root / files.split / files.classes[c]}: no readable image left after skipping corrupt or over-limit files; add valid images"
+                f"{files.root / files.split}: class '{files.classes[c]}' has no readable image left after skipping corrupt or over-limit files; add valid images"
             )
     paths = [str(files.paths[i].relative_to(files.root)) for i in keep]
     return SplitData(files.split, files.classes, images[: len(keep)], labels, paths, skipped, sizes)

@@ -41,7 +41,7 @@ _SYNONYMS = (
     ("disgust", "disgusted", "disgusting"),
     ("fear", "fearful", "afraid", "scared"),
     ("happy", "happiness", "joy", "smile", "smiling"),
-    ("neutral", "neutrality", "calm"),
+    ("neutral", "neutrality"),
     ("sad", "sadness", "unhappy"),
     ("surprise", "surprised"),
     ("contempt", "contemptuous"),
@@ -146,8 +146,8 @@ class Dataset:
 # --- the config's keys ----------------------------------------------------------------------------------
 
 
-def _entries(data: Any, key: str = "data") -> list[dict]:
-    """``data`` as a list of entries {root, name?, classes?, exclude?, split?, group?, weight?}."""
+def entries(data: Any, key: str = "data") -> list[dict]:
+    """A config's ``data`` (or ``eval_data``) as a list of entries {root, name?, classes?, exclude?, split?, group?, weight?}."""
     if isinstance(data, (str, os.PathLike)):
         return [{"root": str(data)}] if str(data) else []
     if not isinstance(data, Sequence) or not data:
@@ -171,7 +171,7 @@ def _entries(data: Any, key: str = "data") -> list[dict]:
 
 def data_roots(data: Any) -> list[str]:
     """The dataset folders a config's ``data`` names (nothing checked but its shape)."""
-    return [e["root"] for e in _entries(data)]
+    return [e["root"] for e in entries(data)]
 
 
 def absolute(data: Any, key: str = "data") -> Any:
@@ -179,8 +179,7 @@ def absolute(data: Any, key: str = "data") -> Any:
     folders of their own, and a resume compares them. A list comes back as a list of mappings."""
     if isinstance(data, (str, os.PathLike)):
         return str(Path(data).expanduser().resolve())
-    entries = _entries(data, key)
-    return [{**e, "root": str(Path(e["root"]).expanduser().resolve())} for e in entries]
+    return [{**e, "root": str(Path(e["root"]).expanduser().resolve())} for e in entries(data, key)]
 
 
 def _names(value, where: str) -> list[str]:
@@ -193,11 +192,12 @@ def _names(value, where: str) -> list[str]:
     return [str(v) for v in value]
 
 
-def parse_classes(value, where: str = "classes") -> tuple[list[str], dict[str, list[str]]]:
+def parse_classes(value, where: str = "classes", least: int = 2) -> tuple[list[str], dict[str, list[str]]]:
     """``classes`` as (class names in order, {class: folders named for it}); [] and {} when not given.
 
     A list names classes whose folders are called the same; a mapping maps each class onto one folder or a
-    list of them (``negative: [angry, disgust, fear, sad]``)."""
+    list of them (``negative: [angry, disgust, fear, sad]``). ``least``: the fewest classes it may name (one
+    dataset of several may map onto fewer than all)."""
     if value in (None, "", [], {}):
         return [], {}
     if isinstance(value, Mapping):
@@ -229,7 +229,7 @@ def parse_classes(value, where: str = "classes") -> tuple[list[str], dict[str, l
                     f"key '{where}': folder '{f}' is mapped to both '{owner[f]}' and '{c}'; map it to one class"
                 )
             owner[f] = c
-    if len(names) < 2:
+    if len(names) < least:
         raise ConfigError(f"key '{where}' names {len(names)} class; a classifier needs 2 or more")
     return names, mapping
 
@@ -321,7 +321,7 @@ def _source(entry: dict, where: str, common: list[str], mapping: dict, exclude, 
         "classes" in entry or "[" not in where
     )  # a mapping written for this root: every folder it names exists
     if "classes" in entry:
-        own_names, own_mapping = parse_classes(entry["classes"], f"{where}.classes")
+        own_names, own_mapping = parse_classes(entry["classes"], f"{where}.classes", least=1 if common else 2)
         foreign = [c for c in own_names if common and c not in common]
         if foreign:
             raise ConfigError(
@@ -373,14 +373,14 @@ def resolve(cfg) -> Dataset:
     Raises:
         ConfigError, DataError: one line naming the key or folder and the fix.
     """
-    entries = _entries(cfg.data)
-    if not entries:
+    given = entries(cfg.data)
+    if not given:
         raise ConfigError("key 'data' is empty; give a dataset folder (--data PATH)")
     classes, mapping = parse_classes(cfg.classes)
     exclude = _names(cfg.exclude, "exclude")
     sources: list[Source] = []
-    for i, entry in enumerate(entries):
-        where = "data" if len(entries) == 1 else f"data[{i}]"
+    for i, entry in enumerate(given):
+        where = "data" if len(given) == 1 else f"data[{i}]"
         src, names = _source(entry, where, classes, mapping, exclude, cfg.split, cfg.group)
         classes = classes or names  # the first dataset's classes are everyone's when none are given
         sources.append(src)
@@ -438,7 +438,7 @@ def resolve_for(
     label = {c: i for i, c in enumerate(classes)}
     recorded = {str(Path(t["root"]).resolve()): t for t in trained}
     sources, left_out, files = [], {}, {s: {} for s in SPLITS}
-    for i, entry in enumerate(_entries(data)):
+    for i, entry in enumerate(entries(data)):
         root = Path(entry["root"]).expanduser()
         has_splits, base = _layout(root, "--data")
         folders = visible_folders(base)

@@ -233,7 +233,10 @@ def main(argv=None) -> int:
         if mapping is not None and not isinstance(mapping, dict):
             raise FerError(f'--classes {args.classes}: give a YAML mapping, e.g. "{{angry: [anger]}}"')
         check_output(
-            out, inputs=[args.checkpoint], datasets=data_roots(args.data) if args.data else [], overwrite=args.overwrite
+            out,
+            inputs=[args.checkpoint],
+            datasets=data_roots(args.data) if args.data else [],
+            overwrite=args.overwrite,
         )
         m = evaluate_checkpoint(
             args.checkpoint,

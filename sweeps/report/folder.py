@@ -13,8 +13,10 @@ import yaml
 from fer_core.apps import explain, viz
 from fer_core.checkpoint import load_checkpoint
 from fer_core.config import FIELDS
-from fer_core.decode_cache import load_split
-from fer_core.evaluate import score, splits
+from fer_core.datasets import entries
+from fer_core.decode_cache import load_dataset
+from fer_core.evaluate import checkpoint_data, evaluate_checkpoint, score, splits
+from fer_core.metrics import DATASET_METRIC
 from fer_core.runtime import resolve_runtime
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
@@ -41,6 +43,37 @@ def _sample_indices(labels: np.ndarray, probs: np.ndarray, n: int = 16, seed: in
     return np.asarray([int(rng.choice(g)) for g in groups if len(g)][:n])
 
 
+def per_dataset(winner: dict) -> dict:
+    """Per dataset of several, per split: the winner's accuracy, balanced accuracy and macro-F1."""
+    out: dict = {}
+    for sp, m in winner.items():
+        for key, value in m.items():
+            hit = DATASET_METRIC.match(key.replace(f"/{sp}_", "/val_"))
+            if hit and sp in ("val", "test"):
+                out.setdefault(hit.group(1), {}).setdefault(sp, {})[hit.group(2)[4:]] = value
+    return out
+
+
+def evaluate_elsewhere(ckpt: Path, eval_data, cache_dir, runtime) -> dict:
+    """The winner on each ``eval_data`` dataset (its test, else its val): its folders mapped onto the
+    winner's classes as ``fer_core.evaluate`` maps them, with the folders it left out."""
+    if not eval_data:
+        return {}
+    state, out = load_checkpoint(ckpt), {}
+    for entry in entries(eval_data, "eval_data"):
+        sp = "test" if "test" in splits(state, entry) else "val"
+        m = evaluate_checkpoint(ckpt, entry, sp, cache_dir=cache_dir, runtime=runtime)
+        name = next(iter(m["folders"]))
+        out[name] = {
+            "root": entry["root"],
+            "split": sp,
+            "images": m[f"{sp}_samples"],
+            **{k: m[f"{sp}_{k}"] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+            "left_out": m["left_out"],
+        }
+    return out
+
+
 def write_report(
     settings: SweepSettings,
     data: str,
@@ -57,7 +90,6 @@ def write_report(
     returns ``out``. ``members`` (``top_trials``, winner first) and ``finals`` (their retrains' Ray Results)
     share one order; ``phases`` gets "report" ended here, so metrics.json and report.md time every phase."""
     step = Steps("report", 5 if len(members) > 1 else 4)
-    step("checkpoint, scores and temperature on " + " and ".join(splits(data)))
     out.mkdir(parents=True, exist_ok=True)
     # The retrain's final epoch is the winner (no extra selection on val): cosine ends at its lowest lr.
     copy_result_checkpoint(finals[0], out / "best.pt")
@@ -65,6 +97,7 @@ def write_report(
     # plots describe the model in best.pt, whatever the settings of this run say (a resume, a changed YAML).
     state = load_checkpoint(out / "best.pt")
     config, classes = state["config"], list(state["class_names"])
+    step("checkpoint, scores and temperature on " + " and ".join(splits(state, data)))
     standalone = {k: v for k, v in config.items() if k != "out"} | {k: FIELDS[k].default for k in TRIAL_ONLY}
     write_local(out / "best_config.yaml", yaml.safe_dump(standalone, sort_keys=False).encode(), out.parent)
     # Images are decoded where the trials decoded them: the default cache may be read-only or full.
@@ -91,6 +124,9 @@ def write_report(
         "seed": int(config["seed"]),
         "search_seed": settings.seed,
         "data": data,
+        "classes": classes,
+        "per_dataset": per_dataset(winner),
+        "eval_data": evaluate_elsewhere(out / "best.pt", settings.eval_data, cache_dir, runtime),
         "dedupe": config.get("dedupe", "none"),
         "trials": status_counts(trials),
         "calibration": calibration,
@@ -112,7 +148,9 @@ def write_report(
     plots.save_study(study, settings.name, settings.metric, out / plots.STUDY_FILE)
     step("sample predictions, saliency maps, trials.csv, report.md and report.html")
     size, gray = config["img_size"], config["grayscale"]
-    images = np.asarray(load_split(data, "val", size, gray, cache_dir=cache_dir, classes=classes).images)
+    images = np.asarray(
+        load_dataset(checkpoint_data(state, data)[0], "val", size, gray, cache_dir=cache_dir).images
+    )
     labels, probs = val["labels"], val["probs"]
     pick = _sample_indices(labels, probs)
     samples = out / "sample_predictions.png"

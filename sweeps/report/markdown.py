@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from fer_core.audit import summarize
+from fer_core.datasets import data_roots
 from sweeps.config.settings import SweepSettings, fmt_duration
 from sweeps.report import plots
 from sweeps.report.calibration import markdown_lines as calibration_lines
@@ -64,6 +65,51 @@ def _score_table(m: dict, cell=text) -> list[str]:
         for name, src in models
     ]
     return _table(["model", "split", "TTA", "accuracy", "balanced accuracy", "macro-F1"], rows, cell)
+
+
+def _dataset_lines(m: dict, cell=text) -> list[str]:
+    """The winner per training dataset (several), and on the other datasets ``eval_data`` names."""
+    keys = ("accuracy", "balanced_accuracy", "macro_f1")
+    lines = []
+    if m.get("per_dataset"):
+        rows = [
+            [name, sp, *[f"{v[k]:.4f}" for k in keys]]
+            for name, by in m["per_dataset"].items()
+            for sp, v in by.items()
+        ]
+        lines += [
+            "\n### Per dataset\n",
+            *_table(["dataset", "split", "accuracy", "balanced accuracy", "macro-F1"], rows, cell),
+        ]
+    if m.get("eval_data"):
+        rows = [
+            [
+                name,
+                v["split"],
+                v["images"],
+                *[f"{v[k]:.4f}" for k in keys],
+                ", ".join(f"{f} ({n})" for f, n in v["left_out"].items()) or "none",
+            ]
+            for name, v in m["eval_data"].items()
+        ]
+        lines += [
+            "\n### Other datasets (eval_data)\n",
+            "The winner on datasets it was not trained on, their folders mapped onto its classes by name.\n",
+            *_table(
+                [
+                    "dataset",
+                    "split",
+                    "images",
+                    "accuracy",
+                    "balanced accuracy",
+                    "macro-F1",
+                    "left out (images)",
+                ],
+                rows,
+                cell,
+            ),
+        ]
+    return lines
 
 
 def _ensemble_lines(m: dict) -> list[str]:
@@ -136,7 +182,7 @@ def write_markdown(
     lines = [
         f"# Sweep report: {text(settings.name)}",
         "",
-        f"Data: {code(m['data'])}. Device: {text(m['device'])}. Wall time: {fmt_duration(m['wall_seconds'])} (every "
+        f"Data: {code(', '.join(data_roots(m['data'])))}; classes {code(', '.join(m['classes']))}. Device: {text(m['device'])}. Wall time: {fmt_duration(m['wall_seconds'])} (every "
         f"phase, listed under Time). Search: Optuna TPE (seed {settings.seed}), ASHA (grace {s.grace_period}, "
         f"max {s.max_epochs} epochs, reduction {s.reduction_factor:g}); metric `{metric}` ({settings.mode}).",
         "",
@@ -153,6 +199,7 @@ def write_markdown(
         "TTA \"flip\" averages each image's and its mirror image's probabilities.",
         "",
         *_score_table(m),
+        *_dataset_lines(m),
         *_ensemble_lines(m),
         *calibration_lines(m),
         *_audit_lines(audit, m["dedupe"]),
