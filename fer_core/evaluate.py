@@ -58,14 +58,19 @@ def checkpoint_data(state: dict, data=None, mapping=None) -> tuple[Dataset, dict
     config, recorded = state["config"], state.get("data") or {}
     if data is None or (not mapping and absolute(data) == absolute(config["data"])):
         dataset = resolve(make_config({k: config[k] for k in DATA_KEYS}))
-        if recorded.get("digest") and digest(dataset.record()) != recorded["digest"]:
-            made = [str(s.root) for s in dataset.sources if s.split is not None]
-            if made:
+        made = [str(s.root) for s in dataset.sources if s.split is not None]
+        if dataset.classes == tuple(state["class_names"]):
+            if made and recorded.get("digest") and digest(dataset.record()) != recorded["digest"]:
                 raise DataError(
                     f"{', '.join(made)}: its files changed since the checkpoint was trained, so the split made "
                     "then cannot be made again; evaluate on a folder with its own val/ or test/"
                 )
-        return dataset, {}
+            return dataset, {}
+        if data is None:
+            raise DataError(
+                f"{config['data']}: its classes ({', '.join(dataset.classes)}) are no longer the checkpoint's "
+                f"({', '.join(state['class_names'])}); pass --data"
+            )
     return resolve_for(
         list(state["class_names"]), recorded.get("aliases", {}), data, mapping, recorded.get("sources", ())
     )

@@ -46,6 +46,11 @@ def _summary_line(row: dict, epochs: int, best_name: str, best) -> str:
         f"val_loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} bal_acc {row['val_balanced_accuracy']:.4f} "
         f"macro_f1 {row['val_macro_f1']:.4f}"
         + (f" tta_acc {row['val_tta_accuracy']:.4f}" if "val_tta_accuracy" in row else "")
+        + "".join(
+            f" {k[: -len('/val_accuracy')]} acc {v:.4f}"
+            for k, v in row.items()
+            if k.endswith("/val_accuracy")
+        )
         + f"  {row['images_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s"
         f"{'  *best' if row['is_best'] else ''}  ({best_name} best {best:.4f})"
     )

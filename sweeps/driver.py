@@ -8,14 +8,15 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
 from fer_core.apps.demo import ensure_demo_dataset
-from fer_core.datasets import Dataset, resolve
-from fer_core.errors import ConfigError, FerError
+from fer_core.datasets import Dataset, entries, resolve
+from fer_core.errors import ConfigError, DataError, FerError
 from fer_core.metrics import DATASET_METRIC
 from fer_core.train import run_audit
 from sweeps.config.settings import SweepSettings, source_of
@@ -65,6 +66,11 @@ def prepare_data(settings: SweepSettings) -> tuple[Any, Dataset]:
             flush=True,
         )
     dataset = resolve(dataclasses.replace(settings.train, data=data))
+    for entry in entries(settings.eval_data, "eval_data") if settings.eval_data else ():
+        if not Path(entry["root"]).is_dir():  # found now, not after the sweep, when the report reads it
+            raise DataError(
+                f"{entry['root']}: eval_data folder not found; fix the path or drop it from eval_data"
+            )
     for line in dataset.describe():
         print(f"[sweeps] data: {line}", flush=True)
     m = DATASET_METRIC.match(settings.metric)

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from fer_core.config import config_to_dict
+from fer_core.config import config_to_dict, make_config
 from fer_core.errors import ConfigError, FerError
 from fer_core.trainer import Trainer
 from sweeps.config.settings import load_settings, parse_duration
@@ -67,7 +67,7 @@ def test_the_probe_trains_at_the_middle_of_the_space():
 
 def test_epoch_images_follow_the_trainer(demo_root):
     """The plan's epoch length is the one Trainer actually runs (subset, batches, val subset)."""
-    counts = count_images(str(demo_root))
+    counts = count_images(make_config({"data": str(demo_root)}))
     for cfg in (
         {"batch_size": 32, "max_train_samples": 100, "max_val_samples": 50},
         {"batch_size": 16, "steps_per_epoch": 5},
@@ -80,18 +80,16 @@ def test_epoch_images_follow_the_trainer(demo_root):
 def test_epoch_images_leave_out_what_dedupe_drops(demo_root):
     """dedupe: cross_split trains on fewer images (the demo's train split shares near duplicates with val and
     test); the plan's epoch is the Trainer's. Before, the plan counted the whole split."""
-    from fer_core.config import make_config
 
     cfg = {"batch_size": 8, "dedupe": "cross_split"}
     t = Trainer_for(demo_root, cfg)
-    counts = count_images(str(demo_root), make_config({"data": str(demo_root), "img_size": 48, **cfg}))
+    counts = count_images(make_config({"data": str(demo_root), "img_size": 48, **cfg}))
     assert len(t.dropped_duplicates) > 0 and counts.train - counts.duplicates == len(t.train_idx)
     train, _ = epoch_images({**cfg, "tta_flip": False}, counts)
     assert train == t.steps_per_epoch * cfg["batch_size"] < counts.train // 8 * 8
 
 
 def Trainer_for(root, cfg):  # noqa: N802 - reads as the class it builds
-    from fer_core.config import make_config
 
     return Trainer(make_config({"data": str(root), "img_size": 48, "progress": False, **cfg}))
 

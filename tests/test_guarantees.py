@@ -16,7 +16,7 @@ from PIL import Image
 
 from fer_core.checkpoint import load_checkpoint, save_checkpoint
 from fer_core.config import make_config
-from fer_core.errors import CheckpointError, DivergedError, FerError
+from fer_core.errors import DataError, DivergedError, FerError
 from fer_core.evaluate import evaluate_checkpoint
 from fer_core.train import check_out_folder, train
 from fer_core.trainer import Trainer
@@ -275,11 +275,11 @@ def test_evaluate_names_a_class_mismatch_of_the_checkpoint(run_dir, demo_root, t
     state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     other = [f"class{i}" for i in range(7)]
     save_checkpoint(dict(state, class_names=other), tmp_path / "other.pt")
-    with pytest.raises(
-        CheckpointError
-    ) as e:  # before: "unexpected class folder 'angry'; rename or remove it"
+    with pytest.raises(DataError) as e:  # not: "unexpected class folder 'angry'; rename or remove it"
         evaluate_checkpoint(tmp_path / "other.pt", str(demo_root), "val")
-    assert "other.pt: trained on classes class0" in str(e.value) and "holds angry, disgust" in str(e.value)
+    assert "none of its folders (angry, disgust" in str(e.value) and "of the checkpoint (class0" in str(
+        e.value
+    )
 
 
 def test_export_arguments_are_one_line_errors(run_dir, tmp_path, capsys):

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from fer_core.config import make_config
 from sweeps.config.settings import load_settings, parse_duration
 from sweeps.plan.budget import count_images
 from sweeps.state.record import read_record
@@ -120,7 +121,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     data = out.split("Data: ")[1].splitlines()[0]
-    counts = count_images(data)
+    counts = count_images(make_config({"data": data}))
     assert f"train {counts.train} images, val {counts.val}, test {counts.test}" in out
     assert "audit: " in out and "Resources:" in out and "trial at once" in out
     assert "lr: loguniform 0.0003 .. 0.01" in out and "batch_size: choice of [16, 32, 64]" in out

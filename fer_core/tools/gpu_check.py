@@ -2,10 +2,11 @@
 
 Make the packed data here (once; FER2013 beside the checkout, under 40 MB, git-ignored: send
 ``.gpu-check/`` with the checkout), then run the check from the checkout root on the GPU machine, which
-needs Python with torch, timm and numpy only (no Ray, Optuna, albumentations, network or package registry):
+needs Python with torch, numpy and the pinned timm only (no Ray, Optuna, albumentations, network or package
+registry; carry timm's wheel where another version is installed, as docs/measured.md shows):
 
     python -m fer_core.tools.gpu_check pack --data ../shared/data/fer2013 --out .gpu-check/fer2013-48.npz
-    python -m fer_core.tools.gpu_check --budget 480 --out $OUT/gpu --data .gpu-check/fer2013-48.npz
+    python -m fer_core.tools.gpu_check --budget 330 --out $OUT/gpu --data .gpu-check/fer2013-48.npz
 
 The same on a CPU checks the code path in well under a minute (small batches, short passes):
 
@@ -42,6 +43,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -332,6 +334,17 @@ def _one_line_errors():
         sys.exit(2)
 
 
+def check_timm() -> None:
+    """The trainer uses timm's EMA as the version pyproject.toml pins it (another version's EMA lacks a method
+    it calls): refused in one line at the start, before minutes of device time go to failing measurements."""
+    pinned = re.search(r'"timm==([^"]+)"', (CHECKOUT / "pyproject.toml").read_text())
+    if pinned and timm.__version__ != pinned.group(1):
+        raise FerError(
+            f"timm {timm.__version__} is installed but the project pins {pinned.group(1)}; carry its wheel "
+            f"(pip download --no-deps timm=={pinned.group(1)} -d .whl) and install it first (docs/measured.md, GPU check)"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["pack"]:
@@ -366,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)
     with _one_line_errors():
+        check_timm()
         check_output_folder(a.out, holds="results.jsonl and the workers' logs")
         check = Check(data=Path(a.data), out=Path(a.out), device=a.device, budget=a.budget)
         train, val = check.splits(48)  # the data is read before anything is written
