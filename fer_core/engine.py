@@ -141,6 +141,15 @@ def train_one_epoch(
     }
 
 
+PROB_KEYS = (
+    "probs",
+    "labels",
+    "logits",
+    "probs_tta",
+    "logits_flip",
+)  # what ``evaluate(return_probs=True)`` adds
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

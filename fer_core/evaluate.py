@@ -19,9 +19,9 @@ from .config import make_config, parse_overrides
 from .dataset import iter_batches
 from .datasets import DATA_KEYS, Dataset, absolute, data_roots, digest, resolve, resolve_for
 from .decode_cache import load_dataset
-from .engine import probs_metrics, view_probs
+from .engine import PROB_KEYS, probs_metrics, view_probs
 from .errors import DataError, FerError
-from .metrics import confusion_matrix, dataset_metrics
+from .metrics import dataset_metrics
 from .outputs import check_output
 from .runtime import Runtime, resolve_runtime
 
@@ -57,7 +57,7 @@ def checkpoint_data(state: dict, data=None, mapping=None) -> tuple[Dataset, dict
     """
     config, recorded = state["config"], state.get("data") or {}
     if data is None or (not mapping and absolute(data) == absolute(config["data"])):
-        dataset = resolve(make_config({k: config[k] for k in DATA_KEYS}))
+        dataset = resolve(make_config({k: config[k] for k in DATA_KEYS if k in config}))
         made = [str(s.root) for s in dataset.sources if s.split is not None]
         if dataset.classes == tuple(state["class_names"]):
             if made and recorded.get("digest") and digest(dataset.record()) != recorded["digest"]:
@@ -129,13 +129,12 @@ def evaluate_checkpoint(
         temperature=temperature_of(state, path),
     )
     if several:
-        for i, src in enumerate(dataset.sources):
-            mask = split_data.source == i
-            if mask.any():
-                cm = confusion_matrix(out["labels"][mask], out["probs"][mask].argmax(1), len(classes))
-                out |= dataset_metrics(cm, classes, src.name, f"{split}_")
+        names = [src.name for src in dataset.sources]
+        out |= dataset_metrics(
+            out["labels"], out["probs"].argmax(1), split_data.source, names, classes, f"{split}_"
+        )
         if not return_probs:
-            for k in ("probs", "labels", "logits", "probs_tta", "logits_flip"):
+            for k in PROB_KEYS:
                 out.pop(k, None)
     out.update(
         {

@@ -35,10 +35,18 @@ DATASET_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix")
 DATASET_METRIC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)/(val_(?:accuracy|balanced_accuracy|macro_f1))$")
 
 
-def dataset_metrics(cm: np.ndarray, class_names: Sequence[str], name: str, prefix: str) -> dict:
-    """One dataset's share of an evaluation (``DATASET_KEYS``), under ``name/prefix``."""
-    m = summarize(cm, class_names)
-    return {f"{name}/{prefix}{k}": m[k] for k in DATASET_KEYS}
+def dataset_metrics(
+    labels, preds, source, names: Sequence[str], class_names: Sequence[str], prefix: str
+) -> dict:
+    """Each dataset's share of an evaluation (``DATASET_KEYS``) under ``NAME/prefix``: ``source[i]`` is the
+    index in ``names`` of sample i's dataset."""
+    out = {}
+    for i, name in enumerate(names):
+        mask = np.asarray(source) == i
+        if mask.any():
+            m = summarize(confusion_matrix(labels[mask], preds[mask], len(class_names)), class_names)
+            out |= {f"{name}/{prefix}{k}": m[k] for k in DATASET_KEYS}
+    return out
 
 
 def lower_is_better(metric: str) -> bool:

@@ -174,7 +174,7 @@ def train(
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fer_core.train",
-        description="Train an expression classifier on an ImageFolder dataset (train/ and val/ with the seven class folders).",
+        description="Train an expression classifier on an ImageFolder dataset (train/ and val/ with a folder per class, or the class folders alone; see data, classes, split).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (set in --config YAML or as key=value; command line wins):\n" + config_help(),
     )

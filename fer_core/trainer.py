@@ -34,8 +34,9 @@ from .datasets import digest, resolve
 from .decode_cache import load_args, load_dataset
 from .duplicates import dedupe_dropped
 from .ema import ModelEma
+from .engine import PROB_KEYS
 from .errors import CheckpointError, ConfigError, DataError, DivergedError, FerError
-from .metrics import DATASET_METRIC, ROW_VAL_KEYS, confusion_matrix, dataset_metrics, lower_is_better
+from .metrics import DATASET_METRIC, ROW_VAL_KEYS, dataset_metrics, lower_is_better
 from .mixing import BatchMixer
 from .model import build_model, normalization
 from .preprocess import Preprocess
@@ -326,16 +327,12 @@ class Trainer:
             tta_flip=self.cfg.tta_flip,
         )
         if several:
-            source = data.source[indices]
-            for i, src in enumerate(self.dataset.sources):
-                mask = source == i
-                if mask.any():
-                    cm = confusion_matrix(
-                        out["labels"][mask], out["probs"][mask].argmax(1), len(self.class_names)
-                    )
-                    out |= dataset_metrics(cm, self.class_names, src.name, prefix)
+            names = [src.name for src in self.dataset.sources]
+            out |= dataset_metrics(
+                out["labels"], out["probs"].argmax(1), data.source[indices], names, self.class_names, prefix
+            )
             if not return_probs:
-                for k in ("probs", "labels", "logits", "probs_tta", "logits_flip"):
+                for k in PROB_KEYS:
                     out.pop(k, None)
         return out
 

@@ -85,6 +85,17 @@ def test_the_split_is_stratified_seeded_and_keeps_a_group_in_one_split(flat):
         assert all(abs(c - share * 18) <= 3 for c in counts), (s, counts)  # groups of 3: within one group
 
 
+def test_the_audit_runs_on_the_split_made_and_suggests_group_when_frames_straddle_it(flat):
+    from fer_core.audit import audit_dataset
+
+    findings = audit_dataset(resolve(cfg(str(flat))), img_size=32)
+    assert set(findings["splits"]) == {"train", "val", "test"}
+    assert sum(f["images"] for f in findings["splits"].values()) == 6 * 18
+    # contempt's images are fear's: identical images on both sides of the split
+    assert findings["exact_duplicates"]["cross_split"]["groups"] > 0
+    assert any("set group" in w for w in findings["warnings"]), findings["warnings"]
+
+
 def test_split_indices_alone_is_exactly_stratified():
     labels = np.repeat(np.arange(3), [100, 40, 20])
     which = split_indices(labels, [str(i) for i in range(len(labels))], 0.15, 0.15, seed=0)

@@ -39,6 +39,7 @@ def test_a_sweep_on_own_labels_without_a_split_reports_and_predicts_them(tmp_pat
         "classes={pain: [pain], sad: [sadness], happy: joy, anger: anger, surprise: surprised}",
         "split={val: 0.25, test: 0.25, seed: 1}",
         "group=^(P\\d+)_",
+        f"eval_data=[{demo}]",
         timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -57,7 +58,11 @@ def test_a_sweep_on_own_labels_without_a_split_reports_and_predicts_them(tmp_pat
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["classes"] == classes and set(metrics["val_support"]) == set(classes)
     assert "test_accuracy" in metrics  # the test split made here is scored
-    assert "classes `pain, sad, happy, anger, surprise`" in (report / "report.md").read_text()
+    md = (report / "report.md").read_text()
+    assert "classes `pain, sad, happy, anger, surprise`" in md and "### Other datasets (eval_data)" in md
+    other = metrics["eval_data"]["demo"]  # FER names: angry is anger, fear is not pain
+    assert other["split"] == "test" and set(other["left_out"]) == {"disgust", "fear", "neutral"}
+    assert other["images"] == 4 * 4 and 0 <= other["accuracy"] <= 1
     crops = tmp_path / "crops"
     crops.mkdir()
     for f in sorted((root / "joy").iterdir())[:2]:

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from fer_core.config import make_config
+from fer_core.datasets import resolve
 from fer_core.errors import ConfigError, FerError
 from sweeps.config.settings import Resources, load_settings
 from sweeps.config.space import to_optuna
@@ -233,12 +235,12 @@ def test_unusable_cache_dir_is_one_line_before_ray(demo_root, tmp_path):
     blocker.write_text("x")
     s = load_settings(CONFIGS / "default.yaml", {"cache_dir": str(blocker / "cache")})
     with pytest.raises(FerError) as e:
-        check_cache(s, str(demo_root))
+        check_cache(s, resolve(make_config({"data": str(demo_root)})))
     assert str(e.value).startswith(
         f"{blocker / 'cache'}: cannot create the image cache folder"
     ) and "\n" not in str(e.value)
     s = load_settings(CONFIGS / "default.yaml", {"cache_dir": str(tmp_path / "cache"), "img_size": 32})
-    check_cache(s, str(demo_root))  # writable: fine
+    check_cache(s, resolve(make_config({"data": str(demo_root)})))  # writable: fine
 
 
 def test_a_weights_file_is_made_absolute_or_refused_before_ray(tmp_path, monkeypatch):
@@ -310,3 +312,31 @@ def test_a_folder_key_read_as_a_number_or_boolean_is_one_line(override, shown):
 def test_a_name_given_with_the_flag_is_taken_as_written():
     s = load_settings(CONFIGS / "default.yaml", flags={"name": "2024"})
     assert s.name == "2024"
+
+
+def test_a_metric_of_one_dataset_must_name_one_of_several(demo_root, tmp_path):
+    """NAME/val_accuracy is a metric only for a dataset NAME among several; both refusals are one line
+    before Ray starts."""
+    s = load_settings(CONFIGS / "default.yaml", {"metric": "affectnet7/val_accuracy"})
+    assert s.metric == "affectnet7/val_accuracy"
+    with pytest.raises(ConfigError) as e:
+        load_settings(CONFIGS / "default.yaml", {"metric": "affectnet7/accuracy"})
+    assert "NAME/val_accuracy" in str(e.value) and "\n" not in str(e.value)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "sweeps/run.py",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--data",
+            str(demo_root),
+            "metric=data/val_accuracy",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert "there is no dataset 'data' among several" in lines[0] and "Ray" not in r.stdout
