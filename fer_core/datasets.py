@@ -61,7 +61,7 @@ class Source:
 
     name: str  # short, unique: per-dataset metrics and records use it
     root: Path
-    folders: dict  # folder name -> class name, in label order; excluded folders absent
+    folders: dict  # folder name -> class name, in sorted folder order; excluded folders absent
     excluded: tuple[str, ...]
     split: dict | None  # {val, test, seed} when the product splits the root; None: its own train/ val/
     group: str  # regular expression over file names: one match, one split (flat roots only)
@@ -159,11 +159,11 @@ def entries(data: Any, key: str = "data") -> list[dict]:
         if isinstance(item, (str, os.PathLike)):
             item = {"root": str(item)}
         if not isinstance(item, Mapping) or not item.get("root"):
-            raise ConfigError(f"key 'data[{i}]' must be a folder or a mapping with 'root', got {item!r}")
+            raise ConfigError(f"key '{key}[{i}]' must be a folder or a mapping with 'root', got {item!r}")
         unknown = sorted(set(item) - set(_ENTRY_KEYS))
         if unknown:
             raise ConfigError(
-                f"key 'data[{i}].{unknown[0]}' is not known; an entry takes {', '.join(_ENTRY_KEYS)}"
+                f"key '{key}[{i}].{unknown[0]}' is not known; an entry takes {', '.join(_ENTRY_KEYS)}"
             )
         out.append(dict(item))
     return out
