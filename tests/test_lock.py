@@ -192,6 +192,24 @@ def test_a_holder_stopped_past_its_lease_and_taken_over_ends_at_once_in_one_line
         kill(proc)
 
 
+def test_a_renewal_that_landed_although_its_answer_was_lost_keeps_the_lease(tmp_path):
+    """The storage goes down between a renewal's write and its answer: the lease holds the holder's token
+    but not the bytes it knows it wrote. It is still the holder's, which goes on (not a lost lease)."""
+    exp = tmp_path / "x"
+    proc = holder(str(exp), lease_s=0.4, hold_s=2)
+    try:
+        wait_held(proc)
+        lease = json.loads((exp / LEASE_NAME).read_text())
+        landed = exp / "landed.tmp"
+        landed.write_text(json.dumps({**lease, "renewed": lease["renewed"] + 0.05}))
+        os.replace(landed, exp / LEASE_NAME)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        assert proc.stdout.read() == "" and proc.stderr.read() == ""
+        assert not exp.exists()  # released on exit as its own
+    finally:
+        kill(proc)
+
+
 def test_of_two_drivers_replacing_the_same_stale_lease_only_one_wins(tmp_path):
     write_lease(tmp_path / "x", renewed=time.time() - 100, lease_s=60)
     stale = (tmp_path / "x" / LEASE_NAME).read_bytes()

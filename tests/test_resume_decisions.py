@@ -87,6 +87,22 @@ def test_phase_times_are_recorded_while_a_phase_runs_without_any_callback():
     assert len(saved) == count  # the thread ends with the phase
 
 
+def test_the_phase_clock_rides_out_a_failing_save(capsys):
+    saved, down = [], [True, True]
+
+    def save(seconds):
+        if down and down.pop():
+            raise OSError("AWS Error NETWORK_CONNECTION: Could not connect to server")
+        saved.append(dict(seconds))
+
+    phases = Phases(save=save, every_s=0.05)
+    with phases.ticking("search"):
+        time.sleep(0.4)
+    assert saved  # the thread went on after the storage came back
+    err = capsys.readouterr().err
+    assert err.count("WARNING: could not record the phase times") == 1 and "Traceback" not in err, err
+
+
 def test_a_restored_progress_callback_prints_this_runs_line(capsys):
     # Tune pickles its callbacks with the experiment; Tuner.restore runs those copies, not this run's.
     restored = pickle.loads(pickle.dumps(EpochProgress("search", total_epochs=12)))

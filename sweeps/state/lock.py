@@ -88,7 +88,7 @@ class Lease:
             taken = self._replace(raw)
             if not self.local:
                 time.sleep(SETTLE_S)  # object storage keeps the last write: read back whose it was
-                taken = self._read_raw() == self._written
+                taken = self._ours(self._read_raw())
         except OSError as e:
             raise FerError(self._storage_error(e)) from None
         except KeyboardInterrupt:  # between writing and reading back: leave no lease behind
@@ -110,7 +110,7 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=30)  # a renewal in flight ends within the storage's request timeouts
         try:
-            if self._written and self._read_raw() == self._written:
+            if self._written and self._ours(self._read_raw()):
                 self.fs.delete_file(self.path)
         except OSError as e:
             _warn(
@@ -128,6 +128,11 @@ class Lease:
                 return f.readall()
         except FileNotFoundError:
             return None
+
+    def _ours(self, raw: bytes | None) -> bool:
+        """Whether the lease ``raw`` is this driver's: as it last wrote it, or a write of its own that landed
+        although its answer was lost (the storage went down in between), which only this driver's token names."""
+        return bool(raw) and (raw == self._written or _parse(raw).get("token") == self.mine["token"])
 
     def _read(self) -> dict | None:
         raw = self._read_raw()
@@ -181,9 +186,9 @@ class Lease:
             if self._stop.is_set():
                 return
             raw = self._read_raw()
-            if raw != self._written:
+            if not self._ours(raw):
                 self._lost(raw)
-            if not self._replace(raw) and (raw := self._read_raw()) != self._written:
+            if not self._replace(raw) and not self._ours(raw := self._read_raw()):
                 self._lost(raw)  # else another driver's claim on it is in flight: renewed next time
 
     def _lost(self, raw: bytes | None) -> None:
