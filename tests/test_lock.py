@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
@@ -104,6 +105,30 @@ def test_a_killed_holders_lease_is_taken_over_and_the_log_says_so(tmp_path, caps
         in out
     )
     assert "its process is no longer running on this host" in out
+
+
+def test_a_killed_holders_pid_given_to_a_later_process_does_not_keep_its_lease(tmp_path, capsys):
+    """pids wrap around: the killed driver's pid may belong to a process started after its lease was taken."""
+    later = subprocess.Popen(["sleep", "60"])
+    try:
+        write_lease(tmp_path / "x", host=socket.gethostname(), pid=later.pid, renewed=time.time(), lease_s=60)
+        with Lease(str(tmp_path / "x"), lease_s=60):
+            pass
+        out = capsys.readouterr().out
+        assert (
+            f"taking over the lease of a driver that is gone (host {socket.gethostname()}, pid {later.pid}"
+            in out
+        )
+        assert "its process is no longer running on this host" in out
+        # the same live process, named by a lease taken after it started, is a live holder
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        write_lease(tmp_path / "x", host=socket.gethostname(), pid=later.pid, renewed=time.time(), lease_s=60,
+                    started=started)  # fmt: skip
+        with pytest.raises(FerError, match=f"held by another driver .*pid {later.pid}"):
+            Lease(str(tmp_path / "x"), lease_s=60).__enter__()
+    finally:
+        later.kill()
+        later.wait()
 
 
 def test_a_lease_not_renewed_within_its_time_is_taken_over(tmp_path, capsys):
