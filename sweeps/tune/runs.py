@@ -192,7 +192,12 @@ def run_search(
         # Finished trials are kept as they are; unfinished ones continue from their last checkpoint.
         verify_experiment(exp)  # what Tuner.restore unpickles, checked now (the driver checked minutes ago)
         again = _failed_for_space(exp)
-        match_searcher_to_trials(exp)
+        if gone := match_searcher_to_trials(exp):
+            print(
+                f"[sweeps] the searcher's saved state still counted trial(s) {', '.join(gone)} as running, which "
+                "the saved trial list has ended or never got (a driver stopped between Tune's uploads): released",
+                flush=True,
+            )
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=again)
         return _fit(tuner, exp, resumed=True), frozenset()
     # TPE's default 10 random start-up trials would leave a small sweep entirely random.
