@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
@@ -53,6 +54,15 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)  # reaped: its pid is gone, as a killed driver's is
     proc.stdout.close()
     proc.stderr.close()
+
+
+def _running(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def write_lease(folder, **fields) -> None:
@@ -104,6 +114,30 @@ def test_a_killed_holders_lease_is_taken_over_and_the_log_says_so(tmp_path, caps
         in out
     )
     assert "its process is no longer running on this host" in out
+
+
+def test_a_killed_holders_pid_given_to_a_later_process_does_not_keep_its_lease(tmp_path, capsys):
+    """pids wrap around: the killed driver's pid may belong to a process started after its lease was taken."""
+    later = subprocess.Popen(["sleep", "60"])
+    try:
+        write_lease(tmp_path / "x", host=socket.gethostname(), pid=later.pid, renewed=time.time(), lease_s=60)
+        with Lease(str(tmp_path / "x"), lease_s=60):
+            pass
+        out = capsys.readouterr().out
+        assert (
+            f"taking over the lease of a driver that is gone (host {socket.gethostname()}, pid {later.pid}"
+            in out
+        )
+        assert "its process is no longer running on this host" in out
+        # the same live process, named by a lease taken after it started, is a live holder
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        write_lease(tmp_path / "x", host=socket.gethostname(), pid=later.pid, renewed=time.time(), lease_s=60,
+                    started=started)  # fmt: skip
+        with pytest.raises(FerError, match=f"held by another driver .*pid {later.pid}"):
+            Lease(str(tmp_path / "x"), lease_s=60).__enter__()
+    finally:
+        later.kill()
+        later.wait()
 
 
 def test_a_lease_not_renewed_within_its_time_is_taken_over(tmp_path, capsys):
@@ -188,6 +222,24 @@ def test_a_holder_stopped_past_its_lease_and_taken_over_ends_at_once_in_one_line
                 "without writing more\n"
             )
             assert json.loads((exp / LEASE_NAME).read_text())["token"] == lease.mine["token"]  # left alone
+    finally:
+        kill(proc)
+
+
+def test_a_renewal_that_landed_although_its_answer_was_lost_keeps_the_lease(tmp_path):
+    """The storage goes down between a renewal's write and its answer: the lease holds the holder's token
+    but not the bytes it knows it wrote. It is still the holder's, which goes on (not a lost lease)."""
+    exp = tmp_path / "x"
+    proc = holder(str(exp), lease_s=0.4, hold_s=2)
+    try:
+        wait_held(proc)
+        lease = json.loads((exp / LEASE_NAME).read_text())
+        landed = exp / "landed.tmp"
+        landed.write_text(json.dumps({**lease, "renewed": lease["renewed"] + 0.05}))
+        os.replace(landed, exp / LEASE_NAME)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        assert proc.stdout.read() == "" and proc.stderr.read() == ""
+        assert not exp.exists()  # released on exit as its own
     finally:
         kill(proc)
 
@@ -310,6 +362,7 @@ def test_a_driver_stopped_past_its_lease_ends_and_the_resuming_one_finishes_the_
         # A's local Ray ends with it (Ray's reaper), its trial workers too; Ray's two idle agents notice later.
         agents = {"ray::RuntimeEnvAgent", "ray::DashboardAgent"}
         _, alive = psutil.wait_procs(a_children, timeout=60)
+        alive = [p for p in alive if _running(p)]  # a zombie has ended (its parent has not reaped it yet)
         assert {p.name() for p in alive} <= agents, f"A's processes outlived it: {alive}"
         assert b.wait(timeout=900) == 0, (tmp_path / "b.err").read_text()[-3000:]
     finally:

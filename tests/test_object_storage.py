@@ -53,8 +53,8 @@ def run(s3: S3, name: str, *extra: str, timeout: int = 900, **kw) -> subprocess.
     )
 
 
-def start(s3: S3, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
-    log = s3.tmp / f"{name}-first.log"
+def start(s3: S3, name: str, *extra: str, log_name: str = "first") -> tuple[subprocess.Popen, Path]:
+    log = s3.tmp / f"{name}-{log_name}.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(
             sweep_cmd(name, *extra),
@@ -67,16 +67,33 @@ def start(s3: S3, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
     return proc, log
 
 
-def wait_for(s3: S3, proc: subprocess.Popen, log: Path, exp: str, done, timeout: float = 600) -> dict:
-    """Poll the bucket until ``done(states)``; returns Tune's trial states then."""
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+def wait_for(s3: S3, proc: subprocess.Popen, log: Path, exp: str, done, timeout: float) -> dict:
+    """Poll the bucket until ``done(states)``; returns Tune's trial states then. Fails with the log's tail
+    after ``timeout`` seconds."""
     deadline = time.time() + timeout
+    states = {}
     while time.time() < deadline:
         states = trial_states(s3.mirror_state(exp))
         if done(states):
             return states
-        assert proc.poll() is None, log.read_text()[-3000:]
+        assert proc.poll() is None, tail(log)
         time.sleep(1)
-    pytest.fail(f"{exp}: not reached within {timeout:.0f} s: {states}\n{log.read_text()[-3000:]}")
+    pytest.fail(f"{exp}: not reached within {timeout:.0f} s: {states}\n{tail(log)}")
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
+    """Wait for the driver ``proc`` to exit; past ``timeout`` seconds it and its Ray are killed and the test
+    fails with the log's tail. Returns the log."""
+    try:
+        proc.wait(timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        kill_all(proc, descendants(proc.pid))
+        pytest.fail(f"the driver did not finish within {timeout:.0f} s\n{tail(log)}")
+    return log.read_text()
 
 
 def one_finished_and_another_started(states: dict) -> bool:
@@ -187,6 +204,8 @@ def test_sweep_refuses_a_missing_bucket_or_experiment_in_one_line_before_ray(s3)
 # ---- a real sweep (a local Ray on 127.0.0.1) ----
 
 OUTAGE_CAP_S = 120  # the longest the storage stays down waiting for the sweep to notice (an epoch's upload)
+# The whole test's time, below pytest's timeout: a stuck phase fails with its log's tail, never pytest's bare timeout.
+BUDGET_S = 720
 CONNECT_FAILED = ("Could not connect to server", "NETWORK_CONNECTION")
 
 
@@ -201,9 +220,13 @@ def test_sweep_on_s3_rides_out_an_outage_and_resumes_after_the_driver_is_killed(
     exp = f"sweeps/{name}"
     proc, log = start(s3, name, "num_samples=3")
     t0 = time.perf_counter()
+
+    def left() -> float:
+        return BUDGET_S - (time.perf_counter() - t0)
+
     try:
         # (a) -------------------------------------------------------------------------------------
-        states = wait_for(s3, proc, log, exp, one_finished_and_another_started)
+        states = wait_for(s3, proc, log, exp, one_finished_and_another_started, timeout=left())
         keys = s3.files(exp)
         assert f"{exp}/tuner.pkl" in keys and any(k.endswith("/last.pt") for k in keys), keys
         assert not (s3.tmp / "runs" / name).exists() and not (s3.tmp / "sweeps").exists()  # nothing local
@@ -217,7 +240,8 @@ def test_sweep_on_s3_rides_out_an_outage_and_resumes_after_the_driver_is_killed(
         def noticed() -> bool:  # in the log since the storage went down
             return any(m in log.read_text()[seen:] for m in CONNECT_FAILED)
 
-        while time.perf_counter() - down < OUTAGE_CAP_S and proc.poll() is None and not noticed():
+        cap = min(OUTAGE_CAP_S, max(left(), 0))
+        while time.perf_counter() - down < cap and proc.poll() is None and not noticed():
             time.sleep(0.5)
         time.sleep(3)
         s3.proxy.open()
@@ -233,7 +257,7 @@ def test_sweep_on_s3_rides_out_an_outage_and_resumes_after_the_driver_is_killed(
         def another_ended_or_sweep_over(st: dict) -> bool:
             return proc.poll() is not None or any(st[t] in ("TERMINATED", "ERROR") for t in set(st) - before)
 
-        wait_for(s3, proc, log, exp, another_ended_or_sweep_over)
+        wait_for(s3, proc, log, exp, another_ended_or_sweep_over, timeout=left())
         # (b) the driver is killed, if the sweep is still running; else it finished, or failed in one line
         if proc.poll() is None:
             children = descendants(proc.pid)
@@ -259,8 +283,12 @@ def test_sweep_on_s3_rides_out_an_outage_and_resumes_after_the_driver_is_killed(
     assert done_before >= before
 
     t1 = time.perf_counter()
-    r = run(s3, name, "num_samples=3", "--resume")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    resume, log = start(s3, name, "num_samples=3", "--resume", log_name="resume")
+    out = finish(resume, log, timeout=left())
+    assert resume.returncode == 0, out[-3000:]
     print(f"resume: {time.perf_counter() - t1:.0f} s", flush=True)
+    if killed:  # the killed driver's lease is taken over at once (its process is gone), not after it expires
+        assert "taking over the lease of a driver that is gone" in out, out[-3000:]
+        assert "its process is no longer running on this host" in out, out[-3000:]
     assert_nothing_lost(s3, exp, done_before, rows_before, total=3)
-    assert_report_in_both_places(s3, exp, name, r.stdout)
+    assert_report_in_both_places(s3, exp, name, out)

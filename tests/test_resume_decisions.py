@@ -16,8 +16,9 @@ from fer_core.errors import FerError
 from sweeps.config.settings import load_settings
 from sweeps.plan.budget import Counts, Estimate, TimeBudget
 from sweeps.state.record import read_winner, resume_settings, write_record, write_winner
-from sweeps.state.signing import verify_experiment
+from sweeps.state.signing import verify_experiment, write_signed
 from sweeps.tune.progress import EpochProgress, Phases
+from sweeps.tune.runs import match_searcher_to_trials
 
 from . import kill_resume_check
 from .conftest import REPO
@@ -85,6 +86,54 @@ def test_phase_times_are_recorded_while_a_phase_runs_without_any_callback():
     count = len(saved)
     time.sleep(0.15)
     assert len(saved) == count  # the thread ends with the phase
+
+
+def _saved_search(exp: Path, live: set, counter: int) -> None:
+    """The state files Tune saves (and uploads one by one): the trial list, ``a`` and ``b`` ended, and
+    the searcher's, made ``counter`` trials, with ``max_concurrent_trials`` counting ``live`` as running."""
+    trials = [{"trial_id": "a", "status": "TERMINATED"}, {"trial_id": "b", "status": "ERROR"}]
+    state = {"trial_data": [[json.dumps(t), "{}"] for t in trials]}
+    write_signed(str(exp), "experiment_state-2026-01-01_00-00-00.json", json.dumps(state).encode())
+    limiter = {
+        "max_concurrent": 1,
+        "batch": False,
+        "live_trials": live,
+        "num_unfinished_live_trials": len(live),
+    }
+    search = {"counter": counter, "total_samples": 3, "finished": False, "name:ConcurrencyLimiter": limiter}
+    write_signed(str(exp), "search_gen_state-2026-01-01_00-00-00.json", pickle.dumps(search))
+
+
+def test_a_restored_search_counts_as_running_only_the_trials_its_trial_list_has_not_ended(tmp_path):
+    """A driver killed between Tune's uploads of the trial list and the searcher's state: restored as saved,
+    the searcher would count an ended trial (b), or one the list never got (c), as running, suggest nothing
+    more within ``max_concurrent_trials`` and never finish: the resumed search would wait forever."""
+    search_file = tmp_path / "search_gen_state-2026-01-01_00-00-00.json"
+    _saved_search(tmp_path, live={"b", "c"}, counter=3)
+    assert match_searcher_to_trials(str(tmp_path)) == ["b", "c"]
+    search = pickle.loads(search_file.read_bytes())
+    assert search["counter"] == 2  # c is made again: the list never got it
+    assert search["name:ConcurrencyLimiter"]["live_trials"] == set()
+    assert search["name:ConcurrencyLimiter"]["num_unfinished_live_trials"] == 0
+    verify_experiment(str(tmp_path))  # the rewritten state is signed
+    saved = search_file.read_bytes()
+    assert match_searcher_to_trials(str(tmp_path)) == [] and search_file.read_bytes() == saved  # agrees now
+
+
+def test_the_phase_clock_rides_out_a_failing_save(capsys):
+    saved, down = [], [True, True]
+
+    def save(seconds):
+        if down and down.pop():
+            raise OSError("AWS Error NETWORK_CONNECTION: Could not connect to server")
+        saved.append(dict(seconds))
+
+    phases = Phases(save=save, every_s=0.05)
+    with phases.ticking("search"):
+        time.sleep(0.4)
+    assert saved  # the thread went on after the storage came back
+    err = capsys.readouterr().err
+    assert err.count("WARNING: could not record the phase times") == 1 and "Traceback" not in err, err
 
 
 def test_a_restored_progress_callback_prints_this_runs_line(capsys):

@@ -1,9 +1,10 @@
 """The experiment's lease: one driver at a time holds STORAGE/NAME, a local folder or object storage alike.
 
 STORAGE/NAME/.fer-lease (JSON) names its holder (host, pid, start time) with a random token, and is
-rewritten every ``lease_s / 4``. It is stale when its holder is gone (this host, no such process) or was
-not renewed for ``lease_s``, and is then taken over. Not ``.json``: Ray copies the experiment's .json/.pkl
-down on resume and uploads them back (an old lease over the live one), and ``--resume`` refuses unsigned ones.
+rewritten every ``lease_s / 4``. It is stale when its holder is gone (this host, no such process, or its
+pid now a later process's) or was not renewed for ``lease_s``, and is then taken over. Not ``.json``: Ray
+copies the experiment's .json/.pkl down on resume and uploads them back (an old lease over the live one),
+and ``--resume`` refuses unsigned ones.
 
 Taking, taking over and renewing the lease are each exclusive on a local path: a new lease is linked into
 place (``os.link`` fails when one exists), and replacing one first claims it by hard-linking it to a name
@@ -41,6 +42,7 @@ LEASE_ENV = "FER_LEASE_S"  # sets LEASE_S, e.g. shorter for tests that stop a dr
 # Object storage: write, wait, read back: of two drivers starting at once the later writer wins.
 SETTLE_S = 0.3
 LOST_STATUS = 3  # the exit status of a driver whose lease another driver took over
+START_MARGIN_S = 10  # a pid whose process started this long after its lease's start is a later process
 
 
 def lease_time() -> float:
@@ -88,7 +90,7 @@ class Lease:
             taken = self._replace(raw)
             if not self.local:
                 time.sleep(SETTLE_S)  # object storage keeps the last write: read back whose it was
-                taken = self._read_raw() == self._written
+                taken = self._ours(self._read_raw())
         except OSError as e:
             raise FerError(self._storage_error(e)) from None
         except KeyboardInterrupt:  # between writing and reading back: leave no lease behind
@@ -110,7 +112,7 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=30)  # a renewal in flight ends within the storage's request timeouts
         try:
-            if self._written and self._read_raw() == self._written:
+            if self._written and self._ours(self._read_raw()):
                 self.fs.delete_file(self.path)
         except OSError as e:
             _warn(
@@ -128,6 +130,11 @@ class Lease:
                 return f.readall()
         except FileNotFoundError:
             return None
+
+    def _ours(self, raw: bytes | None) -> bool:
+        """Whether the lease ``raw`` is this driver's: as it last wrote it, or a write of its own that landed
+        although its answer was lost (the storage went down in between), which only this driver's token names."""
+        return bool(raw) and (raw == self._written or _parse(raw).get("token") == self.mine["token"])
 
     def _read(self) -> dict | None:
         raw = self._read_raw()
@@ -181,9 +188,9 @@ class Lease:
             if self._stop.is_set():
                 return
             raw = self._read_raw()
-            if raw != self._written:
+            if not self._ours(raw):
                 self._lost(raw)
-            if not self._replace(raw) and (raw := self._read_raw()) != self._written:
+            if not self._replace(raw) and not self._ours(raw := self._read_raw()):
                 self._lost(raw)  # else another driver's claim on it is in flight: renewed next time
 
     def _lost(self, raw: bytes | None) -> None:
@@ -227,7 +234,7 @@ class Lease:
             return "its lease is unreadable"
         if age > lease_s:
             return f"its lease was last renewed {age:.0f}s ago, more than its {lease_s:.0f}s"
-        if held.get("host") == self.mine["host"] and not _alive(pid):
+        if held.get("host") == self.mine["host"] and not _alive(pid, held.get("started")):
             return "its process is no longer running on this host"
         return None
 
@@ -264,8 +271,10 @@ def _parse(raw: bytes) -> dict:
     return held if isinstance(held, dict) else {}  # unreadable: stale, see Lease._stale
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
+def _alive(pid: int, started=None) -> bool:
+    """Whether the driver ``pid`` of this host, whose lease says it ``started`` (ISO time), still runs: not a
+    later process given the same pid after the driver was killed (pids wrap around)."""
+    if pid <= 0 or _started_after(pid, started):
         return False
     try:
         os.kill(pid, 0)
@@ -274,6 +283,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _started_after(pid: int, started) -> bool:
+    """Whether the process ``pid`` started after the ISO time ``started`` (Linux's /proc; False where that is
+    unknown): a driver's process starts before it takes its lease."""
+    try:
+        when = datetime.fromisoformat(started).timestamp()
+        with open(f"/proc/{pid}/stat", "rb") as f:  # field 22 (starttime): clock ticks after boot
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    except (OSError, TypeError, ValueError, IndexError, StopIteration):
+        return False
+    # A margin for whole seconds and a stepped clock: a live holder is never judged gone by a small error.
+    return boot + ticks / os.sysconf("SC_CLK_TCK") > when + START_MARGIN_S
 
 
 def _who(held: dict) -> str:

@@ -6,11 +6,13 @@ Ray's status table says what runs, not when it will end; these lines say that, f
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 
 from ray.tune import Callback
 
+from fer_core.errors import FerError
 from sweeps.config.settings import fmt_duration
 
 
@@ -49,8 +51,19 @@ class Phases:
         stop = threading.Event()
 
         def loop():
+            warned = False
             while not stop.wait(self.every_s):
-                self.tick(name)
+                try:
+                    self.tick(name)
+                    warned = False
+                except (OSError, FerError) as e:  # e.g. the storage is down: try again at the next tick
+                    if not warned:
+                        print(
+                            f"[sweeps] WARNING: could not record the phase times ({e}); trying again",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    warned = True
 
         thread = threading.Thread(target=loop, name=f"phases-{name}", daemon=True)
         thread.start()

@@ -3,6 +3,7 @@ ensemble's next best), both resumable and signed for ``--resume``; and the time 
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import optuna
 import pyarrow.fs as pafs
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
-from sweeps.state.signing import SignStateCallback, experiment_id, sign_files, verify_experiment
+from sweeps.state.signing import SignStateCallback, experiment_id, sign_files, verify_experiment, write_signed
 from sweeps.state.storage import experiment_uri, open_storage, refuse_full_storage, storage_uri
 from sweeps.tune.trainable import fer_trainable, trial_config
 
@@ -78,6 +79,41 @@ def restorable(exp: str) -> bool:
     fs, root = open_storage(exp)
     found = fs.get_file_info(pafs.FileSelector(root))
     return any(f.base_name.startswith("experiment_state-") for f in found)
+
+
+def match_searcher_to_trials(exp: str) -> list[str]:
+    """Before the search is restored: make the saved searcher agree with the saved trials; returns the
+    trial ids it no longer counts as running.
+
+    Tune uploads the experiment's state file by file, so a driver killed between two of them (or a storage
+    outage between them) leaves the trial list newer or older than the searcher's state. The searcher's
+    concurrency limit (``max_concurrent_trials``) would then count a trial that has ended, or that the trial
+    list never got, as running forever: it suggests nothing more, the search never finishes, and the
+    restored run waits for a trial that will not come. Only the trials the trial list has not ended are
+    running, and the searcher has made as many trials as the list holds."""
+    fs, root = open_storage(exp)
+    names = sorted(f.base_name for f in fs.get_file_info(pafs.FileSelector(root)))
+    states = [n for n in names if n.startswith("experiment_state-") and n.endswith(".json")]
+    searches = [n for n in names if n.startswith("search_gen_state-")]
+    if not states or not searches:  # Tune restores the newest of each (by name, as here)
+        return []
+    with fs.open_input_stream(f"{root}/{states[-1]}") as f:
+        trials = [
+            json.loads(t) if isinstance(t, str) else t for t, _ in json.loads(f.readall())["trial_data"]
+        ]
+    with fs.open_input_stream(f"{root}/{searches[-1]}") as f:
+        search = cloudpickle.loads(f.readall())  # signed: verify_experiment checked it
+    running = {t["trial_id"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")}
+    limiter = search.get("name:ConcurrencyLimiter") or {"live_trials": set()}
+    gone = sorted(set(limiter["live_trials"]) - running)
+    if not gone and search["counter"] == len(trials):
+        return []
+    if "name:ConcurrencyLimiter" in search:
+        limiter["live_trials"] = set(limiter["live_trials"]) & running
+        limiter["num_unfinished_live_trials"] = len(limiter["live_trials"])
+    search["counter"] = len(trials)
+    write_signed(exp, searches[-1], cloudpickle.dumps(search))
+    return gone
 
 
 def _trainable(base: dict, resources: dict, members: list[dict] | None = None):
@@ -156,6 +192,12 @@ def run_search(
         # Finished trials are kept as they are; unfinished ones continue from their last checkpoint.
         verify_experiment(exp)  # what Tuner.restore unpickles, checked now (the driver checked minutes ago)
         again = _failed_for_space(exp)
+        if gone := match_searcher_to_trials(exp):
+            print(
+                f"[sweeps] the searcher's saved state still counted trial(s) {', '.join(gone)} as running, which "
+                "the saved trial list has ended or never got (a driver stopped between Tune's uploads): released",
+                flush=True,
+            )
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=again)
         return _fit(tuner, exp, resumed=True), frozenset()
     # TPE's default 10 random start-up trials would leave a small sweep entirely random.
