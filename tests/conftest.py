@@ -19,6 +19,7 @@ from fer_core.apps.demo import make_demo_dataset  # noqa: E402  (imports torch: 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FER_SHARED", REPO.parent / "shared"))
 FER2013 = SHARED / "data" / "fer2013"
+AFFECTNET7 = SHARED / "data" / "affectnet7"
 LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 
 

@@ -18,7 +18,7 @@ from fer_core.errors import ConfigError, DataError, FerError
 from fer_core.evaluate import checkpoint_data
 from fer_core.evaluate import main as evaluate_main
 from fer_core.train import train
-from tests.conftest import tiny_config
+from tests.conftest import AFFECTNET7, FER2013, tiny_config
 
 # The demo's folders renamed as another dataset names them (CK+-like: no neutral, "sadness"), plus a
 # class the demo lacks; file names carry a subject, several images each.
@@ -259,3 +259,32 @@ def test_a_changed_dataset_cannot_claim_the_split_it_was_trained_on(trained, tmp
         assert "files changed since the checkpoint was trained" in _one_line(e)
     finally:
         (root / "pos" / "zz_new.png").unlink()
+
+
+@pytest.mark.skipif(
+    not (FER2013.is_dir() and AFFECTNET7.is_dir()),
+    reason=f"real data not found at {FER2013} and {AFFECTNET7}; this test needs ../shared/data/fer2013 and affectnet7",
+)
+def test_fer2013_and_affectnet7_reconcile_by_name():
+    """AffectNet's folder names (Anger, Happy, ...) are FER2013's classes with no mapping; a 3-class mapping
+    of affectnet7 alone merges its folders."""
+    d = resolve(cfg([str(FER2013), {"root": str(AFFECTNET7), "weight": 2}]))
+    assert d.classes == ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+    assert d.sources[1].folders == {
+        "Anger": "angry", "Disgust": "disgust", "Fear": "fear", "Happy": "happy", "Neutral": "neutral",
+        "Sad": "sad", "Surprise": "surprise",
+    }  # fmt: skip
+    assert d.count("train") == 28709 + len(d.files["train"]["affectnet7"].paths) and "test" not in d.splits
+    three = resolve(
+        cfg(
+            str(AFFECTNET7),
+            classes={
+                "negative": ["Anger", "Disgust", "Fear", "Sad"],
+                "neutral": "Neutral",
+                "positive": ["Happy", "Surprise"],
+            },
+        )
+    )
+    assert three.classes == ("negative", "neutral", "positive")
+    val = np.bincount(three.files["val"]["affectnet7"].labels)
+    assert val.sum() == len(d.files["val"]["affectnet7"].paths) and val[0] > val[2] > val[1] > 0
