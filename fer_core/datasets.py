@@ -150,6 +150,8 @@ def entries(data: Any, key: str = "data") -> list[dict]:
     """A config's ``data`` (or ``eval_data``) as a list of entries {root, name?, classes?, exclude?, split?, group?, weight?}."""
     if isinstance(data, (str, os.PathLike)):
         return [{"root": str(data)}] if str(data) else []
+    if isinstance(data, Mapping):  # one entry
+        data = [data]
     if not isinstance(data, Sequence) or not data:
         raise ConfigError(
             f"key '{key}' must be a dataset folder or a list of them, got {data!r}; e.g. {key}: [../fer2013, {{root: ../affectnet, classes: {{angry: Anger}}}}]"
