@@ -5,7 +5,7 @@
 augmentation backend); ``iter_batches`` is the worker-free path evaluation uses. Normalisation happens later,
 batched on the device (``preprocess.Preprocess``), because moving uint8 is 4x cheaper than float and the
 arithmetic is nearly free there. The only module of the data path that needs torch: it consumes the
-``SplitData`` that ``decode_cache.load_split`` returns and never touches files.
+``SplitData`` that ``decode_cache.load_dataset`` (or ``load_split``) returns and never touches files.
 """
 
 from __future__ import annotations

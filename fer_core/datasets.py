@@ -312,16 +312,16 @@ def _source(entry: dict, where: str, common: list[str], mapping: dict, exclude, 
     folders = visible_folders(base)
     if not folders:
         raise DataError(f"{base}: holds no class folder; put each class's images in a folder named after it")
-    excluded = _names(entry.get("exclude", exclude), f"{where}.exclude" if "[" in where else "exclude")
+    several = where != "data"  # one entry of a list: its keys are named data[i].KEY, else the top-level KEY
+    key = (lambda k: f"{where}.{k}") if several else (lambda k: k)
+    excluded = _names(entry.get("exclude", exclude), key("exclude"))
     for f in excluded:
         if f not in folders:
             raise ConfigError(
                 f"{base / f}: exclude names folder '{f}', which is not there (folders: {', '.join(folders)}); fix the name"
             )
     kept = [f for f in folders if f not in excluded]
-    own = (
-        "classes" in entry or "[" not in where
-    )  # a mapping written for this root: every folder it names exists
+    own = "classes" in entry or not several  # a mapping written for this root: every folder it names exists
     if "classes" in entry:
         own_names, own_mapping = parse_classes(entry["classes"], f"{where}.classes", least=1 if common else 2)
         foreign = [c for c in own_names if common and c not in common]
@@ -349,8 +349,7 @@ def _source(entry: dict, where: str, common: list[str], mapping: dict, exclude, 
     if unmatched:
         raise DataError(
             f"{base / unmatched[0]}: folder '{unmatched[0]}' matches no class ({', '.join(names)}); map it in "
-            f"{where.replace('data', 'classes') if '[' not in where else where + '.classes'} or add it to "
-            f"{'exclude' if '[' not in where else where + '.exclude'}"
+            f"{key('classes')} or add it to {key('exclude')}"
         )
     name = str(entry.get("name") or root.resolve().name)
     if not _NAME.match(name):
