@@ -12,6 +12,7 @@ decoded with PyAV and resized with OpenCV (INTER_AREA) before timing: only the d
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -123,7 +124,10 @@ def main(argv=None) -> int:
             f"{args.video}: {len(video)} frames of {w}x{h}; no-face input: "
             f"{f'{args.no_face} ({len(no_face)} frame(s))' if no_face else 'none'}"
         )
-        print(f"CPU: {cpu_name()} ({len(__import__('os').sched_getaffinity(0))} cores available)")
+        print(
+            f"CPU: {cpu_name()} ({len(os.sched_getaffinity(0))} cores available; load average "
+            f"{os.getloadavg()[0]:.1f} at the start: other processes slow the timings)"
+        )
         print(
             f"{'size':>9} {'detector':>8} {'frames with a face':>18} {'faces/frame':>11} "
             f"{'false boxes':>11} {'false/frame':>11} {'ms/frame':>8}"
@@ -139,6 +143,7 @@ def main(argv=None) -> int:
                     f"{shown:>9} {name:>8} {r['found_share']:>17.0%} {r['faces_per_frame']:>11.2f} "
                     f"{false:>11} {per:>11} {r['ms_median']:>8.1f}"
                 )
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
