@@ -84,23 +84,31 @@ def resize_all(frames: list[np.ndarray], size: str) -> list[np.ndarray]:
     return [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
 
 
-def measure(detector, frames: list[np.ndarray], no_face: list[np.ndarray]) -> dict:
-    """Detection counts on ``frames``, false boxes on ``no_face``, median ms per frame of ``frames``."""
-    detector(frames[0])  # warm-up: first calls allocate
-    counts, times = [], []
+def measure(detectors: dict, frames: list[np.ndarray], no_face: list[np.ndarray]) -> dict[str, dict]:
+    """Per detector: detection counts on ``frames``, false boxes on ``no_face``, median ms per frame.
+
+    The detectors take turns frame by frame, so a change in the machine's other load slows them alike.
+    """
+    for det in detectors.values():
+        det(frames[0])  # warm-up: first calls allocate
+    counts = {name: [] for name in detectors}
+    times = {name: [] for name in detectors}
     for f in frames:
-        t0 = time.perf_counter()
-        counts.append(len(detector(f)))
-        times.append(time.perf_counter() - t0)
-    false = [len(detector(f)) for f in no_face]
-    counts = np.array(counts)
-    return {
-        "found_share": float((counts > 0).mean()),
-        "faces_per_frame": float(counts.mean()),
-        "false_boxes": int(sum(false)) if no_face else None,
-        "false_per_frame": float(np.mean(false)) if no_face else None,
-        "ms_median": 1000 * float(np.median(times)),
-    }
+        for name, det in detectors.items():
+            t0 = time.perf_counter()
+            counts[name].append(len(det(f)))
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, det in detectors.items():
+        found, false = np.array(counts[name]), [len(det(f)) for f in no_face]
+        out[name] = {
+            "found_share": float((found > 0).mean()),
+            "faces_per_frame": float(found.mean()),
+            "false_boxes": int(sum(false)) if no_face else None,
+            "false_per_frame": float(np.mean(false)) if no_face else None,
+            "ms_median": 1000 * float(np.median(times[name])),
+        }
+    return out
 
 
 def main(argv=None) -> int:
@@ -135,8 +143,7 @@ def main(argv=None) -> int:
         for size in args.sizes.split(","):
             frames = resize_all(video, size)
             shown = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
-            for name, det in detectors.items():
-                r = measure(det, frames, no_face)
+            for name, r in measure(detectors, frames, no_face).items():
                 false = "-" if r["false_boxes"] is None else str(r["false_boxes"])
                 per = "-" if r["false_per_frame"] is None else f"{r['false_per_frame']:.2f}"
                 print(
