@@ -19,6 +19,7 @@ from pathlib import Path
 
 import av
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -129,10 +130,14 @@ def photo(tmp_path_factory) -> Path:
     raise AssertionError(f"{CLIP} has fewer than {PHOTO_FRAME + 1} frames")
 
 
+def _wait(browser) -> WebDriverWait:
+    """Waits for what the page shows; Gradio re-renders as results come, so an element found may go stale."""
+    return WebDriverWait(browser, WAIT, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def _open(browser, url: str, tab: str) -> None:
     browser.get(url)
-    wait = WebDriverWait(browser, WAIT)
-    button = wait.until(
+    button = _wait(browser).until(
         lambda d: next(
             (
                 b
@@ -147,7 +152,7 @@ def _open(browser, url: str, tab: str) -> None:
 
 def _button(browser, text: str):
     """The visible button showing ``text``, once there is one."""
-    return WebDriverWait(browser, WAIT).until(
+    return _wait(browser).until(
         lambda d: next(
             (
                 b
@@ -162,7 +167,7 @@ def _button(browser, text: str):
 def _upload(browser, path: Path) -> None:
     """A file into the Photo tab's upload (the hidden file input behind the drop zone), and Predict."""
     browser.find_elements(By.CSS_SELECTOR, "input[type=file]")[0].send_keys(str(path))
-    WebDriverWait(browser, WAIT).until(  # the upload listed: its name, shown as stem and suffix
+    _wait(browser).until(  # the upload listed: its name, shown as stem and suffix
         lambda d: path.stem in d.find_element(By.TAG_NAME, "body").text
     )
     _button(browser, "Predict").click()
@@ -171,7 +176,7 @@ def _upload(browser, path: Path) -> None:
 def test_a_photo_is_labelled_with_the_checkpoints_classes(app_url, browser, photo, class_names, tmp_path):
     _open(browser, app_url, "Photo")
     _upload(browser, photo)
-    labels = WebDriverWait(browser, WAIT).until(
+    labels = _wait(browser).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, ".face-label [data-testid=label-output-value]")
     )
     shown = [label.text for label in labels]
@@ -190,7 +195,7 @@ def test_a_broken_upload_is_one_line_naming_the_file(app_url, browser, tmp_path)
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     _open(browser, app_url, "Photo")
     _upload(browser, broken)
-    toast = WebDriverWait(browser, WAIT).until(
+    toast = _wait(browser).until(
         lambda d: next(
             (t for t in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]") if t.text), None
         )
@@ -205,7 +210,7 @@ def test_the_webcam_tab_labels_the_fake_cameras_face(app_url, browser, class_nam
     _button(browser, "Click to Access Webcam").click()
     _button(browser, "Record").click()
     current = browser.find_element(By.CSS_SELECTOR, "#current-label textarea")
-    text = WebDriverWait(browser, WAIT).until(
+    text = _wait(browser).until(
         lambda d: (
             (current.get_attribute("value") or "").startswith("face ") and current.get_attribute("value")
         ),
