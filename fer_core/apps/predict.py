@@ -12,7 +12,10 @@ Two layers:
   (any mode, EXIF orientation, very large images reduced), faces are found (``fer_core.apps.faces``), each is
   cropped with a margin and classified; with no face found the whole image is classified and the result
   says so. A file that cannot be read becomes a result with ``error`` set, never an exception, so one bad
-  file does not stop a folder.
+  file does not stop a folder. The face detector is chosen by name (``detector="haar"`` or ``"dlib"``).
+- ``OnnxPredictor.from_onnx(path)``: the same API over a model exported by ``fer_core.apps.export``, run by
+  onnxruntime on the CPU, its classes and preprocessing read from the file. ``load_predictor(path)`` picks
+  one of the two by the file's suffix.
 
 This module is the inference: the ``Predictor`` and the results it yields. Expanding inputs and loading
 photos are in ``predict_inputs``; the per-image PNG (photo with boxes beside the probability bars) and a
@@ -22,6 +25,7 @@ folder's overview are drawn by ``predict_plots``. The command line is ``predict_
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +37,11 @@ from PIL import Image
 from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
 from ..data import decode_image, to_model_array
-from ..errors import DataError
+from ..errors import DataError, FerError
 from ..preprocess import Preprocess
 from ..runtime import Runtime, resolve_runtime
 from ..saliency import class_activation_maps
-from .faces import Box, FaceDetector, crop_face, margin_box
+from .faces import Box, DlibDetector, FaceDetector, crop_face, detector_name, make_detector, margin_box
 from .predict_inputs import array_to_image, load_image
 
 # The label of a face whose top probability is under the caller's minimum confidence (``predict_files``).
@@ -154,6 +158,10 @@ class Predictor:
         batch_size: images per forward pass.
         checkpoint: where the model came from (for messages).
         temperature: the checkpoint's softmax temperature (``fer_core.calibration``).
+        detector: the face detector's name, one of ``fer_core.apps.faces.DETECTORS``.
+
+    Raises:
+        FerError: an unknown detector name.
     """
 
     def __init__(
@@ -165,19 +173,25 @@ class Predictor:
         batch_size: int = 64,
         checkpoint: str | None = None,
         temperature: float = 1.0,
+        detector: str = "haar",
     ):
         self.model, self.preprocess, self.runtime = model, preprocess, runtime
+        self.detector_name = detector_name(detector)
         self.temperature = temperature
         self.class_names, self.batch_size, self.checkpoint = (
             list(class_names),
             max(1, int(batch_size)),
             checkpoint,
         )
-        self._detector: FaceDetector | None = None
+        self._detector: FaceDetector | DlibDetector | None = None
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str = "auto", batch_size: int = 64
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        batch_size: int = 64,
+        detector: str = "haar",
     ) -> Predictor:
         """Rebuild the model and preprocessing a fer_core checkpoint was trained with.
 
@@ -185,19 +199,23 @@ class Predictor:
             path: best.pt / last.pt written by fer_core.
             device: auto, cpu, cuda or cuda:N.
             batch_size: images per forward pass.
+            detector: the face detector's name, one of ``fer_core.apps.faces.DETECTORS``.
 
         Raises:
             CheckpointError: not a fer_core checkpoint, or weights that do not fit its model.
             ConfigError: an unknown or unavailable device.
+            FerError: an unknown detector name.
         """
+        detector_name(detector)  # before the (slow) model load
         runtime = resolve_runtime(device)
         model, pre, classes, state = load_model(path, runtime)
-        return cls(model, pre, classes, runtime, batch_size, str(path), temperature_of(state, path))
+        return cls(model, pre, classes, runtime, batch_size, str(path), temperature_of(state, path), detector)
 
     @property
-    def detector(self) -> FaceDetector:
+    def detector(self) -> FaceDetector | DlibDetector:
+        """The face detector named at construction, built on first use."""
         if self._detector is None:
-            self._detector = FaceDetector()
+            self._detector = make_detector(self.detector_name)
         return self._detector
 
     # -- crops -> probabilities -----------------------------------------------------------------------------
@@ -344,6 +362,142 @@ class Predictor:
     ) -> ImageResult:
         """``predict_files`` for one file."""
         return next(self.predict_files([path], detect, margin, explain=explain))
+
+
+class OnnxPredictor(Predictor):
+    """A model exported by ``fer_core.apps.export``, run by onnxruntime on the CPU, with ``Predictor``'s API.
+
+    Classes, preprocessing contract and temperature are read from the file's metadata (the graph itself
+    normalises and applies the tempered softmax), so crops are prepared exactly as for the checkpoint and the
+    probabilities agree with it. Saliency needs the network's layers: ``explain`` asks for the checkpoint.
+
+    Args:
+        session: an ``onnxruntime.InferenceSession`` of the exported file.
+        preprocess: the contract stored in the file.
+        class_names: the classes stored in the file, in output order.
+        batch_size: images per ``session.run``.
+        checkpoint: the ONNX file (for messages).
+        temperature: the temperature stored in the file (already inside the graph).
+        detector: the face detector's name, one of ``fer_core.apps.faces.DETECTORS``.
+    """
+
+    def __init__(
+        self,
+        session,
+        preprocess: Preprocess,
+        class_names: Sequence[str],
+        batch_size: int = 64,
+        checkpoint: str | None = None,
+        temperature: float = 1.0,
+        detector: str = "haar",
+    ):
+        super().__init__(None, preprocess, class_names, None, batch_size, checkpoint, temperature, detector)
+        self.session = session
+
+    @classmethod
+    def from_onnx(
+        cls, path: str | os.PathLike, batch_size: int = 64, detector: str = "haar"
+    ) -> OnnxPredictor:
+        """Load an ONNX file written by ``python -m fer_core.apps.export``.
+
+        Args:
+            path: the .onnx file.
+            batch_size: images per inference call.
+            detector: the face detector's name, one of ``fer_core.apps.faces.DETECTORS``.
+
+        Raises:
+            FerError: the file is missing or not ONNX, is not a fer_core export (no class names in its
+                metadata), or its input does not match its stored contract; an unknown detector name.
+        """
+        from .export import INPUT_NAME, OUTPUT_NAME, _need
+
+        detector_name(detector)
+        ort = _need("onnxruntime")
+        if not os.path.isfile(path):
+            raise FerError(
+                f"{path}: no such ONNX file; export one with python -m fer_core.apps.export CHECKPOINT"
+            )
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors for unreadable files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FerError(f"{path}: not a readable ONNX model ({first}); export it again") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if "class_names" not in meta:
+            raise FerError(
+                f"{path}: not a fer_core export (no 'class_names' in its metadata); export a checkpoint with "
+                "python -m fer_core.apps.export CHECKPOINT --onnx OUT.onnx"
+            )
+        try:
+            classes = json.loads(meta["class_names"])
+            pre = Preprocess.from_dict(json.loads(meta["preprocess"]))
+            temperature = float(json.loads(meta["temperature"]))
+        except (KeyError, ValueError, TypeError) as e:
+            raise FerError(
+                f"{path}: its fer_core metadata is incomplete or unreadable ({type(e).__name__}: {e}); "
+                "export the checkpoint again with python -m fer_core.apps.export"
+            ) from None
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        shape = [pre.img_size, pre.img_size] + ([] if pre.grayscale else [3])
+        if (
+            [i.name for i in inputs] != [INPUT_NAME]
+            or OUTPUT_NAME not in [o.name for o in outputs]
+            or inputs[0].type != "tensor(uint8)"
+            or list(inputs[0].shape[1:]) != shape
+        ):
+            raise FerError(
+                f"{path}: its input is not the uint8 '{INPUT_NAME}' of shape N x {' x '.join(map(str, shape))} "
+                "that its metadata describes; export the checkpoint again with python -m fer_core.apps.export"
+            )
+        return cls(session, pre, classes, batch_size, str(path), temperature, detector)
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Prepared uint8 inputs (N×S×S or N×S×S×3) -> N×C float32 probabilities, ``batch_size`` at a time."""
+        from .export import INPUT_NAME, OUTPUT_NAME
+
+        out = [
+            self.session.run(
+                [OUTPUT_NAME],
+                {INPUT_NAME: np.ascontiguousarray(batch[start : start + self.batch_size], dtype=np.uint8)},
+            )[0]
+            for start in range(0, len(batch), self.batch_size)
+        ]
+        return (
+            np.concatenate(out).astype(np.float32, copy=False)
+            if out
+            else np.zeros((0, len(self.class_names)), np.float32)
+        )
+
+    def explain(self, batch: np.ndarray, targets) -> np.ndarray:
+        """Not available from ONNX.
+
+        Raises:
+            FerError: always.
+        """
+        raise FerError(
+            f"{self.checkpoint}: saliency needs the checkpoint (.pt), not the ONNX model; "
+            "load the checkpoint it was exported from"
+        )
+
+
+def load_predictor(
+    path: str | os.PathLike, device: str = "auto", batch_size: int = 64, detector: str = "haar"
+) -> Predictor:
+    """A predictor for a checkpoint or an exported model, chosen by suffix.
+
+    Args:
+        path: a ``.onnx`` file (``OnnxPredictor``, onnxruntime on the CPU) or a fer_core checkpoint
+            (``Predictor.from_checkpoint``).
+        device: the checkpoint's device (auto, cpu, cuda or cuda:N); an ONNX model runs on the CPU.
+        batch_size: images per forward pass.
+        detector: the face detector's name, one of ``fer_core.apps.faces.DETECTORS``.
+
+    Raises:
+        FerError: see ``OnnxPredictor.from_onnx`` and ``Predictor.from_checkpoint``.
+    """
+    if str(path).lower().endswith(".onnx"):
+        return OnnxPredictor.from_onnx(path, batch_size, detector)
+    return Predictor.from_checkpoint(path, device, batch_size, detector)
 
 
 def _scaled(box: Box, scale: float) -> Box:

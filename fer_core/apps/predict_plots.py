@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .predict import ImageResult
 
@@ -182,4 +184,45 @@ def plot_contact_sheet(
     fig.suptitle(
         f"{total} image(s)" + (f", first {len(items)} shown" if total > len(items) else ""), fontsize=10
     )
+    return save_png(fig, path)
+
+
+def plot_track_timeline(
+    times: np.ndarray,
+    smoothed: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str,
+    gap: float,
+    span: tuple[float, float],
+) -> Path:
+    """One track's smoothed class probabilities over time, a line per class in the classes' colours; the
+    lines break where the track was off screen for more than ``gap`` seconds; the x axis spans the video."""
+    from .figures import plt, save_png
+    from .stream import class_colors
+
+    t = np.asarray(times, float)
+    p = np.asarray(smoothed, float)
+    breaks = np.flatnonzero(np.diff(t) > gap) + 1
+    t = np.insert(t, breaks, np.nan)
+    p = np.insert(p, breaks, np.nan, axis=0)
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    for i, (name, color) in enumerate(zip(class_names, class_colors(len(class_names)))):
+        ax.plot(t, p[:, i], color=np.array(color) / 255, lw=1.6, label=name)
+    ax.set_xlim(span[0], max(span[1], span[0] + 1e-3))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("smoothed probability")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    return save_png(fig, path)
+
+
+def plot_no_face_timeline(path: str | os.PathLike, text: str) -> Path:
+    """The timeline of a video in which no face was found: the sentence, not an empty chart."""
+    from .figures import note, plt, save_png
+
+    fig, ax = plt.subplots(figsize=(10, 2))
+    note(ax, text)
     return save_png(fig, path)
