@@ -166,7 +166,7 @@ def _button(browser, text: str):
 
 def _upload(browser, path: Path) -> None:
     """A file into the Photo tab's upload (the hidden file input behind the drop zone), and Predict."""
-    browser.find_elements(By.CSS_SELECTOR, "input[type=file]")[0].send_keys(str(path))
+    browser.find_element(By.CSS_SELECTOR, "input[type=file][accept*=image]").send_keys(str(path))
     _wait(browser).until(  # the upload listed: its name, shown as stem and suffix
         lambda d: path.stem in d.find_element(By.TAG_NAME, "body").text
     )
@@ -203,6 +203,30 @@ def test_a_broken_upload_is_one_line_naming_the_file(app_url, browser, tmp_path)
     assert "holiday.jpg" in toast.text and "gradio" not in toast.text, (
         toast.text
     )  # its name, not the upload's path
+
+
+def test_a_video_gives_its_annotated_copy_and_summary(app_url, browser, class_names):
+    _open(browser, app_url, "Video")
+    browser.find_element(By.CSS_SELECTOR, "input[type=file][accept*=video]").send_keys(str(CLIP))
+    _wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video-input video"))  # uploaded
+    _button(browser, "Process").click()
+    line = _wait(browser).until(lambda d: d.find_element(By.ID, "video-line").text)
+    assert line.startswith("90 frames, 3.0 s"), line  # every frame of the clip
+    size = _wait(browser).until(  # the annotated copy plays in the browser (H.264)
+        lambda d: d.execute_script(
+            "const v = document.querySelector('#video-result video');"
+            "return v && v.readyState >= 1 ? [v.videoWidth, v.videoHeight] : null"
+        )
+    )
+    assert size == [640, 480]
+    rows = _wait(browser).until(
+        lambda d: d.execute_script(
+            "return Array.from(document.querySelectorAll('#video-summary tbody tr'))"
+            ".map(tr => Array.from(tr.querySelectorAll('td')).map(td => td.textContent.trim()))"
+            ".filter(cells => cells.length && cells[0])"
+        )
+    )
+    assert rows[0][2] in class_names, rows  # the longest track's dominant expression
 
 
 def test_the_webcam_tab_labels_the_fake_cameras_face(app_url, browser, class_names):

@@ -1,11 +1,12 @@
 """The web app: a local Gradio page to try a checkpoint on photos, a video and the browser's webcam.
 
-``fer-app RUN_OR_CHECKPOINT`` (or ``python -m fer_core.apps.web``) loads the checkpoint once and serves three
+``fer-app RUN_OR_CHECKPOINT`` (or ``python -m fer_core.apps.web``) loads the checkpoint (or an exported .onnx,
+then without saliency maps) once with ``predict.load_predictor`` and serves three
 tabs on 127.0.0.1 (a public share link only with ``--share``):
 
 - Photo: one or several photos -> each drawn with its face boxes beside its probability bars (optionally
   with the saliency maps), one label per face and a table of every face's probabilities.
-- Video: one video -> ``stream.process_video``'s annotated video, timeline picture, summary and CSV.
+- Video: one video -> ``video_predict.process_video``'s annotated video, timelines, summary and tables.
 - Webcam: the browser's camera streamed to the server; one ``FaceStream`` per browser session keeps the
   tracks, and each frame comes back annotated with the current labels.
 
@@ -32,6 +33,7 @@ USAGE = """Try a checkpoint in the browser: photos, a video or the webcam, on a 
 
     fer-app runs/demo                      # a sweep run folder: its report/best.pt
     fer-app best.pt --port 8000
+    fer-app model.onnx --detector dlib     # an exported model (no saliency maps)
     python -m fer_core.apps.web best.pt --device cpu
 
 The page is served on 127.0.0.1 only (--host to change it, --share for a temporary public Gradio link);
@@ -42,22 +44,8 @@ open the URL it prints. The classes, temperature and preprocessing are the check
 MAX_FACE_LABELS = 12
 # Seconds between two webcam frames sent to the server: about what one frame costs on 2 CPU cores.
 WEBCAM_EVERY = 0.2
-
-
-def load_predictor(checkpoint: Path, device: str, detector: str | None):
-    """The one place the app loads its model.
-
-    Raises:
-        FerError: an unusable checkpoint, device or detector.
-    """
-    from .predict import Predictor
-
-    if detector not in (None, "haar"):
-        raise FerError(
-            f"--detector {detector}: this version of the Predictor has only the default Haar "
-            "cascade; leave --detector out"
-        )
-    return Predictor.from_checkpoint(checkpoint, device=device)
+# What the Video tab offers for download, besides the annotated video.
+VIDEO_DOWNLOADS = ("frames.csv", "frames.jsonl", "summary.json")
 
 
 def _shown(message: str, upload: str | None = None) -> str:
@@ -81,7 +69,6 @@ class WebcamSession:
 
     stream: object
     start: float
-    min_confidence: float
 
 
 class App:
@@ -140,20 +127,35 @@ class App:
 
     # -- video -----------------------------------------------------------------------------------------------
 
-    def video(self, path, min_confidence: float):
-        """An uploaded video -> (annotated video, timeline PNG, summary rows, CSV)."""
-
-        from .stream import process_video
+    def video(self, path, min_confidence: float, progress=None):
+        """An uploaded video -> (annotated video, timelines, a line on the run, summary rows, downloads)."""
+        from .video_predict import process_video
 
         if not path:
             raise _error("Upload a video first (mp4, avi, mov, mkv or webm).")
-        out = Path(tempfile.mkdtemp(dir=self.work, prefix="video-"))
+        out = Path(tempfile.mkdtemp(dir=self.work, prefix="video-")) / Path(path).stem
         try:
-            result = process_video(path, self.predictor, out, min_confidence=min_confidence, progress=True)
+            result = process_video(
+                path,
+                self.predictor,
+                out,
+                min_confidence=min_confidence,
+                progress=False,
+                on_frame=(lambda done, total: progress((done, total or None), unit="frames"))
+                if progress
+                else None,
+            )
         except FerError as e:
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(out.parent, ignore_errors=True)
             raise _error(str(e), path) from None
-        return result.video, result.timeline, _summary_rows(result.summary), result.csv
+        summary = result.summary
+        rtf = f", {summary['real_time_factor']:.2f}x real time" if summary.get("real_time_factor") else ""
+        line = (
+            f"{summary['frames']} frames, {summary['duration_seconds']:.1f} s, face on {summary['face_share']:.0%} of frames{rtf}"
+            + "".join(f"\n- {html.escape(n)}" for n in summary["notes"])
+        )
+        downloads = [str(result.folder / name) for name in VIDEO_DOWNLOADS]
+        return str(result.video), [str(t) for t in result.timelines], line, _summary_rows(summary), downloads
 
     # -- webcam ----------------------------------------------------------------------------------------------
 
@@ -164,36 +166,41 @@ class App:
 
         if frame is None:
             return None, "", {}, session
-        if session is None or session.min_confidence != min_confidence:
-            session = WebcamSession(
-                FaceStream(self.predictor, min_confidence=min_confidence), time.monotonic(), min_confidence
-            )
+        if session is None:
+            session = WebcamSession(FaceStream(self.predictor, fps=1 / WEBCAM_EVERY), time.monotonic())
+        session.stream.min_confidence = min_confidence  # the slider acts at once, the tracks kept
         faces = session.stream.process([frame], [time.monotonic() - session.start])[0]
         classes = self.predictor.class_names
-        text = "; ".join(f"face {f.track}: {f.label} ({f.smoothed.max():.2f})" for f in faces)
+        text = "; ".join(f"face {f.track}: {f.label} ({f.score:.2f})" for f in faces)
         probs = {c: float(p) for c, p in zip(classes, faces[0].smoothed)} if faces else {}
         return draw_faces(frame, faces, classes), text or "no face found", probs, session
 
 
 def _summary_rows(summary: dict) -> list[list]:
-    """``process_video``'s summary -> one row per track: track, seconds on screen, share per class."""
-    rows = []
-    for track in summary.get("tracks", []):
-        shares = track.get("share", {})
-        rows.append([track.get("track"), track.get("seconds")] + [round(v, 3) for v in shares.values()])
-    return rows
+    """``process_video``'s summary -> one row per track: id, seconds on screen, dominant expression, the
+    share of time per class (and uncertain)."""
+    classes = [*summary["class_names"], "uncertain"]
+    return [
+        [t["track"], t["seconds_on_screen"], t["dominant_expression"]]
+        + [round(t["expression_share"].get(c, 0.0), 3) for c in classes]
+        for t in summary["tracks"]
+    ]
 
 
 def build(app: App):
     """The page (a ``gr.Blocks``) for ``app``'s predictor."""
     import gradio as gr
 
+    from .predict import OnnxPredictor
+
     p = app.predictor
     classes = p.class_names
     pre = p.preprocess
+    explains = not isinstance(p, OnnxPredictor)  # saliency needs the network's layers
     about = (
         f"**{html.escape(app.checkpoint)}** · classes: {', '.join(map(html.escape, classes))} · "
-        f"{pre.img_size}px {'gray' if pre.grayscale else 'RGB'} · temperature {p.temperature:.2f}"
+        f"{pre.img_size}px {'gray' if pre.grayscale else 'RGB'} · temperature {p.temperature:.2f} · "
+        f"face detector {p.detector_name}"
     )
 
     def confidence():
@@ -216,12 +223,15 @@ def build(app: App):
                     )
                     photo_conf = confidence()
                     saliency = gr.Checkbox(
-                        label="Show where the model looks (saliency map of the top class)", value=False
+                        label="Show where the model looks (saliency map of the top class)",
+                        value=False,
+                        interactive=explains,
+                        info=None if explains else "needs the checkpoint (.pt), not an ONNX model",
                     )
                     photo_go = gr.Button("Predict", variant="primary")
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(
-                        label="Result", columns=1, height="auto", object_fit="contain", elem_id="photo-result"
+                        label="Result", columns=1, height=640, object_fit="contain", elem_id="photo-result"
                     )
             faces = gr.State([])
 
@@ -247,23 +257,34 @@ def build(app: App):
         with gr.Tab("Video", id="video"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    video_in = gr.Video(label="Video", sources=["upload"])
+                    video_in = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
                     video_conf = confidence()
                     video_go = gr.Button("Process", variant="primary")
                 with gr.Column(scale=2):
-                    video_out = gr.Video(label="Annotated video", interactive=False)
-                    timeline = gr.Image(label="Timeline", interactive=False, type="filepath")
+                    video_out = gr.Video(label="Annotated video", interactive=False, elem_id="video-result")
+                    video_line = gr.Markdown(elem_id="video-line")
+            timelines = gr.Gallery(
+                label="Timelines (smoothed probabilities per track)",
+                columns=2,
+                height=360,
+                object_fit="contain",
+            )
             summary = gr.Dataframe(
-                headers=["track", "seconds", *classes],
+                headers=["track", "seconds on screen", "mostly", *classes, "uncertain"],
                 label="Summary: share of time per expression",
                 interactive=False,
+                elem_id="video-summary",
             )
-            csv = gr.File(label="Per-frame table (CSV)", interactive=False)
+            downloads = gr.File(
+                label="Per-frame tables and summary", file_count="multiple", interactive=False
+            )
 
-            def video(path, conf, progress=gr.Progress(track_tqdm=True)):  # noqa: B008  (Gradio's idiom)
-                return app.video(path, conf)  # the progress bar follows process_video's tqdm
+            def video(path, conf, progress=gr.Progress()):  # noqa: B008  (Gradio's idiom: the bar, injected)
+                return app.video(path, conf, progress)
 
-            video_go.click(video, [video_in, video_conf], [video_out, timeline, summary, csv])
+            video_go.click(
+                video, [video_in, video_conf], [video_out, timelines, video_line, summary, downloads]
+            )
 
         with gr.Tab("Webcam", id="webcam"):
             with gr.Row():
@@ -307,18 +328,18 @@ def main(argv=None) -> int:
         "--share", action="store_true", help="also open a temporary public link through Gradio's servers"
     )
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    ap.add_argument(
-        "--detector", default=None, help="face detector (default: the Predictor's, the Haar cascade)"
-    )
+    ap.add_argument("--detector", default="haar", help="face detector: haar (default) or dlib")
     args = ap.parse_args(argv)
 
+    # Imported after parsing: torch, the model code and Gradio make --help slow otherwise.
+    from .predict import load_predictor
     from .predict_cli import resolve_checkpoint
 
     try:
         if not 0 < args.port < 65536:
             raise FerError(f"--port {args.port}: give a port in 1..65535, e.g. 7860")
         checkpoint = resolve_checkpoint(args.run)
-        predictor = load_predictor(checkpoint, args.device, args.detector)
+        predictor = load_predictor(checkpoint, device=args.device, detector=args.detector)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
