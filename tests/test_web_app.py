@@ -21,6 +21,7 @@ import av
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fer_core.apps.web import main
@@ -33,6 +34,7 @@ from .conftest import REPO, tiny_config
 CLIP = REPO / "tests" / "data" / "video_01.mp4"
 PHOTO_FRAME = 40  # the woman in front faces the camera
 WAIT = 60  # seconds for one result on a loaded 2-core machine
+LABELS = ".face-label [data-testid=label-output-value]"  # the Photo tab's label per face: its heading
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +178,7 @@ def _upload(browser, path: Path) -> None:
 def test_a_photo_is_labelled_with_the_checkpoints_classes(app_url, browser, photo, class_names, tmp_path):
     _open(browser, app_url, "Photo")
     _upload(browser, photo)
-    labels = _wait(browser).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, ".face-label [data-testid=label-output-value]")
-    )
+    labels = _wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, LABELS))
     shown = [label.text for label in labels]
     assert shown and all(text in class_names for text in shown), (shown, class_names)
     titles = browser.find_element(By.TAG_NAME, "body").text
@@ -188,6 +188,16 @@ def test_a_photo_is_labelled_with_the_checkpoints_classes(app_url, browser, phot
     result = browser.find_elements(By.CSS_SELECTOR, "#photo-result img")
     assert result and browser.execute_script("return arguments[0].naturalWidth", result[0]) > 0
     browser.save_screenshot(str(tmp_path / "photo.png"))
+
+    # The slider reaches the predictor: at 0.95 the tiny model's faces (top probability ~0.15) are uncertain.
+    slider = browser.find_element(By.CSS_SELECTOR, "#photo-confidence input[type=number]")
+    slider.clear()
+    slider.send_keys("0.95", Keys.TAB)
+    _button(browser, "Predict").click()
+    _wait(browser).until(
+        lambda d: {e.text for e in d.find_elements(By.CSS_SELECTOR, LABELS)} == {"uncertain"},
+        message="the faces were not labelled uncertain at minimum confidence 0.95",
+    )
 
 
 def test_a_broken_upload_is_one_line_naming_the_file(app_url, browser, tmp_path):
@@ -252,3 +262,22 @@ def test_a_missing_checkpoint_is_one_line_before_any_server(tmp_path, capsys):
     assert main([str(tmp_path / "nothing.pt"), "--port", str(_free_port())]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nothing.pt" in err, err
+
+
+def test_a_broken_video_is_one_line_naming_it_and_leaves_no_files(checkpoint, tmp_path):
+    import gradio as gr
+
+    from fer_core.apps.predict import load_predictor
+    from fer_core.apps.web import App
+
+    work = tmp_path / "work"
+    work.mkdir()
+    app = App(load_predictor(checkpoint, device="cpu"), str(checkpoint), work)
+    upload = tmp_path / "upload-3f9a" / "party.mp4"  # where Gradio would have put the user's file
+    upload.parent.mkdir()
+    upload.write_bytes(CLIP.read_bytes()[:20000])  # cut short: the header's index at the end is lost
+    with pytest.raises(gr.Error) as e:
+        app.video(str(upload), 0.0)
+    message = e.value.message
+    assert "party.mp4" in message and "upload-3f9a" not in message and "\n" not in message, message
+    assert not list(work.iterdir())

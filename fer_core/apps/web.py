@@ -93,9 +93,8 @@ class App:
         gallery, faces, rows, failed = [], [], [], []
         folder = Path(tempfile.mkdtemp(dir=self.work, prefix="photos-"))
         try:
-            for i, r in enumerate(
-                self.predictor.predict_files(paths, min_confidence=min_confidence, explain=saliency)
-            ):
+            results = self.predictor.predict_files(paths, min_confidence=min_confidence, explain=saliency)
+            for i, r in enumerate(results):
                 name = Path(r.path).name
                 if not r.ok:
                     failed.append((r.error, r.path))
@@ -108,14 +107,16 @@ class App:
                     if len(faces) < MAX_FACE_LABELS:
                         faces.append(
                             {
-                                "title": f"{name}, {who}: {f.label(classes)}",
-                                "probs": {c: float(p) for c, p in zip(classes, f.probs)},
+                                "title": f"{name}, {who}: {classes[f.index]} {f.score:.2f}",
+                                "value": _label_value(f.label(classes), f.probs, classes),
                             }
                         )
                     rows.append(
                         [name, who, ",".join(map(str, f.box)) if f.box else "", f.label(classes)]
                         + [round(float(p), 4) for p in f.probs]
                     )
+        except FerError as e:  # saliency asked of an ONNX model through the API
+            raise _error(str(e)) from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         if not gallery:
@@ -172,8 +173,18 @@ class App:
         faces = session.stream.process([frame], [time.monotonic() - session.start])[0]
         classes = self.predictor.class_names
         text = "; ".join(f"face {f.track}: {f.label} ({f.score:.2f})" for f in faces)
-        probs = {c: float(p) for c, p in zip(classes, faces[0].smoothed)} if faces else {}
-        return draw_faces(frame, faces, classes), text or "no face found", probs, session
+        first = _label_value(faces[0].label, faces[0].smoothed, classes) if faces else {}
+        return draw_faces(frame, faces, classes), text or "no face found", first, session
+
+
+def _label_value(label: str, probs, classes) -> dict[str, float] | str:
+    """What a ``gr.Label`` shows for one face: its probabilities (the top class is the heading), or just
+    ``uncertain`` for a face under the minimum confidence (a ``gr.Label`` heads its bars with their top)."""
+    from .predict import UNCERTAIN
+
+    if label == UNCERTAIN:
+        return UNCERTAIN
+    return {c: float(p) for c, p in zip(classes, probs)}
 
 
 def _summary_rows(summary: dict) -> list[list]:
@@ -203,7 +214,7 @@ def build(app: App):
         f"face detector {p.detector_name}"
     )
 
-    def confidence():
+    def confidence(tab: str):
         return gr.Slider(
             0.0,
             0.95,
@@ -211,6 +222,7 @@ def build(app: App):
             step=0.05,
             label="Minimum confidence",
             info="a face whose top probability is under this is labelled 'uncertain'",
+            elem_id=f"{tab}-confidence",
         )
 
     with gr.Blocks(title="Facial expressions", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
@@ -221,7 +233,7 @@ def build(app: App):
                     photos = gr.File(
                         label="Photos", file_count="multiple", file_types=["image"], type="filepath"
                     )
-                    photo_conf = confidence()
+                    photo_conf = confidence("photo")
                     saliency = gr.Checkbox(
                         label="Show where the model looks (saliency map of the top class)",
                         value=False,
@@ -240,7 +252,7 @@ def build(app: App):
                 with gr.Row(equal_height=False):
                     for item in items:
                         gr.Label(
-                            item["probs"],
+                            item["value"],
                             label=item["title"],
                             num_top_classes=3,
                             min_width=220,
@@ -258,7 +270,7 @@ def build(app: App):
             with gr.Row():
                 with gr.Column(scale=1):
                     video_in = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
-                    video_conf = confidence()
+                    video_conf = confidence("video")
                     video_go = gr.Button("Process", variant="primary")
                 with gr.Column(scale=2):
                     video_out = gr.Video(label="Annotated video", interactive=False, elem_id="video-result")
@@ -289,8 +301,15 @@ def build(app: App):
         with gr.Tab("Webcam", id="webcam"):
             with gr.Row():
                 with gr.Column():
-                    camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy")
-                    cam_conf = confidence()
+                    camera = gr.Image(
+                        label="Camera",
+                        sources=["webcam"],
+                        streaming=True,
+                        type="numpy",
+                        # Unmirrored, as the frames the app receives and annotates are: both views agree.
+                        webcam_options=gr.WebcamOptions(mirror=False),
+                    )
+                    cam_conf = confidence("webcam")
                 with gr.Column():
                     live = gr.Image(label="Live", interactive=False)
                     current = gr.Textbox(label="Current label", interactive=False, elem_id="current-label")
