@@ -12,10 +12,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from fer_core.apps.faces import DETECTORS, DlibDetector, FaceDetector, make_detector
 from fer_core.apps.predict import Predictor
 from fer_core.errors import FerError
+from fer_core.tools.bench_detectors import main as bench
 
 from .test_predict import SCENE_FACES, drawn_face, iou, scene
 
@@ -106,3 +108,21 @@ def test_dlib_search_scale():
     assert d.search_scale((480, 640, 3)) == pytest.approx(80 / 48)  # a face of 10 % of 480 px -> 80 px
     assert d.search_scale((360, 640)) == 2.0  # 80/36 would exceed max_side 1280: capped
     assert d.search_scale((2160, 3840, 3)) == pytest.approx(1 / 3)  # a 4K frame: reduced to max_side
+
+
+def test_bench_detectors(frame, tmp_path, capsys):
+    no_face = tmp_path / "ceiling.png"
+    Image.fromarray(frame[:170, 190:]).save(no_face)
+    argv = [str(CLIP), "--no-face", str(no_face), "--frames", "3", "--sizes", "native,320x240"]
+    assert bench(argv) == 0
+    rows = [
+        line.split()
+        for line in capsys.readouterr().out.splitlines()
+        if line.split()[1:2] in (["haar"], ["dlib"])
+    ]
+    assert [r[:2] for r in rows] == [[s, d] for s in ("640x480", "320x240") for d in DETECTORS], rows
+    assert rows[0][2] == "100%" and rows[0][4:6] == ["0", "0.00"], rows  # haar, native: found, no false box
+
+    assert bench([str(tmp_path / "none.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none.mp4: no such file" in err, err

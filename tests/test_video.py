@@ -51,9 +51,11 @@ def clip_result(predictor, tmp_path_factory):
 
 
 def frame_times(path: Path) -> list[float]:
+    """Each frame's presentation time, from the first frame's."""
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        return [float(f.pts * s.time_base) for f in c.decode(s)]
+        pts = [f.pts for f in c.decode(s)]
+    return [float((p - pts[0]) * s.time_base) for p in pts]
 
 
 def write_video(path: Path, frames, times, size=None):
@@ -292,7 +294,7 @@ def test_cli_predicts_photos_and_videos_together(checkpoint, tmp_path):
     res = predict(checkpoint, inputs, "--out", out, "--detect-every", "2", "--smooth", "0.3")
     assert res.returncode == 1, res.stderr  # the broken .wav fails, the rest is predicted
     assert "speech.wav" in res.stderr and "frame/s" in res.stderr  # the progress bar
-    assert "clip: 90 frames" in res.stdout
+    assert "clip.mp4: 90 frames" in res.stdout
     assert (out / "clip" / "annotated.mp4").is_file() and (out / "still.png").is_file()
     assert (out / "predictions.csv").is_file()
     summary = json.loads((out / "clip" / "summary.json").read_text())

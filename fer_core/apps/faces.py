@@ -7,12 +7,14 @@ Two detectors, chosen by name with ``make_detector`` (``DETECTORS``); both retur
   opencv-python-headless 4.x wheel (``cv2.data.haarcascades``). It searches faces down to 4 % of the image
   (24 px at least), so it also finds the small faces in the background, but it is the weaker detector: of
   220 FER2013 val faces pasted at 60, 100 and 160 px into a grey 640×480 frame it found 43-49 %, and on the
-  test clip (tests/data/video_01.mp4) it puts a box on a hand holding a glass.
+  test clip's lower part (tests/data/video_01.mp4 rows 260-480: hands, clothes, badges, no face) it reports
+  0.86 false boxes per frame.
 - ``dlib`` (``DlibDetector``): dlib's HOG + linear SVM frontal-face detector (``dlib-bin`` wheel; the model
   is compiled into the library: nothing to download). It found 77 % of the same FER2013 faces at each size
-  and no false box on the clip. Its 80 px window sets its cost: by default the image is rescaled so a face
+  and no false box on the clip's lower part. Its 80 px window sets its cost: by default the image is rescaled so a face
   of 10 % of the shorter side fills it, which misses the clip's smaller background faces (6-7 %) that Haar
-  finds; a smaller ``min_face_fraction`` finds them at a cost growing with its inverse square.
+  finds; ``min_face_fraction=0.06, max_side=2200`` finds some of them (2.40 faces per frame instead of 2.00)
+  at 2.8 times the time.
   ``fer_core.tools.bench_detectors`` measures both on any footage (speed included).
 
 Profile faces and heavy occlusion are missed by both (prediction then classifies the whole image and says so).
@@ -124,8 +126,11 @@ class DlibDetector:
 
     The image is rescaled once so that the smallest face asked for fills dlib's 80 px window, then searched
     without dlib's own upsampling: a face of ``min_face_fraction`` of the shorter side is found whatever the
-    resolution, and a large photo is reduced rather than searched at full size. Each box is converted to the
-    Haar framing (``DLIB_TO_HAAR_SIDE``, ``DLIB_TO_HAAR_RAISE``) so ``margin_box`` crops as training saw faces.
+    resolution, and a large photo is reduced rather than searched at full size. Measured on every 3rd frame
+    of the 640×480 test clip (two faces of ~67 and ~45 px; 2 busy EPYC cores): dlib's upsample 0 found 0.87 faces per frame
+    (23 ms), its upsample 1 (doubling) 2.03 (97 ms), this rescale by 1.67 2.00 (63 ms). Each box is
+    converted to the Haar framing (``DLIB_TO_HAAR_SIDE``, ``DLIB_TO_HAAR_RAISE``) so ``margin_box`` crops as
+    training saw faces.
 
     Args:
         min_face_fraction: smallest face searched for, as a fraction of the image's shorter side (at least
@@ -165,8 +170,9 @@ class DlibDetector:
         Returns:
             Boxes (x, y, w, h) in ``image``'s pixels, Haar-framed, inside the image, left to right.
         """
-        # Colour, not gray: dlib's HOG takes each pixel's strongest channel gradient, and on the test clip's
-        # faces scores were 0.2-0.5 higher than on the gray frame (the foreground face was missed in gray).
+        # Colour, not gray: dlib's HOG takes each pixel's strongest channel gradient; on frame 40 of the test
+        # clip both faces scored 0.2-0.5 higher in colour at every rescale tried (1 to 2), and at 1 and 1.5 the
+        # gray frame missed one of them.
         rgb = np.ascontiguousarray(image if image.ndim == 2 else image[..., :3])
         H, W = rgb.shape[:2]
         scale = self.search_scale(rgb.shape)

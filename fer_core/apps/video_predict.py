@@ -375,15 +375,22 @@ def _moved(result: VideoResult, out: Path) -> VideoResult:
 
 
 def open_camera(source: int | str):
-    """An opened ``cv2.VideoCapture`` for a camera index (0, 1, ...) or a device path or stream URL.
+    """A camera index (0, 1, ...), device path or stream URL, opened: ``(cv2.VideoCapture, first RGB frame)``.
 
     Raises:
         FerError: one line naming what was tried.
     """
     import cv2
 
-    cap = cv2.VideoCapture(source)
-    ok = cap.isOpened() and cap.read()[0]
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(
+        cv2.utils.logging.LOG_LEVEL_ERROR
+    )  # its own warnings: the line below says it
+    try:
+        cap = cv2.VideoCapture(source)
+        ok, bgr = cap.read() if cap.isOpened() else (False, None)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if not ok:
         cap.release()
         where = f"camera {source} (/dev/video{source})" if isinstance(source, int) else f"camera {source}"
@@ -391,7 +398,7 @@ def open_camera(source: int | str):
             f"{where}: cannot be opened or gives no frame (no such device, or another program holds it); "
             "pass another index with --webcam N"
         )
-    return cap
+    return cap, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def display_available() -> bool:
@@ -472,8 +479,8 @@ def run_camera(
     from .stream import FaceStream
 
     out = Path(out)
-    cap = open_camera(source)
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    cap, first = open_camera(source)
+    h, w = first.shape[:2]
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if 1 <= fps <= 240 else 30.0
     k = min(1.0, max_side / max(w, h, 1))
@@ -492,13 +499,16 @@ def run_camera(
     try:
         while True:
             t0 = time.perf_counter()
-            ok, bgr = cap.read()
+            if first is not None:
+                rgb, first = first, None
+            else:
+                ok, bgr = cap.read()
+                if not ok:
+                    reason = "the camera gave no more frames"
+                    break
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             grab += time.perf_counter() - t0
             now = time.perf_counter() - started
-            if not ok:
-                reason = "the camera gave no more frames"
-                break
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             if rgb.shape[1] != size[0] or rgb.shape[0] != size[1]:
                 rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
             faces = stream.process([rgb], [now])[0]

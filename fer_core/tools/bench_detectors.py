@@ -12,6 +12,7 @@ decoded with PyAV and resized with OpenCV (INTER_AREA) before timing: only the d
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -83,23 +84,31 @@ def resize_all(frames: list[np.ndarray], size: str) -> list[np.ndarray]:
     return [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
 
 
-def measure(detector, frames: list[np.ndarray], no_face: list[np.ndarray]) -> dict:
-    """Detection counts on ``frames``, false boxes on ``no_face``, median ms per frame of ``frames``."""
-    detector(frames[0])  # warm-up: first calls allocate
-    counts, times = [], []
+def measure(detectors: dict, frames: list[np.ndarray], no_face: list[np.ndarray]) -> dict[str, dict]:
+    """Per detector: detection counts on ``frames``, false boxes on ``no_face``, median ms per frame.
+
+    The detectors take turns frame by frame, so a change in the machine's other load slows them alike.
+    """
+    for det in detectors.values():
+        det(frames[0])  # warm-up: first calls allocate
+    counts = {name: [] for name in detectors}
+    times = {name: [] for name in detectors}
     for f in frames:
-        t0 = time.perf_counter()
-        counts.append(len(detector(f)))
-        times.append(time.perf_counter() - t0)
-    false = [len(detector(f)) for f in no_face]
-    counts = np.array(counts)
-    return {
-        "found_share": float((counts > 0).mean()),
-        "faces_per_frame": float(counts.mean()),
-        "false_boxes": int(sum(false)) if no_face else None,
-        "false_per_frame": float(np.mean(false)) if no_face else None,
-        "ms_median": 1000 * float(np.median(times)),
-    }
+        for name, det in detectors.items():
+            t0 = time.perf_counter()
+            counts[name].append(len(det(f)))
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, det in detectors.items():
+        found, false = np.array(counts[name]), [len(det(f)) for f in no_face]
+        out[name] = {
+            "found_share": float((found > 0).mean()),
+            "faces_per_frame": float(found.mean()),
+            "false_boxes": int(sum(false)) if no_face else None,
+            "false_per_frame": float(np.mean(false)) if no_face else None,
+            "ms_median": 1000 * float(np.median(times[name])),
+        }
+    return out
 
 
 def main(argv=None) -> int:
@@ -123,7 +132,10 @@ def main(argv=None) -> int:
             f"{args.video}: {len(video)} frames of {w}x{h}; no-face input: "
             f"{f'{args.no_face} ({len(no_face)} frame(s))' if no_face else 'none'}"
         )
-        print(f"CPU: {cpu_name()} ({len(__import__('os').sched_getaffinity(0))} cores available)")
+        print(
+            f"CPU: {cpu_name()} ({len(os.sched_getaffinity(0))} cores available; load average "
+            f"{os.getloadavg()[0]:.1f} at the start: other processes slow the timings)"
+        )
         print(
             f"{'size':>9} {'detector':>8} {'frames with a face':>18} {'faces/frame':>11} "
             f"{'false boxes':>11} {'false/frame':>11} {'ms/frame':>8}"
@@ -131,14 +143,14 @@ def main(argv=None) -> int:
         for size in args.sizes.split(","):
             frames = resize_all(video, size)
             shown = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
-            for name, det in detectors.items():
-                r = measure(det, frames, no_face)
+            for name, r in measure(detectors, frames, no_face).items():
                 false = "-" if r["false_boxes"] is None else str(r["false_boxes"])
                 per = "-" if r["false_per_frame"] is None else f"{r['false_per_frame']:.2f}"
                 print(
                     f"{shown:>9} {name:>8} {r['found_share']:>17.0%} {r['faces_per_frame']:>11.2f} "
                     f"{false:>11} {per:>11} {r['ms_median']:>8.1f}"
                 )
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
