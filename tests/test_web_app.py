@@ -265,14 +265,17 @@ def test_a_missing_checkpoint_is_one_line_before_any_server(tmp_path, capsys):
     assert err.count("\n") == 1 and "nothing.pt" in err, err
 
 
-def test_a_broken_video_is_one_line_naming_it_and_leaves_no_files(checkpoint, tmp_path):
+def test_a_broken_video_is_one_line_naming_it_and_old_results_are_dropped(checkpoint, tmp_path):
     import gradio as gr
 
     from fer_core.apps.predict import load_predictor
-    from fer_core.apps.web import App
+    from fer_core.apps.web import KEEP_SECONDS, App
 
     work = tmp_path / "work"
-    work.mkdir()
+    old, recent = work / "video-old", work / "video-recent"  # results served 2 h and a minute ago
+    for folder, age in ((old, 2 * KEEP_SECONDS), (recent, 60)):
+        (folder / "clip").mkdir(parents=True)
+        os.utime(folder, (time.time() - age,) * 2)
     app = App(load_predictor(checkpoint, device="cpu"), str(checkpoint), work)
     upload = tmp_path / "upload-3f9a" / "party.mp4"  # where Gradio would have put the user's file
     upload.parent.mkdir()
@@ -281,4 +284,4 @@ def test_a_broken_video_is_one_line_naming_it_and_leaves_no_files(checkpoint, tm
         app.video(str(upload), 0.0)
     message = e.value.message
     assert "party.mp4" in message and "upload-3f9a" not in message and "\n" not in message, message
-    assert not list(work.iterdir())
+    assert list(work.iterdir()) == [recent]  # nothing of the failed video; the old result dropped

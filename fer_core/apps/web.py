@@ -44,6 +44,8 @@ open the URL it prints. The classes, temperature and preprocessing are the check
 MAX_FACE_LABELS = 12
 # Seconds between two webcam frames sent to the server: about what one frame costs on 2 CPU cores.
 WEBCAM_EVERY = 0.2
+# Seconds the files the app serves are kept (its own and Gradio's copies).
+KEEP_SECONDS = 3600
 # What the Video tab offers for download, besides the annotated video.
 VIDEO_DOWNLOADS = ("frames.csv", "frames.jsonl", "summary.json")
 
@@ -134,6 +136,7 @@ class App:
 
         if not path:
             raise _error("Upload a video first (mp4, avi, mov, mkv or webm).")
+        self._drop_old_videos()
         out = Path(tempfile.mkdtemp(dir=self.work, prefix="video-")) / Path(path).stem
         try:
             result = process_video(
@@ -152,11 +155,20 @@ class App:
         summary = result.summary
         rtf = f", {summary['real_time_factor']:.2f}x real time" if summary.get("real_time_factor") else ""
         line = (
-            f"{summary['frames']} frames, {summary['duration_seconds']:.1f} s, face on {summary['face_share']:.0%} of frames{rtf}"
-            + "".join(f"\n- {html.escape(n)}" for n in summary["notes"])
-        )
+            f"{summary['frames']} frames, {summary['duration_seconds']:.1f} s, "
+            f"face on {summary['face_share']:.0%} of frames{rtf}"
+        ) + "".join(f"\n- {html.escape(n)}" for n in summary["notes"])
         downloads = [str(result.folder / name) for name in VIDEO_DOWNLOADS]
         return str(result.video), [str(t) for t in result.timelines], line, _summary_rows(summary), downloads
+
+    def _drop_old_videos(self) -> None:
+        """Remove the result folders of videos processed over ``KEEP_SECONDS`` ago: Gradio has served its own
+        copies of them by then (and drops those on the same schedule), so a long-running app's disk stays
+        bounded."""
+        limit = time.time() - KEEP_SECONDS
+        for folder in self.work.glob("video-*"):
+            if folder.stat().st_mtime < limit:
+                shutil.rmtree(folder, ignore_errors=True)
 
     # -- webcam ----------------------------------------------------------------------------------------------
 
@@ -225,7 +237,9 @@ def build(app: App):
             elem_id=f"{tab}-confidence",
         )
 
-    with gr.Blocks(title="Facial expressions", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+    with gr.Blocks(
+        title="Facial expressions", analytics_enabled=False, delete_cache=(KEEP_SECONDS, KEEP_SECONDS)
+    ) as page:
         gr.Markdown(f"## Facial expressions\n{about}")
         with gr.Tab("Photo", id="photo"):
             with gr.Row():
