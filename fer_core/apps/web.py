@@ -351,7 +351,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "run",
         metavar="RUN_OR_CHECKPOINT",
-        help="sweep run folder (STORAGE/NAME: uses report/best.pt), a report folder, or a checkpoint file",
+        help="sweep run folder (STORAGE/NAME: uses report/best.pt), a report folder, a checkpoint file, "
+        "or an exported model.onnx",
     )
     ap.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     ap.add_argument(
@@ -368,6 +369,11 @@ def main(argv=None) -> int:
     from .predict import load_predictor
     from .predict_cli import resolve_checkpoint
 
+    try:
+        import gradio  # noqa: F401  (an optional dependency: said here, before the model loads)
+    except ImportError:
+        print('error: the web app needs Gradio: pip install -e ".[app]"', file=sys.stderr)
+        return 2
     try:
         if not 0 < args.port < 65536:
             raise FerError(f"--port {args.port}: give a port in 1..65535, e.g. 7860")
