@@ -170,6 +170,7 @@ class Recording:
 
     def finish(self, source: str, seconds: dict[str, float], notes: list[str]) -> VideoResult:
         """Close the files, draw the timelines and write summary.json."""
+        from .predict import UNCERTAIN
         from .predict_plots import plot_no_face_timeline, plot_track_timeline
 
         self.close()
@@ -178,7 +179,7 @@ class Recording:
         tracks = []
         for track_id, tr in sorted(self.tracks.items(), key=lambda kv: (-len(kv[1].times), -kv[1].area)):
             labels, n = tr.labels, len(tr.labels)
-            shares = {c: labels.count(c) / n for c in [*self.class_names, "uncertain"] if labels.count(c)}
+            shares = {c: labels.count(c) / n for c in [*self.class_names, UNCERTAIN] if labels.count(c)}
             tracks.append(
                 {
                     "track": track_id,

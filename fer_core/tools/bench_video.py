@@ -1,6 +1,6 @@
 """Video prediction's speed: the real-time factor and where the time goes, for detection every k-th frame.
 
-    python -m fer_core.tools.bench_video CHECKPOINT_OR_ONNX [VIDEO] [--every 1 2 3] [--repeat 2]
+    python -m fer_core.tools.bench_video CHECKPOINT_OR_ONNX [VIDEO] [--every 1 2 3] [--repeat 2] [--long N]
 
 Without VIDEO it makes the issue's reference footage from the test clip (tests/data/video_01.mp4, CC BY
 2.0): a 640×360, 29.97 fps video of one face, cut around the woman in front and scaled up. Each setting
@@ -8,7 +8,8 @@ runs ``process_video`` ``--repeat`` times, in turn, in this process; the figures
 setting: the real-time factor (video duration / processing time), the seconds per stage (decode, detect,
 track, classify, draw, encode, other) per frame, and the recall against detection on every frame: the share
 of the frames where k=1 finds a face in which this setting also has one, and the share of those whose
-label agrees with k=1's.
+label agrees with k=1's. ``--long N`` then processes the reference footage played N times over (N × 3 s)
+and prints the process's peak memory before and after it: flat when frames are streamed.
 """
 
 from __future__ import annotations
@@ -27,18 +28,32 @@ TEST_CLIP = Path(__file__).resolve().parents[2] / "tests" / "data" / "video_01.m
 ONE_FACE_CROP = (0, 100, 224, 226)
 
 
-def make_one_face_clip(path: Path, source: Path = TEST_CLIP, size=(640, 360)) -> Path:
-    """The reference footage: ``source`` cut to ``ONE_FACE_CROP`` and scaled to ``size``, H.264, same timing."""
+def make_one_face_clip(path: Path, source: Path = TEST_CLIP, size=(640, 360), times: int = 1) -> Path:
+    """The reference footage: ``source`` cut to ``ONE_FACE_CROP`` and scaled to ``size``, H.264, same timing;
+    played ``times`` times over."""
     from PIL import Image
 
     from ..apps.video import VideoReader, VideoWriter
 
     x0, y0, x1, y1 = ONE_FACE_CROP
-    with VideoReader(source) as reader, VideoWriter(path, size, reader.info.fps) as writer:
-        for _, t, rgb in reader:
-            crop = Image.fromarray(rgb[y0:y1, x0:x1]).resize(size, Image.BICUBIC)
-            writer.write(np.asarray(crop), t)
+    with VideoReader(source) as reader:
+        fps = reader.info.fps
+        frames = [
+            (t, np.asarray(Image.fromarray(rgb[y0:y1, x0:x1]).resize(size, Image.BICUBIC)))
+            for _, t, rgb in reader
+        ]
+    period = frames[-1][0] + 1 / fps
+    with VideoWriter(path, size, fps) as writer:
+        for k in range(times):
+            for t, rgb in frames:
+                writer.write(rgb, k * period + t)
     return path
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _labels(csv_path: Path) -> dict[int, str]:
@@ -64,6 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, nargs="+", default=[1, 2, 3], help="detect every k-th frame")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--detector", default="haar")
+    p.add_argument(
+        "--long", type=int, default=0, metavar="N", help="also run the footage played N times over"
+    )
     args = p.parse_args(argv)
 
     import torch
