@@ -301,16 +301,13 @@ def _check_arguments(args, out: Path) -> None:
         check_output(int8, what="--int8", inputs=[args.checkpoint], overwrite=args.overwrite)
 
 
-def _int8(args, out: Path) -> dict:
+def _int8(args, out: Path, calibration: tuple) -> dict:
     """``--int8``: quantize the file just written, print where and how, then the FP32 against INT8 report."""
-    from .int8 import DEFAULT_METHOD, calibration_images, format_int8_report, int8_report, quantize
+    from .int8 import format_int8_report, int8_report, quantize
 
     int8 = Path(args.int8) if args.int8 else out.with_suffix(".int8.onnx")
-    method = args.quantization or DEFAULT_METHOD
-    images, source = (
-        calibration_images(args.checkpoint, args.calibration) if method == "static" else (None, "")
-    )
-    quantize(out, int8, method, images, source)
+    method = args.quantization
+    quantize(out, int8, method, *calibration)
     print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB, INT8 {method})")
     r = int8_report(args.checkpoint, out, int8, data=args.data)
     print(format_int8_report(r))
@@ -363,6 +360,13 @@ def main(argv=None) -> int:
     out = Path(args.onnx) if args.onnx else Path(args.checkpoint).with_suffix(".onnx")
     try:
         _check_arguments(args, out)
+        calibration = (None, "")
+        if args.int8 is not None:
+            from .int8 import DEFAULT_METHOD, calibration_images
+
+            args.quantization = args.quantization or DEFAULT_METHOD
+            if args.quantization == "static":  # before anything is written: missing data is one line
+                calibration = calibration_images(args.checkpoint, args.calibration)
         export_onnx(args.checkpoint, out, args.opset)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         classes = onnx_class_names(out)
@@ -380,7 +384,7 @@ def main(argv=None) -> int:
                 f"PyTorch {r['torch_images_per_s']:.0f} images/s"
             )
         if args.int8 is not None:
-            _int8(args, out)
+            _int8(args, out, calibration)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -76,7 +76,11 @@ def calibration_images(
 
 
 def _metadata(path) -> dict[str, str]:
-    return {p.key: p.value for p in _need("onnx").load(str(path), load_external_data=False).metadata_props}
+    try:
+        proto = _need("onnx").load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's decode errors, a missing file
+        raise FerError(f"{path}: not a readable ONNX model ({type(e).__name__}); export it again") from None
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def quantize(
