@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from fer_core.apps.export import export_onnx, main
-from fer_core.apps.int8 import quantize
+from fer_core.apps.int8 import format_int8_report, int8_report, quantize
 from fer_core.apps.latency import measure_latency
 from fer_core.apps.predict import OnnxPredictor
 from fer_core.decode_cache import load_split
@@ -58,11 +58,17 @@ def test_export_int8_writes_a_quantized_file_the_predictor_loads(exported, demo_
     assert np.corrcoef(p32.ravel(), p8.ravel())[0, 1] > 0.8
 
 
-def test_dynamic_quantization_keeps_the_contract(exported, tmp_path):
-    _, fp32 = exported
+def test_dynamic_quantization_keeps_the_contract_and_the_report_warns(exported, tmp_path):
+    ckpt, fp32 = exported
     int8 = quantize(fp32, tmp_path / "d.onnx", "dynamic")
     assert json.loads(_meta(int8)["quantization"])["method"] == "dynamic"
     assert OnnxPredictor.from_onnx(int8).class_names == OnnxPredictor.from_onnx(fp32).class_names
+    quick = dict(batch_sizes=(1, 2), min_seconds=0.05, min_repeats=3, warmup=1)
+    r = int8_report(ckpt, fp32, int8, latency=quick, rounds=2, max_loss=-1.0)  # any result loses "too much"
+    assert set(r["splits"]) == {"val", "test"} and r["splits"]["val"]["images"] == 28
+    assert len(r["latency"]["int8"]["round_latencies_ms"]) == 2 and r["quantization"]["method"] == "dynamic"
+    assert r["warning"] and "\n" not in r["warning"] and "accuracy" in r["warning"]
+    assert format_int8_report(r).splitlines()[-1] == f"warning: {r['warning']}"
 
 
 def test_latency_figures_are_sane(exported):
