@@ -33,8 +33,9 @@ def _meta(path) -> dict:
 def test_export_int8_writes_a_quantized_file_the_predictor_loads(exported, demo_root, tmp_path, capsys):
     ckpt, _ = exported
     fp32 = tmp_path / "model.onnx"
-    assert main([str(ckpt), "--onnx", str(fp32), "--int8"]) == 0
+    assert main([str(ckpt), "--onnx", str(fp32), "--int8", "--threads", "1"]) == 0
     said = capsys.readouterr()
+    assert "onnxruntime, 1 threads" in said.out, said.out
     int8 = tmp_path / "model.int8.onnx"
     for line in ("INT8 static", "val accuracy", "test accuracy", "val ece", "batch-1 latency", "file, MB"):
         assert line in said.out, said.out
@@ -104,3 +105,6 @@ def test_bad_input_is_one_line(exported, tmp_path, capsys):
     assert main([str(ckpt), "--onnx", str(out), "--quantization", "dynamic"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--int8" in err and not out.exists(), err
+    assert main([str(ckpt), "--onnx", str(out), "--int8", "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--threads = 0" in err and not out.exists(), err

@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX with the preprocessing inside the graph, and check it against PyTorch.
 
     python -m fer_core.apps.export CHECKPOINT --onnx model.onnx [--check] [--batch-size 64] [--opset 17] [--overwrite]
-        [--int8 [model.int8.onnx] [--quantization static|dynamic] [--calibration DIR] [--data DIR]]
+        [--int8 [model.int8.onnx] [--quantization static|dynamic] [--calibration DIR] [--data DIR] [--threads N]]
 
 The exported model takes what a deployment has at hand, decoded uint8 pixels, and returns probabilities:
 
@@ -291,7 +291,9 @@ def _check_arguments(args, out: Path) -> None:
             f"--onnx {args.onnx or out}: is a folder; give the file to write, e.g. --onnx {out / 'model.onnx'}"
         )
     check_output(out, what="--onnx", inputs=[args.checkpoint], overwrite=args.overwrite)
-    given = [f"--{k}" for k in ("quantization", "calibration", "data") if getattr(args, k) is not None]
+    given = [
+        f"--{k}" for k in ("quantization", "calibration", "data", "threads") if getattr(args, k) is not None
+    ]
     if given and args.int8 is None:
         raise FerError(f"{' and '.join(given)}: only used with --int8; add --int8 or leave them out")
     if args.int8 is not None:
@@ -299,6 +301,8 @@ def _check_arguments(args, out: Path) -> None:
         if int8.resolve() == out.resolve():
             raise FerError(f"--int8 {int8}: is the FP32 file --onnx writes; give the INT8 file another name")
         check_output(int8, what="--int8", inputs=[args.checkpoint], overwrite=args.overwrite)
+    if args.threads is not None and args.threads < 1:
+        raise FerError(f"--threads = {args.threads}; give at least 1, or leave it out for the CPUs available")
 
 
 def _int8(args, out: Path, calibration: tuple) -> dict:
@@ -309,7 +313,7 @@ def _int8(args, out: Path, calibration: tuple) -> dict:
     method = args.quantization
     quantize(out, int8, method, *calibration)
     print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB, INT8 {method})")
-    r = int8_report(args.checkpoint, out, int8, data=args.data)
+    r = int8_report(args.checkpoint, out, int8, data=args.data, latency={"threads": args.threads})
     print(format_int8_report(r))
     return r
 
@@ -355,6 +359,12 @@ def main(argv=None) -> int:
         "--data",
         metavar="DIR",
         help="dataset folder the --int8 report scores, val and test (default: the checkpoint's data, split as then)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="onnxruntime threads of the --int8 timings (default: the CPUs this process may use)",
     )
     args = p.parse_args(argv)
     out = Path(args.onnx) if args.onnx else Path(args.checkpoint).with_suffix(".onnx")
