@@ -7,11 +7,13 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from fer_core.apps.export import export_onnx, main
 from fer_core.apps.int8 import format_int8_report, int8_report, quantize
 from fer_core.apps.latency import measure_latency
 from fer_core.apps.predict import OnnxPredictor
+from fer_core.checkpoint import save_checkpoint
 from fer_core.decode_cache import load_split
 from fer_core.errors import FerError
 from fer_core.runtime import available_cpus
@@ -84,7 +86,7 @@ def test_latency_figures_are_sane(exported):
     assert measure_latency(fp32, (1,), threads=1, min_seconds=0.05, min_repeats=3, warmup=1)["threads"] == 1
 
 
-def test_bad_input_is_one_line(exported, tmp_path, capsys):
+def test_bad_input_is_one_line(exported, demo_root, tmp_path, capsys):
     ckpt, fp32 = exported
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07junk")
@@ -102,6 +104,15 @@ def test_bad_input_is_one_line(exported, tmp_path, capsys):
     assert main([str(ckpt), "--onnx", str(out), "--int8", "--calibration", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nowhere" in err and not out.exists(), err
+    # A checkpoint whose training data moved: the report's data is checked before anything is written too.
+    state = torch.load(ckpt, weights_only=True)
+    moved = save_checkpoint(
+        dict(state, config=dict(state["config"], data=str(tmp_path / "gone"))), tmp_path / "m.pt"
+    )
+    args = [str(moved), "--onnx", str(out), "--int8", "--calibration", str(demo_root)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gone" in err and "--data" in err and not out.exists(), err
     assert main([str(ckpt), "--onnx", str(out), "--quantization", "dynamic"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--int8" in err and not out.exists(), err

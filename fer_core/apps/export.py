@@ -297,7 +297,9 @@ def _check_arguments(args, out: Path) -> None:
     if given and args.int8 is None:
         raise FerError(f"{' and '.join(given)}: only used with --int8; add --int8 or leave them out")
     if args.int8 is not None:
-        int8 = Path(args.int8) if args.int8 else out.with_suffix(".int8.onnx")
+        from .int8 import int8_path
+
+        int8 = Path(args.int8) if args.int8 else int8_path(out)
         if int8.resolve() == out.resolve():
             raise FerError(f"--int8 {int8}: is the FP32 file --onnx writes; give the INT8 file another name")
         check_output(int8, what="--int8", inputs=[args.checkpoint], overwrite=args.overwrite)
@@ -307,9 +309,9 @@ def _check_arguments(args, out: Path) -> None:
 
 def _int8(args, out: Path, calibration: tuple) -> dict:
     """``--int8``: quantize the file just written, print where and how, then the FP32 against INT8 report."""
-    from .int8 import format_int8_report, int8_report, quantize
+    from .int8 import format_int8_report, int8_path, int8_report, quantize
 
-    int8 = Path(args.int8) if args.int8 else out.with_suffix(".int8.onnx")
+    int8 = Path(args.int8) if args.int8 else int8_path(out)
     method = args.quantization
     quantize(out, int8, method, *calibration)
     print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB, INT8 {method})")
@@ -371,11 +373,13 @@ def main(argv=None) -> int:
     try:
         _check_arguments(args, out)
         calibration = (None, "")
-        if args.int8 is not None:
-            from .int8 import DEFAULT_METHOD, calibration_images
+        if args.int8 is not None:  # the data both need is found before anything is written
+            from ..checkpoint import load_checkpoint
+            from .int8 import DEFAULT_METHOD, calibration_images, report_data
 
+            report_data(load_checkpoint(args.checkpoint), args.data)
             args.quantization = args.quantization or DEFAULT_METHOD
-            if args.quantization == "static":  # before anything is written: missing data is one line
+            if args.quantization == "static":
                 calibration = calibration_images(args.checkpoint, args.calibration)
         export_onnx(args.checkpoint, out, args.opset)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")

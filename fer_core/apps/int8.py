@@ -78,6 +78,15 @@ def calibration_images(
     return np.ascontiguousarray(split_data.images[pick]), f"{len(pick)} {split} images of {roots}"
 
 
+def report_data(state: dict, data=None):
+    """The data ``int8_report`` scores: ``fer_core.evaluate.checkpoint_data``, with the flag to pass when
+    the checkpoint's own data is not there."""
+    try:
+        return checkpoint_data(state, data)[0]
+    except DataError as e:
+        raise DataError(f"INT8 report: {e}" + ("" if data is not None else "; or pass --data DIR")) from None
+
+
 def _metadata(path) -> dict[str, str]:
     try:
         proto = _need("onnx").load(str(path), load_external_data=False)
@@ -233,7 +242,7 @@ def int8_report(
         "max_loss", "warning" (one line, or None)}.
     """
     state = load_checkpoint(checkpoint)
-    dataset, _ = checkpoint_data(state, data)
+    dataset = report_data(state, data)
     pre = state["preprocess"]
     files = {"fp32": Path(fp32_path), "int8": Path(int8_path)}
     out = {
