@@ -9,49 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
 from sweeps.report.html import write_html
 from sweeps.report.markdown import started_from, write_markdown
 
+from .browser import chromium
 from .test_report_folder import SETTINGS, TRIALS, report  # noqa: F401  (the fixture: a report folder written for real)
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-# Headless, and nothing that reaches the network or a profile outside the test's own folder.
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
-    if missing:
-        why = f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver to run it"
-        if os.environ.get("FER_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"FER_REQUIRE_BROWSER=1 but {why}")
-        pytest.skip(f"browser test: {why}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
 

@@ -129,6 +129,21 @@ def test_clip_gives_annotated_copy_tables_timeline_and_summary(clip_result, pred
     assert s["real_time_factor"] > 0
 
 
+def test_a_face_entering_mid_video_gets_tracked(predictor, tmp_path):
+    """The woman is hidden for the first second while the man is tracked: she must get a track of her own
+    within about a second of appearing (new faces are found by whole-frame scans, and confirmed on a second)."""
+    with VideoReader(CLIP) as r:
+        frames = [(t, rgb.copy()) for _, t, rgb in r]
+    for _, rgb in frames[:30]:
+        rgb[:, :WOMAN_X] = 128
+    video = write_video(tmp_path / "enters.mp4", [f for _, f in frames], [t for t, _ in frames])
+    table = rows(process_video(video, predictor, tmp_path / "out", progress=False).csv)
+    woman = [x for x in table if x["x"] and int(x["x"]) + int(x["w"]) / 2 < WOMAN_X and int(x["w"]) > 50]
+    first = min(int(x["frame"]) for x in woman)
+    assert 30 <= first <= 30 + 40, f"the woman was first tracked at frame {first}"
+    assert len({x["track"] for x in woman}) == 1 and max(int(x["frame"]) for x in woman) == 89
+
+
 def test_smoothing_is_an_exponential_average_in_seconds(clip_result, predictor):
     table = rows(clip_result.csv)
     dom = str(clip_result.summary["dominant_track"])

@@ -105,6 +105,7 @@ class FaceStream:
         self._full_every = max(1, round(FULL_SCAN_SECONDS * fps / self.detect_every))  # in detections
         self._count = 0
         self._detections = 0
+        self._rescan = False
         self._current: list[tuple[int, Box]] = []  # the tracks of the last detection frame
         self._ids: dict[int, int] = {}  # ByteTrack's id -> ours
         self._smooth: dict[int, tuple[float, np.ndarray]] = {}  # track -> (time, average)
@@ -113,12 +114,13 @@ class FaceStream:
     def class_names(self) -> list[str]:
         return self.predictor.class_names
 
-    def _detect(self, rgb: np.ndarray) -> list[Box]:
-        """The whole frame when a scan is due or nothing is tracked, else a search around each tracked face."""
-        full = not self._current or self._detections % self._full_every == 0
+    def _detect(self, rgb: np.ndarray) -> tuple[list[Box], bool]:
+        """(boxes, whether the whole frame was scanned): the whole frame when a scan is due, nothing is
+        tracked or the last scan found a face not yet tracked; else a search around each tracked face."""
+        full = not self._current or self._rescan or self._detections % self._full_every == 0
         self._detections += 1
         if full:
-            return self.predictor.detector(rgb)
+            return self.predictor.detector(rgb), True
         H, W = rgb.shape[:2]
         boxes: list[Box] = []
         for _, (x, y, w, h) in self._current:
@@ -132,11 +134,11 @@ class FaceStream:
                 box = (round(x0 + bx / k), round(y0 + by / k), round(bw / k), round(bh / k))
                 if all(_iou(box, b) < 0.5 for b in boxes):  # two tracks' crops overlap: one face once
                     boxes.append(box)
-        return boxes
+        return boxes, False
 
     def _track(self, rgb: np.ndarray) -> list[tuple[int, Box]]:
         t0 = time.perf_counter()
-        boxes = self._detect(rgb)
+        boxes, full = self._detect(rgb)
         t1 = time.perf_counter()
         sv = self._sv
         if boxes:
@@ -149,6 +151,9 @@ class FaceStream:
         for (x0, y0, x1, y1), tid in zip(dets.xyxy, dets.tracker_id):
             track = self._ids.setdefault(int(tid), len(self._ids) + 1)
             tracks.append((track, (int(x0), int(y0), int(round(x1 - x0)), int(round(y1 - y0)))))
+        # ByteTrack confirms a new face on its second detection in a row, and only a whole-frame scan finds
+        # new faces: scan again while one is unconfirmed, or a face entering mid-video would never be tracked.
+        self._rescan = full and len(tracks) < len(boxes)
         self.seconds["detect"] += t1 - t0
         self.seconds["track"] += time.perf_counter() - t1
         return sorted(tracks)
