@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -26,6 +28,18 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []  # Linux only
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in lines if "model name" in ln), platform.processor() or "cpu"
+    )
+    return f"{model}, {os.cpu_count()} cores"
 
 
 PREFETCH = 4  # batches each training-loader worker makes ahead (fer_core.timing leaves them out)

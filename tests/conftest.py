@@ -104,3 +104,40 @@ def tiny_config(data, out, **kw) -> dict:
     )
     cfg.update(kw)
     return cfg
+
+
+def export_ready_checkpoint(demo_root: Path, out: Path, grayscale: bool = True) -> Path:
+    """A tiny trained checkpoint (best.pt under ``out``) whose outputs vary with its input, for export tests."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from fer_core.checkpoint import load_model, save_checkpoint
+    from fer_core.decode_cache import load_split
+    from fer_core.runtime import resolve_runtime
+    from fer_core.train import train
+
+    train(tiny_config(demo_root, out, epochs=1, steps_per_epoch=1, grayscale=grayscale))
+    path = out / "checkpoints" / "best.pt"
+    # One training step leaves a network that ignores its input: BatchNorm's running statistics are still
+    # near their initial values, so in eval mode every image gives nearly the same features, and the
+    # zero-initialised head maps them to ~1/7 each. Two runtimes would "agree" on anything. So the
+    # statistics are recalibrated on real images and the head drawn at random. The variance floor stands in
+    # for what training does to channels that are constant over the few calibration images: left near zero,
+    # BatchNorm would multiply their rounding noise by up to 1/sqrt(eps) ~ 300, a network no training yields.
+    model, pre, _, state = load_model(path, resolve_runtime("cpu", channels_last="off"))
+    images = load_split(demo_root, "train", pre.img_size, pre.grayscale).images[:64]
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the calibration pass
+    model.train()
+    with torch.no_grad():
+        model(pre(torch.from_numpy(np.ascontiguousarray(images))))
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_var.clamp_(min=0.1)
+        head = model.get_classifier()  # logits of about +-1 on these images: probabilities far from saturated
+        head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    save_checkpoint(dict(state, model=model.state_dict()), path)
+    return path

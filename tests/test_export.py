@@ -9,48 +9,22 @@ import onnx  # project dependencies: a missing one fails here instead of skippin
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 from fer_core.apps.export import check_onnx, export_onnx, main
 from fer_core.apps.predict import Predictor
-from fer_core.checkpoint import load_model, save_checkpoint, store_temperature
+from fer_core.checkpoint import save_checkpoint, store_temperature
 from fer_core.data import CLASS_NAMES
 from fer_core.decode_cache import load_split
 from fer_core.errors import CheckpointError
 from fer_core.evaluate import evaluate_checkpoint
 from fer_core.runtime import resolve_runtime
-from fer_core.train import train
 
-from .conftest import tiny_config
+from .conftest import export_ready_checkpoint
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["gray", "rgb"])
 def checkpoint(request, demo_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    train(tiny_config(demo_root, out, epochs=1, steps_per_epoch=1, grayscale=request.param))
-    path = out / "checkpoints" / "best.pt"
-    # One training step leaves a network that ignores its input: BatchNorm's running statistics are still
-    # near their initial values, so in eval mode every image gives nearly the same features, and the
-    # zero-initialised head maps them to ~1/7 each. Two runtimes would "agree" on anything. So the
-    # statistics are recalibrated on real images and the head drawn at random. The variance floor stands in
-    # for what training does to channels that are constant over the few calibration images: left near zero,
-    # BatchNorm would multiply their rounding noise by up to 1/sqrt(eps) ~ 300, a network no training yields.
-    model, pre, _, state = load_model(path, resolve_runtime("cpu", channels_last="off"))
-    images = load_split(demo_root, "train", pre.img_size, pre.grayscale).images[:64]
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # a plain average over the calibration pass
-    model.train()
-    with torch.no_grad():
-        model(pre(torch.from_numpy(np.ascontiguousarray(images))))
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_var.clamp_(min=0.1)
-        head = model.get_classifier()  # logits of about +-1 on these images: probabilities far from saturated
-        head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
-    save_checkpoint(dict(state, model=model.state_dict()), path)
-    return path
+    return export_ready_checkpoint(demo_root, tmp_path_factory.mktemp("export") / "run", request.param)
 
 
 def test_onnx_matches_pytorch(checkpoint, demo_root, tmp_path, capsys):

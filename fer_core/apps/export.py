@@ -1,6 +1,7 @@
 """Export a checkpoint to ONNX with the preprocessing inside the graph, and check it against PyTorch.
 
     python -m fer_core.apps.export CHECKPOINT --onnx model.onnx [--check] [--batch-size 64] [--opset 17] [--overwrite]
+        [--int8 [model.int8.onnx] [--quantization static|dynamic] [--calibration DIR] [--data DIR] [--threads N]]
 
 The exported model takes what a deployment has at hand, decoded uint8 pixels, and returns probabilities:
 
@@ -16,6 +17,12 @@ The exported model takes what a deployment has at hand, decoded uint8 pixels, an
 
 The class names and this contract are stored in the ONNX file's ``metadata_props`` (keys ``class_names``,
 ``preprocess``, ``temperature``, ``input_contract``, ``source_checkpoint``, ``fer_core_version``).
+
+``--int8`` also writes an INT8 copy quantized by onnxruntime (``fer_core.apps.int8``: the same input,
+preprocessing and metadata, plus a ``quantization`` key), then prints FP32 against INT8: accuracy and ECE
+on val (and test) of the checkpoint's data (or ``--data``), batch-1 latency, throughput and file size.
+Static quantization draws its calibration images from the checkpoint's training data (``--calibration``
+when it is elsewhere).
 """
 
 from __future__ import annotations
@@ -284,6 +291,33 @@ def _check_arguments(args, out: Path) -> None:
             f"--onnx {args.onnx or out}: is a folder; give the file to write, e.g. --onnx {out / 'model.onnx'}"
         )
     check_output(out, what="--onnx", inputs=[args.checkpoint], overwrite=args.overwrite)
+    given = [
+        f"--{k}" for k in ("quantization", "calibration", "data", "threads") if getattr(args, k) is not None
+    ]
+    if given and args.int8 is None:
+        raise FerError(f"{' and '.join(given)}: only used with --int8; add --int8 or leave them out")
+    if args.int8 is not None:
+        from .int8 import int8_path
+
+        int8 = Path(args.int8) if args.int8 else int8_path(out)
+        if int8.resolve() == out.resolve():
+            raise FerError(f"--int8 {int8}: is the FP32 file --onnx writes; give the INT8 file another name")
+        check_output(int8, what="--int8", inputs=[args.checkpoint], overwrite=args.overwrite)
+    if args.threads is not None and args.threads < 1:
+        raise FerError(f"--threads = {args.threads}; give at least 1, or leave it out for the CPUs available")
+
+
+def _int8(args, out: Path, calibration: tuple) -> dict:
+    """``--int8``: quantize the file just written, print where and how, then the FP32 against INT8 report."""
+    from .int8 import format_int8_report, int8_path, int8_report, quantize
+
+    int8 = Path(args.int8) if args.int8 else int8_path(out)
+    method = args.quantization
+    quantize(out, int8, method, *calibration)
+    print(f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB, INT8 {method})")
+    r = int8_report(args.checkpoint, out, int8, data=args.data, latency={"threads": args.threads})
+    print(format_int8_report(r))
+    return r
 
 
 def main(argv=None) -> int:
@@ -305,10 +339,48 @@ def main(argv=None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the --check timing (default 64)")
     p.add_argument("--overwrite", action="store_true", help="let --onnx replace a checkpoint or a run's file")
+    p.add_argument(
+        "--int8",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="also write an INT8 model (default path: --onnx's with .int8.onnx) and print FP32 against INT8",
+    )
+    p.add_argument(
+        "--quantization",
+        choices=["static", "dynamic"],
+        default=None,
+        help="how --int8 quantizes (default static: see fer_core.apps.int8)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="dataset folder whose train split gives static quantization its images (default: the checkpoint's data)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="dataset folder the --int8 report scores, val and test (default: the checkpoint's data, split as then)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="onnxruntime threads of the --int8 timings (default: the CPUs this process may use)",
+    )
     args = p.parse_args(argv)
     out = Path(args.onnx) if args.onnx else Path(args.checkpoint).with_suffix(".onnx")
     try:
         _check_arguments(args, out)
+        calibration = (None, "")
+        if args.int8 is not None:  # the data both need is found before anything is written
+            from ..checkpoint import load_checkpoint
+            from .int8 import DEFAULT_METHOD, calibration_images, report_data
+
+            report_data(load_checkpoint(args.checkpoint), args.data)
+            args.quantization = args.quantization or DEFAULT_METHOD
+            if args.quantization == "static":
+                calibration = calibration_images(args.checkpoint, args.calibration)
         export_onnx(args.checkpoint, out, args.opset)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         classes = onnx_class_names(out)
@@ -325,6 +397,8 @@ def main(argv=None) -> int:
                 f"CPU inference, batch {r['bench_batch']}, {r['threads']} threads: onnxruntime {r['onnx_images_per_s']:.0f} images/s, "
                 f"PyTorch {r['torch_images_per_s']:.0f} images/s"
             )
+        if args.int8 is not None:
+            _int8(args, out, calibration)
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

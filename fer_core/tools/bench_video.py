@@ -88,7 +88,7 @@ def main(argv=None) -> int:
 
     from ..apps.predict import load_predictor
     from ..apps.video_predict import process_video
-    from .gpu_check import device_name
+    from ..runtime import device_name
 
     predictor = load_predictor(args.model, device="cpu", detector=args.detector)
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,6 +55,7 @@ import torch
 
 from ..errors import FerError
 from ..outputs import check_output_folder
+from ..runtime import device_name
 from ..timing import time_ready_step
 from ..trainer import Trainer
 from .gpu_pack import DEFAULT_PACK, load_packed, pack
@@ -127,21 +128,6 @@ def _on_alarm(signum, frame):
 
 def _on_term(signum, frame):
     raise Stopped
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model and core count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in ln
-        ),
-        platform.processor() or "cpu",
-    )
-    return f"{model}, {os.cpu_count()} cores"
 
 
 class Check:
