@@ -13,64 +13,32 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from ..apps.faces import DETECTORS, make_detector
 from ..errors import FerError
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``lscpu``), or what ``platform`` knows."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
+from ..runtime import device_name
 
 
 def read_frames(path: str | Path, limit: int | None = None) -> list[np.ndarray]:
-    """RGB frames of a video (PyAV), or the one image of a picture file.
+    """RGB frames of a video (``fer_core.apps.video``), at their own size, or the one image of a picture file.
 
     Raises:
-        FerError: the file is missing or cannot be decoded.
+        FerError: the file is missing or cannot be decoded (one line).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FerError(f"{path}: no such file; pass a video or an image")
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        from PIL import Image
+    from ..apps.predict_inputs import load_image
+    from ..apps.video import VideoReader, is_video
 
-        try:
-            with Image.open(path) as im:
-                return [np.asarray(im.convert("RGB"))]
-        except OSError as e:
-            raise FerError(f"{path}: cannot read the image ({e}); pass a PNG/JPEG or a video") from None
-    import av
-
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if limit and len(frames) >= limit:
-                    break
-    except (av.error.FFmpegError, IndexError) as e:
-        raise FerError(f"{path}: cannot decode the video ({e}); pass a readable video file") from None
-    if not frames:
-        raise FerError(f"{path}: the video has no frames; pass another file")
-    return frames
+    if not is_video(path):
+        return [np.asarray(load_image(path)[0])]
+    with VideoReader(path, max_side=1 << 16) as reader:
+        return [rgb for _, (_, _, rgb) in zip(range(limit or 1 << 62), reader)]
 
 
 def resize_all(frames: list[np.ndarray], size: str) -> list[np.ndarray]:
@@ -133,7 +101,7 @@ def main(argv=None) -> int:
             f"{f'{args.no_face} ({len(no_face)} frame(s))' if no_face else 'none'}"
         )
         print(
-            f"CPU: {cpu_name()} ({len(os.sched_getaffinity(0))} cores available; load average "
+            f"CPU: {device_name(torch.device('cpu'))} (load average "
             f"{os.getloadavg()[0]:.1f} at the start: other processes slow the timings)"
         )
         print(

@@ -8,8 +8,8 @@ runs ``process_video`` ``--repeat`` times, in turn, in this process; the figures
 setting: the real-time factor (video duration / processing time), the seconds per stage (decode, detect,
 track, classify, draw, encode, other) per frame, and the recall against detection on every frame: the share
 of the frames where k=1 finds a face in which this setting also has one, and the share of those whose
-label agrees with k=1's. ``--long N`` then processes the reference footage played N times over (N × 3 s)
-and prints the process's peak memory before and after it: flat when frames are streamed.
+label agrees with k=1's. ``--long N`` then processes the reference footage played N/4 and N times over
+(3 s each) and prints the process's peak memory before and after each: flat when frames are streamed.
 """
 
 from __future__ import annotations
@@ -129,6 +129,15 @@ def main(argv=None) -> int:
                 f"{k:>5} {rtf:>6.2f} "
                 + " ".join(f"{v:>8.1f}" for v in ms)
                 + f"  {recall:>14.3f} {agree:>6.3f}"
+            )
+        for times in (max(1, args.long // 4), args.long) if args.long else ():
+            before = peak_rss_mb()
+            long = make_one_face_clip(Path(tmp) / f"long{times}.mp4", times=times)
+            res = process_video(long, predictor, Path(tmp) / f"long{times}", progress=False).summary
+            print(
+                f"long x{times}: {res['frames']} frames ({res['duration_seconds']:.0f} s), "
+                f"{res['real_time_factor']:.2f}x real time; peak memory {before:.0f} MB before, "
+                f"{peak_rss_mb():.0f} MB after"
             )
     return 0
 
