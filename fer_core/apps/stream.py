@@ -4,8 +4,8 @@
 
 - **detect** every ``detect_every``-th frame with the predictor's face detector (``fer_core.apps.faces``):
   over the whole frame once every ``FULL_SCAN_SECONDS`` (and whenever no face is tracked), otherwise only
-  around each tracked face, in a crop scaled so the face is ``ROI_FACE`` px. The whole-frame scan costs
-  60-100 ms at 640×360 on a 2-core CPU (docs/measured.md), more than the 33 ms a 30 fps frame allows;
+  around each tracked face, in a crop scaled so the face is ``ROI_FACE`` px. A whole-frame Haar scan
+  costs 47 ms at 640×360 on a 2-core CPU (docs/measured.md), more than the 33 ms a 30 fps frame allows;
   the crops cost a few ms. A face entering the frame is found within ``FULL_SCAN_SECONDS``;
 - **track**: supervision's ByteTrack links the detections into tracks whose ids stay stable while a face
   is on screen (and for ``LOST_SECONDS`` after it is missed). On frames without detection each track keeps
