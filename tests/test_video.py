@@ -330,9 +330,10 @@ def test_cli_refuses_out_inside_the_input_folder_and_a_missing_camera(checkpoint
 def test_cli_webcam_loop_records_a_stream(checkpoint, tmp_path):
     """--webcam takes a device path or stream URL too; a file stands in for the camera here."""
     out = tmp_path / "cam"
-    res = predict(checkpoint, "--webcam", CLIP, "--out", out, "--no-window", "--max-seconds", "60")
+    res = predict(checkpoint, "--webcam", CLIP, "--out", out, "--no-window", "--max-seconds", "60", "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "webcam" / "summary.json").read_text())
+    assert json.loads(res.stdout)["webcam"]["summary"] == summary
     assert summary["frames"] == 90 and summary["tracks"]
     assert len(frame_times(out / "webcam" / "annotated.mp4")) == 90
 

@@ -262,7 +262,12 @@ def main(argv=None) -> int:
         except FerError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(_video_line("webcam", result))
+        if args.json:
+            record = {"checkpoint": str(checkpoint), "class_names": predictor.class_names}
+            json.dump({**record, "webcam": _video_record(args.webcam, result)}, sys.stdout, indent=1)
+            print()
+        else:
+            print(_video_line("webcam", result))
         return 0
     files, problems = collect_inputs(args.inputs, exclude=[out])
     if not files:
@@ -343,18 +348,21 @@ def _predict_videos(args, predictor, videos, out: Path, failed: list, options: d
             print(_video_line(rel, result), flush=True)
             for note in result.summary["notes"]:
                 print(f"  note: {note}")
-        done.append(
-            {
-                "path": str(path),
-                "folder": str(result.folder),
-                "video": str(result.video),
-                "csv": str(result.csv),
-                "jsonl": str(result.jsonl),
-                "timelines": [str(p) for p in result.timelines],
-                "summary": result.summary,
-            }
-        )
+        done.append(_video_record(path, result))
     return done
+
+
+def _video_record(source, result) -> dict:
+    """A processed video (or camera session) in the --json document: its source, files and summary."""
+    return {
+        "path": str(source),
+        "folder": str(result.folder),
+        "video": str(result.video),
+        "csv": str(result.csv),
+        "jsonl": str(result.jsonl),
+        "timelines": [str(p) for p in result.timelines],
+        "summary": result.summary,
+    }
 
 
 def _predict_photos(args, predictor, checkpoint, files, out: Path, failed: list) -> dict:
