@@ -202,7 +202,9 @@ def _label_value(label: str, probs, classes) -> dict[str, float] | str:
 def _summary_rows(summary: dict) -> list[list]:
     """``process_video``'s summary -> one row per track: id, seconds on screen, dominant expression, the
     share of time per class (and uncertain)."""
-    classes = [*summary["class_names"], "uncertain"]
+    from .predict import UNCERTAIN
+
+    classes = [*summary["class_names"], UNCERTAIN]
     return [
         [t["track"], t["seconds_on_screen"], t["dominant_expression"]]
         + [round(t["expression_share"].get(c, 0.0), 3) for c in classes]
@@ -214,7 +216,7 @@ def build(app: App):
     """The page (a ``gr.Blocks``) for ``app``'s predictor."""
     import gradio as gr
 
-    from .predict import OnnxPredictor
+    from .predict import UNCERTAIN, OnnxPredictor
 
     p = app.predictor
     classes = p.class_names
@@ -296,7 +298,7 @@ def build(app: App):
                 object_fit="contain",
             )
             summary = gr.Dataframe(
-                headers=["track", "seconds on screen", "mostly", *classes, "uncertain"],
+                headers=["track", "seconds on screen", "mostly", *classes, UNCERTAIN],
                 label="Summary: share of time per expression",
                 interactive=False,
                 elem_id="video-summary",
