@@ -222,12 +222,14 @@ def _iou(a: Box, b: Box) -> float:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def class_colors(n: int) -> list[tuple[int, int, int]]:
-    """One RGB colour per class, the same in the annotated frames and the timeline figures."""
+@lru_cache(maxsize=8)
+def class_colors(n: int) -> tuple[tuple[int, int, int], ...]:
+    """One RGB colour per class, the same in the annotated frames and the timeline figures (made once:
+    every frame is drawn with them)."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [tuple(int(round(255 * c)) for c in cmap(i % cmap.N)[:3]) for i in range(n)]
+    return tuple(tuple(int(round(255 * c)) for c in cmap(i % cmap.N)[:3]) for i in range(n))
 
 
 TRACK_COLORS = [(255, 212, 0), (0, 200, 255), (255, 80, 160), (120, 255, 90), (255, 140, 0), (180, 120, 255)]
