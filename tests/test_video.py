@@ -23,7 +23,7 @@ from fer_core.apps.predict import Predictor
 from fer_core.apps.stream import FaceStream
 from fer_core.apps.video import VideoReader, VideoWriter, is_video
 from fer_core.apps.video_predict import process_video
-from fer_core.errors import DataError
+from fer_core.errors import DataError, FerError
 from fer_core.train import train
 
 from .conftest import REPO, tiny_config
@@ -238,6 +238,17 @@ def zero_frames(path: Path) -> Path:
         s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
         c.start_encoding()  # the header with its video stream, and not one frame
     return path
+
+
+def test_out_holding_something_else_is_refused_before_any_frame(predictor, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(FerError, match="not a video result folder"):
+        process_video(CLIP, predictor, tmp_path / "out", progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "notes.txt").exists()
+    first = process_video(CLIP, predictor, tmp_path / "again", progress=False)
+    second = process_video(CLIP, predictor, tmp_path / "again", progress=False)  # an earlier result: replaced
+    assert second.summary["frames"] == first.summary["frames"] == 90
 
 
 def test_truncated_video_is_processed_up_to_where_it_ends(predictor, tmp_path):

@@ -168,10 +168,9 @@ def quantize(
             how = "dynamic, uint8 weights, activation ranges computed at every call"
     except Exception as e:  # onnxruntime's quantizer raises whatever its passes raise
         out.unlink(missing_ok=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FerError(
             f"{onnx_path}: onnxruntime {ort.__version__} cannot quantize it {method}ally ({type(e).__name__}: "
-            f"{first[:200]}); try --quantization {'dynamic' if method == 'static' else 'static'} or ship the FP32 file"
+            f"{_first_line(e)}); {_other_method(method)}"
         ) from None
     finally:
         logging.disable(muted)
@@ -191,12 +190,21 @@ def quantize(
         session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros(shape, np.uint8)})
     except Exception as e:
         out.unlink(missing_ok=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FerError(
             f"{out}: onnxruntime {ort.__version__} on this platform cannot run the {method} INT8 model "
-            f"({first[:200]}); try --quantization {'dynamic' if method == 'static' else 'static'} or ship the FP32 file"
+            f"({_first_line(e)}); {_other_method(method)}"
         ) from None
     return out
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _other_method(method: str) -> str:
+    """The fix a failed quantization's message offers."""
+    return f"try --quantization {'dynamic' if method == 'static' else 'static'} or ship the FP32 file"
 
 
 def _probabilities(path: str | Path, images: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -247,7 +247,7 @@ def main(argv=None) -> int:
         detect_every=args.detect_every, smooth_seconds=args.smooth, min_confidence=args.min_confidence
     )
     if args.webcam is not None:
-        from .video_predict import run_camera
+        from .camera import run_camera
 
         source = int(args.webcam) if args.webcam.isdigit() else args.webcam
         try:

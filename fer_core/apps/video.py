@@ -5,7 +5,7 @@ VP9 encoders included). PyAV rather than OpenCV's ``VideoCapture``: it gives eac
 time (so variable frame rate files keep their timing), the stream's metadata (frame count, rate, audio-only
 files), real exceptions for corrupt or truncated data instead of a silent ``False``, and threaded decoding.
 Frames are decoded one at a time and scaled by FFmpeg while converting to RGB, so memory does not grow with
-the length or the resolution of the video. A camera is read by ``fer_core.apps.stream.open_camera``
+the length or the resolution of the video. A camera is read by ``fer_core.apps.camera.open_camera``
 (OpenCV), the usual way to reach one.
 """
 

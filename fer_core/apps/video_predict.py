@@ -1,9 +1,9 @@
 """Expressions over time for a video file or a camera: the annotated copy, the per-frame table, a timeline per
 track and the summary, written into one output folder.
 
-``process_video(path, predictor, out)`` and ``run_camera(source, predictor, out)`` feed frames to a
-``FaceStream`` (``fer_core.apps.stream``) and hand each annotated frame to a ``Recording``, which owns what
-lands in the folder:
+``process_video(path, predictor, out)`` (and ``fer_core.apps.camera.run_camera`` for a camera) feeds frames
+to a ``FaceStream`` (``fer_core.apps.stream``) and hands each annotated frame to a ``Recording``, which owns
+what lands in the folder:
 
 - ``annotated.mp4``: every input frame, annotated, with its input timestamp (same frame count and rate);
 - ``frames.csv`` and ``frames.jsonl``: one row per face per frame (time, frame, track, box in the input's
@@ -77,23 +77,41 @@ class VideoResult:
 
 
 class Recording:
-    """Writes one stream's results into ``folder`` (a temporary folder the caller renames when done).
+    """Writes one stream's results folder ``out``: into a temporary folder beside it (``folder``), renamed to
+    ``out`` by ``finish`` when complete, or removed by ``discard``.
 
     Args:
-        folder: where the files go.
+        out: the results folder; an earlier result there is replaced, any other folder refused at once.
         size: (width, height) of the frames given to ``add``.
         scale: input pixels per frame pixel (boxes are written in the input's pixels).
         fps: the nominal frame rate of the annotated copy.
         class_names: the predictor's classes.
+
+    Raises:
+        FerError: ``out`` is a folder that holds something other than a video result.
     """
 
     def __init__(
-        self, folder: Path, size: tuple[int, int], scale: float, fps: float, class_names: Sequence[str]
+        self,
+        out: str | os.PathLike,
+        size: tuple[int, int],
+        scale: float,
+        fps: float,
+        class_names: Sequence[str],
     ):
-        self.folder, self.scale, self.fps, self.class_names = folder, scale, fps, list(class_names)
-        self.writer = VideoWriter(folder / "annotated.mp4", size, fps)
-        self._csv_file = open(folder / "frames.csv", "w", newline="")
-        self._jsonl = open(folder / "frames.jsonl", "w")
+        self.out = Path(out)
+        if self.out.exists() and not (self.out / "summary.json").is_file():
+            raise FerError(
+                f"{self.out}: exists and is not a video result folder; move it or pass another --out"
+            )
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = self.out.parent / f".{self.out.name}.partial"
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir()
+        self.scale, self.fps, self.class_names = scale, fps, list(class_names)
+        self.writer = VideoWriter(self.folder / "annotated.mp4", size, fps)
+        self._csv_file = open(self.folder / "frames.csv", "w", newline="")
+        self._jsonl = open(self.folder / "frames.jsonl", "w")
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(
             ["frame", "time", "track", "x", "y", "w", "h", "detected", "label", "score"]
@@ -157,6 +175,11 @@ class Recording:
         self._csv_file.close()
         self._jsonl.close()
 
+    def discard(self) -> None:
+        """Close the files and remove the temporary folder: nothing of the stream is left."""
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
     def frame_seconds(self) -> float:
         """One frame's duration: the median interval between frames (1/fps with fewer than two)."""
         return float(np.median(np.diff(self.times))) if len(self.times) > 1 else 1.0 / self.fps
@@ -169,7 +192,7 @@ class Recording:
         return bool(np.mean(np.abs(d - np.median(d)) > 0.1 * np.median(d)) >= 0.05)
 
     def finish(self, source: str, seconds: dict[str, float], notes: list[str]) -> VideoResult:
-        """Close the files, draw the timelines and write summary.json."""
+        """Close the files, draw the timelines, write summary.json and put the folder in place as ``out``."""
         from .predict import UNCERTAIN
         from .predict_plots import plot_no_face_timeline, plot_track_timeline
 
@@ -232,36 +255,20 @@ class Recording:
             "real_time_factor": round(duration / total, 3) if total > 0 else None,
             "notes": notes,
         }
-        path = self.folder / "summary.json"
-        write_atomic(path, lambda f: f.write(json.dumps(summary, indent=1).encode()))
+        write_atomic(self.folder / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+        if self.out.exists():
+            shutil.rmtree(self.out)  # an earlier result (anything else was refused at the start)
+        os.replace(self.folder, self.out)
+        o = self.out
         return VideoResult(
-            self.folder,
-            self.writer.path,
-            self.folder / "frames.csv",
-            self.folder / "frames.jsonl",
-            timelines,
-            path,
+            o,
+            o / "annotated.mp4",
+            o / "frames.csv",
+            o / "frames.jsonl",
+            [o / p.name for p in timelines],
+            o / "summary.json",
             summary,
         )
-
-
-def _staging(out: Path) -> Path:
-    """An empty temporary folder beside ``out`` for its files; renamed to ``out`` when they are complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Put a complete result folder in place, replacing an earlier result (never another kind of folder)."""
-    if out.exists():
-        if not (out / "summary.json").is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FerError(f"{out}: exists and is not a video result folder; move it or pass another --out")
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def process_video(
@@ -300,8 +307,7 @@ def process_video(
     with VideoReader(path, max_side) as reader:
         info = reader.info
         stream = FaceStream(predictor, detect_every, smooth_seconds, min_confidence, margin, info.fps)
-        tmp = _staging(out)
-        rec = Recording(tmp, info.size, info.width / info.size[0], info.fps, predictor.class_names)
+        rec = Recording(out, info.size, info.width / info.size[0], info.fps, predictor.class_names)
         decode = 0.0
         bar = tqdm(
             total=info.expected_frames or None,
@@ -329,13 +335,11 @@ def process_video(
                     on_frame(rec.frames, info.expected_frames)
         except BaseException:
             bar.close()
-            rec.close()
-            shutil.rmtree(tmp, ignore_errors=True)
+            rec.discard()
             raise
         bar.close()
     if rec.frames == 0:
-        rec.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        rec.discard()
         raise DataError(f"{path}: has a video stream but no frame in it decodes; re-export the file")
     notes = []
     expected = info.expected_frames
@@ -348,195 +352,4 @@ def process_video(
         notes.append("variable frame rate: times are the frames' own timestamps, kept in annotated.mp4")
     seconds = {"decode": decode, **stream.seconds, **rec.seconds}
     seconds["other"] = max(0.0, time.perf_counter() - started - sum(seconds.values()))
-    result = rec.finish(str(path), seconds, notes)
-    _publish(tmp, out)
-    return _moved(result, out)
-
-
-def _moved(result: VideoResult, out: Path) -> VideoResult:
-    """The same result with its paths in the published folder."""
-
-    def m(p: Path) -> Path:
-        return out / p.relative_to(result.folder)
-
-    return VideoResult(
-        out,
-        m(result.video),
-        m(result.csv),
-        m(result.jsonl),
-        [m(p) for p in result.timelines],
-        m(result.summary_path),
-        result.summary,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# a camera
-# ---------------------------------------------------------------------------------------------------------
-
-
-def open_camera(source: int | str):
-    """A camera index (0, 1, ...), device path or stream URL, opened: ``(cv2.VideoCapture, first RGB frame)``.
-
-    Raises:
-        FerError: one line naming what was tried.
-    """
-    import cv2
-
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(
-        cv2.utils.logging.LOG_LEVEL_ERROR
-    )  # its own warnings: the line below says it
-    try:
-        cap = cv2.VideoCapture(source)
-        ok, bgr = cap.read() if cap.isOpened() else (False, None)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-    if not ok:
-        cap.release()
-        where = f"camera {source} (/dev/video{source})" if isinstance(source, int) else f"camera {source}"
-        raise FerError(
-            f"{where}: cannot be opened or gives no frame (no such device, or another program holds it); "
-            "pass another index with --webcam N"
-        )
-    return cap, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def display_available() -> bool:
-    """A window can be shown: a display on Linux, or macOS or Windows."""
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return sys.platform in ("darwin", "win32")
-
-
-class _Window:
-    """The live view: a matplotlib window (the OpenCV wheel is headless, without windows); q or closing it stops."""
-
-    def __init__(self, title: str):
-        import matplotlib
-
-        matplotlib.use(next(b for b in ("TkAgg", "QtAgg", "MacOSX") if _backend_ok(b)), force=True)
-        import matplotlib.pyplot as plt
-
-        self.plt, self.closed = plt, False
-        self.fig, ax = plt.subplots(num=title)
-        ax.axis("off")
-        self.image = None
-        self.ax = ax
-        self.fig.canvas.mpl_connect(
-            "key_press_event", lambda e: setattr(self, "closed", e.key == "q" or self.closed)
-        )
-        self.fig.canvas.mpl_connect("close_event", lambda e: setattr(self, "closed", True))
-        plt.show(block=False)
-
-    def show(self, rgb: np.ndarray) -> None:
-        if self.image is None:
-            self.image = self.ax.imshow(rgb)
-        else:
-            self.image.set_data(rgb)
-        self.fig.canvas.draw_idle()
-        self.fig.canvas.flush_events()
-
-    def close(self) -> None:
-        self.plt.close(self.fig)
-
-
-def _backend_ok(name: str) -> bool:
-    import matplotlib
-
-    try:
-        matplotlib.use(name, force=True)
-        return True
-    except (ImportError, ValueError):
-        return False
-
-
-def run_camera(
-    source: int | str,
-    predictor,
-    out: str | os.PathLike,
-    *,
-    detect_every: int = DETECT_EVERY,
-    smooth_seconds: float = SMOOTH_SECONDS,
-    min_confidence: float = 0.0,
-    margin: float = 0.1,
-    max_side: int = MAX_SIDE,
-    show: bool | None = None,
-    max_seconds: float | None = None,
-    progress: bool = True,
-) -> VideoResult:
-    """Track and classify faces live from a camera until q (in the window), Ctrl-C or ``max_seconds``.
-
-    With a display (``show`` None: ``display_available()``) the annotated view is shown in a window; in
-    every case the session is recorded into ``out`` like a video file (annotated.mp4 with the frames' real
-    times, the tables, timelines and summary), so a machine without a display gets the annotated stream
-    as a file.
-
-    Raises:
-        FerError: the camera cannot be opened.
-    """
-    import cv2
-
-    from .stream import FaceStream
-
-    out = Path(out)
-    cap, first = open_camera(source)
-    h, w = first.shape[:2]
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    fps = fps if 1 <= fps <= 240 else 30.0
-    k = min(1.0, max_side / max(w, h, 1))
-    size = (max(2, round(w * k / 2) * 2), max(2, round(h * k / 2) * 2))
-    stream = FaceStream(predictor, detect_every, smooth_seconds, min_confidence, margin, fps)
-    tmp = _staging(out)
-    rec = Recording(tmp, size, w / size[0], fps, predictor.class_names)
-    window = _Window(f"fer: camera {source}") if (display_available() if show is None else show) else None
-    if progress:
-        where = "a window (q to stop) and " if window else ""
-        print(
-            f"camera {source}: {w}x{h} at {fps:.0f} fps; annotated stream to {where}{out / 'annotated.mp4'}; Ctrl-C stops",
-            file=sys.stderr,
-        )
-    started, grab, index, reason = time.perf_counter(), 0.0, 0, "stopped"
-    try:
-        while True:
-            t0 = time.perf_counter()
-            if first is not None:
-                rgb, first = first, None
-            else:
-                ok, bgr = cap.read()
-                if not ok:
-                    reason = "the camera gave no more frames"
-                    break
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            grab += time.perf_counter() - t0
-            now = time.perf_counter() - started
-            if rgb.shape[1] != size[0] or rgb.shape[0] != size[1]:
-                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-            faces = stream.process([rgb], [now])[0]
-            annotated = rec.add(index, now, rgb, faces)
-            index += 1
-            if window:
-                window.show(annotated)
-                if window.closed:
-                    reason = "window closed"
-                    break
-            if max_seconds is not None and now >= max_seconds:
-                reason = f"{max_seconds:g} s recorded"
-                break
-    except KeyboardInterrupt:
-        reason = "Ctrl-C"
-    finally:
-        cap.release()
-        if window:
-            window.close()
-    if rec.frames == 0:
-        rec.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FerError(
-            f"camera {source}: gave no frame; check it with another program, or pass another --webcam N"
-        )
-    seconds = {"decode": grab, **stream.seconds, **rec.seconds}
-    seconds["other"] = max(0.0, time.perf_counter() - started - sum(seconds.values()))
-    result = rec.finish(f"camera {source}", seconds, [f"live session, {reason}"])
-    _publish(tmp, out)
-    return _moved(result, out)
+    return rec.finish(str(path), seconds, notes)
