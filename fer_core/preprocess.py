@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .config import resolve_normalize
+from .model import normalization
 from .runtime import Runtime
 
 
@@ -37,6 +39,13 @@ class Preprocess:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def for_config(cls, cfg, model) -> Preprocess:
+        """The contract a run of TrainConfig ``cfg`` trains ``model`` (``fer_core.model.build_model``'s) with."""
+        mean, std = normalization(model)
+        per_image = resolve_normalize(cfg) == "per_image"
+        return cls(img_size=cfg.img_size, grayscale=cfg.grayscale, mean=mean, std=std, per_image=per_image)
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:

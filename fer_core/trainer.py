@@ -19,7 +19,7 @@ from torch import nn
 from . import engine
 from .augment_torch import BatchAugment
 from .checkpoint import load_checkpoint, nonfinite_weights
-from .config import TrainConfig, config_to_dict, resolve_normalize
+from .config import TrainConfig, config_to_dict
 from .data import SplitData
 from .dataset import (
     DeviceBatches,
@@ -38,7 +38,7 @@ from .engine import PROB_KEYS
 from .errors import CheckpointError, ConfigError, DataError, DivergedError, FerError
 from .metrics import DATASET_METRIC, ROW_VAL_KEYS, dataset_metrics, lower_is_better
 from .mixing import BatchMixer
-from .model import build_model, normalization
+from .model import build_model
 from .preprocess import Preprocess
 from .runtime import PREFETCH, Runtime, resolve_runtime, worker_init
 
@@ -169,14 +169,7 @@ class Trainer:
             drop_path_rate=cfg.drop_path_rate,
             bn_momentum=cfg.bn_momentum,
         )
-        mean, std = normalization(self.model)
-        self.preprocess = Preprocess(
-            img_size=cfg.img_size,
-            grayscale=cfg.grayscale,
-            mean=mean,
-            std=std,
-            per_image=resolve_normalize(cfg) == "per_image",
-        )
+        self.preprocess = Preprocess.for_config(cfg, self.model)
         self.model.to(self.runtime.device)
         if self.runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -223,7 +223,7 @@ def sweep(
 ) -> int:
     """Plan, search, retrain and report, on a running Ray; returns the exit status. The decisions are
     ``sweeps.plan.decisions``'s: recorded when taken, read back by a resume."""
-    plan = plan_sweep(settings, data=data, args=args, exp=exp, t0=phases.t0)
+    plan = plan_sweep(settings, data=data, num_classes=len(dataset.classes), args=args, exp=exp, t0=phases.t0)
     settings, placement, budget = plan.settings, plan.placement, plan.budget
     if args.dry_run:
         if args.resume:
@@ -246,6 +246,7 @@ def sweep(
             args.resume,
             plan.search_s,
             [progress, *tracking_callbacks(settings, "sweep")],
+            measured=plan.measured,
         )
     sweep_s = phases.end("search")
     recorded = read_winner(exp) if args.resume else None

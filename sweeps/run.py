@@ -4,6 +4,7 @@
     python sweeps/run.py --config sweeps/configs/fer2013.yaml --data /path/to/fer2013
     python sweeps/run.py --time-budget 30m ...               # size trials and retrain to finish in 30 minutes
     python sweeps/run.py --dry-run ...                       # print the plan and its estimated time, write nothing
+    python sweeps/run.py --pick "latency_ms <= 4" ...        # with objectives: the trial to retrain from the front
     python sweeps/run.py --tracking mlflow ...               # also log trials and report to MLflow (./mlruns)
     python sweeps/run.py --resume --name NAME                # continue an interrupted sweep
     python sweeps/run.py --address auto ...                  # on a Ray cluster's head node
@@ -26,7 +27,7 @@ from sweeps.config.settings import LOCATION, TRACKERS, SweepSettings, load_setti
 
 # Flags that are also YAML keys and change what the experiment is (a --resume given any of them compares it
 # with the record); those that say where it is are ``LOCATION``.
-SETTING_FLAGS = ("data", "time_budget", "tracking", "tracking_uri")
+SETTING_FLAGS = ("data", "time_budget", "pick", "tracking", "tracking_uri")
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--time-budget",
         metavar="DURATION",
         help="finish search, retrain and report within this wall time, e.g. 30m, 2h, 1h30m (YAML: time_budget)",
+    )
+    p.add_argument(
+        "--pick",
+        metavar="RULE",
+        help="which trial of the front to retrain: best, knee, 'fastest within 1 point' or limits such as "
+        "'latency_ms <= 4' (YAML: pick; needs objectives: {val_accuracy: max, latency_ms: min})",
     )
     p.add_argument(
         "--dry-run",

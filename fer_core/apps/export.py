@@ -41,7 +41,9 @@ from torch import nn
 from .. import __version__
 from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
+from ..config import TrainConfig
 from ..errors import FerError
+from ..model import build_model
 from ..outputs import check_output
 from ..preprocess import Preprocess
 from ..runtime import resolve_runtime
@@ -112,10 +114,25 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
         CheckpointError: not a usable fer_core checkpoint.
         FerError: onnx is not installed.
     """
-    onnx = _need("onnx")
     model, pre, classes, state = load_model(checkpoint, resolve_runtime("cpu", channels_last="off"))
     temperature = temperature_of(state, checkpoint)
-    wrapped = PreprocessedModel(model, pre, temperature).eval()
+    return _write_onnx(PreprocessedModel(model, pre, temperature), classes, out, str(checkpoint), opset)
+
+
+def export_config(cfg: TrainConfig, num_classes: int, out: str | Path, opset: int = 17) -> Path:
+    """Write the model a run of ``cfg`` would train, untrained, as ``export_onnx`` writes a checkpoint's: the
+    same graph (architecture, input size, preprocessing, softmax), so the same speed, before any training."""
+    model = build_model(cfg.model, num_classes=num_classes, drop_rate=cfg.drop_rate)
+    classes = [f"class_{i}" for i in range(num_classes)]
+    wrapped = PreprocessedModel(model, Preprocess.for_config(cfg, model))
+    return _write_onnx(wrapped, classes, out, f"untrained {cfg.model}", opset)
+
+
+def _write_onnx(wrapped: PreprocessedModel, classes: list[str], out, source: str, opset: int) -> Path:
+    """Trace ``wrapped`` to the ONNX file ``out`` with its contract in the metadata; returns ``out``."""
+    onnx = _need("onnx")
+    wrapped = wrapped.eval()
+    pre, temperature = wrapped.preprocess, wrapped.temperature
     shape = (2, pre.img_size, pre.img_size) + (() if pre.grayscale else (3,))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +156,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
         "preprocess": json.dumps(pre.to_dict()),
         "temperature": json.dumps(temperature),
         "input_contract": input_contract(pre, classes, temperature),
-        "source_checkpoint": str(checkpoint),
+        "source_checkpoint": source,
         "fer_core_version": __version__,
     }
     for key, value in meta.items():

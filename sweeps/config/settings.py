@@ -24,9 +24,12 @@ from fer_core.config import (
 from fer_core.datasets import absolute
 from fer_core.errors import ConfigError, FerError
 from fer_core.metrics import DATASET_METRIC, SELECTABLE, lower_is_better
-from sweeps.config.space import Param, parse_space, to_spec
+from sweeps.config.space import Param, architectures, parse_space, to_spec
 
 TRACKERS = ("none", "mlflow")
+# Objectives a trial reports beside its epoch metric, each with the direction that is better: measured once per
+# architecture of the search space, before the search (sweeps/plan/latency.py).
+MEASURED = {"latency_ms": "min", "images_per_s": "max"}
 DEFAULT_YAML = Path(__file__).parent.parent / "configs" / "default.yaml"
 
 
@@ -78,6 +81,14 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Latency:
+    # onnxruntime threads of the measurement: one core, as one stream of many on a server or a phone's big
+    # core runs it, and a figure that does not depend on how many cores the measuring machine has
+    threads: int = _key(1, low=1)
+    batch: int = _key(64, low=2)  # the batch size of the throughput (images_per_s)
+
+
+@dataclass(frozen=True)
 class Demo:
     train_per_class: int = _key(200, low=1)
     val_per_class: int = _key(60, low=1)
@@ -97,6 +108,13 @@ class SweepSettings:
     metric: str = "val_accuracy"
     eval_data: Any = ()  # datasets the report also evaluates the winner on (their test/, else val/)
     mode: str = _key("max", choices=("max", "min"))
+    # What the search optimises, the metric first: {metric: mode} alone (the default), or with measured ones
+    # after it, e.g. {val_accuracy: max, latency_ms: min}: a Pareto front (sweeps/report/pareto.py)
+    objectives: dict = field(default_factory=dict)
+    # Which trial is retrained (sweeps/report/pareto.py): best, knee, "fastest within 1 point", or limits
+    # such as "latency_ms <= 4" (the most accurate trial within them)
+    pick: str = "best"
+    int8: bool = False  # the report also quantizes the winner to INT8 and weighs it against FP32
     num_samples: int = _key(8, low=1)
     max_concurrent_trials: int = _key(0, low=0)  # 0 = as many as the resources allow
     seed: int = 0  # TPE sampler seed
@@ -110,6 +128,7 @@ class SweepSettings:
     tracking_uri: str = ""  # empty: a local ./mlruns folder
     resources: Resources = field(default_factory=Resources)
     scheduler: Scheduler = field(default_factory=Scheduler)
+    latency: Latency = field(default_factory=Latency)
     demo: Demo = field(default_factory=Demo)
     train: TrainConfig = field(default_factory=TrainConfig)
     search_space: tuple[Param, ...] = ()
@@ -123,8 +142,8 @@ class SweepSettings:
     origins: dict = field(default_factory=dict, compare=False)
 
 
-_SECTIONS = {"resources": Resources, "scheduler": Scheduler, "demo": Demo}
-_MAPPINGS = ("train", "retrain", "search_space")
+_SECTIONS = {"resources": Resources, "scheduler": Scheduler, "latency": Latency, "demo": Demo}
+_MAPPINGS = ("train", "retrain", "search_space", "objectives")
 _NOT_SCALAR = {*_SECTIONS, *_MAPPINGS, "initial_points", "given", "source", "origins"}
 _SCALARS = {f.name: f for f in dataclasses.fields(SweepSettings) if f.name not in _NOT_SCALAR}
 TOP_KEYS = {*_SCALARS, *_SECTIONS, *_MAPPINGS, "initial_points"}
@@ -207,7 +226,7 @@ def _check_override(key: str, value, where: str) -> None:
             close = difflib.get_close_matches(section, [*_SECTIONS, "train"], n=1)
             hint = f" (did you mean '{close[0]}.{sub}'?)" if close else ""
             raise ConfigError(
-                f"{CLI}: '{key}': only resources., scheduler., demo. and train. keys take a dot{hint}"
+                f"{CLI}: '{key}': only resources., scheduler., latency., demo. and train. keys take a dot{hint}"
             )
     elif key in _SCALARS:
         _typed(_SCALARS[key], value, where)
@@ -282,6 +301,8 @@ def settings_from_mapping(raw: dict, src: str, origins: dict | None = None) -> S
     if retrain.get("weights"):
         retrain["weights"] = _weights(retrain["weights"], "retrain")
     space = tuple(parse_space(raw.get("search_space"), src))
+    values["objectives"] = _objectives(raw, values, src, origins or {})
+    values["metric"], values["mode"] = next(iter(values["objectives"].items()))
     given = {k for k in raw if k not in _SECTIONS}
     given |= {f"{k}.{sub}" for k in _SECTIONS if isinstance(raw.get(k), dict) for sub in raw[k]}
     values["initial_points"] = _initial_points(raw.get("initial_points") or [], space, src)
@@ -304,6 +325,46 @@ def _weights(value: str, where: str) -> str:
             "(.safetensors or torch state dict), or pass weights= model=efficientnet_b0 to train from scratch"
         )
     return str(path)
+
+
+def _objectives(raw: dict, values: dict, src: str, origins: dict) -> dict:
+    """The objectives, the metric first: ``objectives:`` checked, or ``{metric: mode}`` without it."""
+    spec = raw.get("objectives")
+    metric, mode = values.get("metric", "val_accuracy"), values.get("mode", "max")
+    if not spec:
+        return {metric: mode}
+    where = f"{origins.get('objectives', src)}: 'objectives'"
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"{where} must be a mapping of name: max|min, e.g. {{val_accuracy: max, latency_ms: min}}"
+        )
+    first, first_mode = next(iter(spec.items()))
+    _typed(_SCALARS["metric"], first, f"{where}: its first entry (the metric ASHA stops trials on)")
+    for key, value in (("metric", first), ("mode", first_mode)):
+        if key in raw and raw[key] != value:
+            raise ConfigError(
+                f"{where} starts with {first}: {first_mode}, but {origins.get(key, src)}: '{key}' = {raw[key]}; the first objective "
+                f"is the metric: drop '{key}' or make them agree"
+            )
+    measured = ", ".join(f"{k} ({v})" for k, v in MEASURED.items())
+    for name, direction in spec.items():
+        if direction not in ("max", "min"):
+            raise ConfigError(f"{where}: {name} = {direction!r}; each objective is max or min")
+        if name == first:
+            continue
+        if name not in MEASURED:
+            close = difflib.get_close_matches(str(name), [*MEASURED, *SELECTABLE], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{where}: no trial reports {name!r}{hint}; after the metric ({first}) come measured objectives: "
+                f"{measured}"
+            )
+        if direction != MEASURED[name]:
+            raise ConfigError(
+                f"{where}: {name} is better {'lower' if MEASURED[name] == 'min' else 'higher'}; "
+                f"write {name}: {MEASURED[name]}"
+            )
+    return dict(spec)
 
 
 def _initial_points(points, space: tuple[Param, ...], src: str) -> tuple[dict, ...]:
@@ -339,6 +400,7 @@ def _check(s: SweepSettings) -> None:
             f"{source_of(s, 'mode')} = {s.mode} does not fit metric {s.metric} ({source_of(s, 'metric')}): "
             f"loss is minimised, the others maximised; set mode to {'max' if s.mode == 'min' else 'min'}"
         )
+    _check_objectives(s)
     sch = s.scheduler
     if sch.grace_period > sch.max_epochs:
         raise ConfigError(
@@ -362,12 +424,25 @@ def _check(s: SweepSettings) -> None:
             )
 
 
+def _check_objectives(s: SweepSettings) -> None:
+    """The objectives with what the sweep does with them: an architecture per measured combination, a pick
+    rule that reads them, one model retrained."""
+    if any(name in MEASURED for name in s.objectives):
+        architectures(s.search_space, s.train, source_of(s, "search_space"))
+    if len(s.objectives) > 1 and s.ensemble_top_k > 1:
+        raise ConfigError(
+            f"{source_of(s, 'ensemble_top_k')} = {s.ensemble_top_k} with several objectives: an ensemble runs "
+            f"{s.ensemble_top_k} models, so its speed is not any trial's on the front; set ensemble_top_k: 0"
+        )
+
+
 def to_mapping(s: SweepSettings) -> dict:
     """The settings as a YAML-shaped mapping of every effective value: what the experiment records, and
     what ``settings_from_mapping`` turns back into the same settings."""
     out = {k: getattr(s, k) for k in _SCALARS}
     out |= {k: dataclasses.asdict(getattr(s, k)) for k in _SECTIONS}
     return out | {
+        "objectives": dict(s.objectives),
         "train": config_to_dict(s.train),
         "retrain": dict(s.retrain),
         "search_space": {p.name: to_spec(p) for p in s.search_space},

@@ -12,13 +12,14 @@ YAML form (each key is a fer_core TrainConfig key)::
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import optuna.distributions as d
 
-from fer_core.config import FIELDS, make_config, unknown_key_error
+from fer_core.config import FIELDS, TrainConfig, make_config, unknown_key_error
 from fer_core.errors import ConfigError
 
 TYPES = ("loguniform", "uniform", "quniform", "randint", "choice")
@@ -131,3 +132,28 @@ def to_optuna(params: list[Param]) -> dict:
         else:
             out[p.name] = d.CategoricalDistribution(list(p.values))
     return out
+
+
+# The TrainConfig keys that change the exported graph; every other searched key leaves its speed alone.
+ARCH_KEYS = ("model", "img_size", "grayscale")
+
+
+def architectures(space: tuple[Param, ...], train: TrainConfig, where: str) -> list[dict]:
+    """Every combination of ``ARCH_KEYS`` a trial can get: the searched choices, else the fixed value; a key
+    searched as a range is a ConfigError (each architecture is timed before the search, so they are listed)."""
+    values = {}
+    for key in ARCH_KEYS:
+        p = next((p for p in space if p.name == key), None)
+        if p is not None and p.kind != "choice":
+            raise ConfigError(
+                f"{where}: search_space.{key} is a {p.kind} range; with a measured objective each architecture is "
+                f"timed once before the search, so search {key} as a choice, e.g. {{type: choice, values: [40, 48, 64]}}"
+            )
+        values[key] = list(p.values) if p is not None else [getattr(train, key)]
+    return [dict(zip(ARCH_KEYS, combo)) for combo in itertools.product(*values.values())]
+
+
+def arch_key(config) -> str:
+    """The name of a config's architecture (a TrainConfig or a trial's mapping): ``efficientnet_lite0/48/gray``."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+    return f"{get('model')}/{get('img_size')}/{'gray' if get('grayscale') else 'rgb'}"

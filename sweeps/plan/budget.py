@@ -17,6 +17,8 @@ from sweeps.config.settings import Scheduler, SweepSettings, fmt_duration
 RETRAIN_SHARE = 0.7  # of the time left for training once start-up, report and margin are set aside
 MARGIN_SHARE, MARGIN_MIN_S = 0.10, 15.0  # kept free at the end: a slow spell, Ray's shutdown, the upload
 REPORT_PLOTS_S = 10.0  # the report's plots and files besides its evaluation (~7 s measured on 2 cores)
+REPORT_SHIP_S = 8.0  # model.onnx exported and timed at batch 1 and the throughput batch (sweeps/report/ship.py)
+REPORT_INT8_S = 25.0  # int8: calibrated, quantized, and timed against FP32 three times (its scoring: images)
 MAX_TRIALS = 64  # the most trials a budget plans when the YAML sets no num_samples
 MAX_RETRAIN_EPOCHS = 100
 DEFAULT_MAX_EPOCHS = 10  # ASHA's max_t when neither the YAML nor the command line set scheduler.max_epochs
@@ -114,12 +116,13 @@ def estimate(
         train, val = epoch_images({**cfg, **rates.params}, counts)
         return train / train_ips + val / rates.eval_images_per_s + 2 * rates.checkpoint_s
 
-    # The report scores each retrained model on val and test, plain and flipped.
-    report_images = max(1, settings.ensemble_top_k) * 2 * (counts.val + counts.test)
+    # The report scores each retrained model on val and test, plain and flipped; int8: FP32 and INT8 once more.
+    report_images = (max(1, settings.ensemble_top_k) + settings.int8) * 2 * (counts.val + counts.test)
+    shipping = REPORT_SHIP_S + (REPORT_INT8_S if settings.int8 else 0.0)
     return Estimate(
         trial_epoch_s=epoch_s(base, rates.train_images_per_s),
         retrain_epoch_s=epoch_s(retrain_base, rates.retrain_images_per_s),
-        report_s=report_images / rates.eval_images_per_s + REPORT_PLOTS_S,
+        report_s=report_images / rates.eval_images_per_s + REPORT_PLOTS_S + shipping,
         start_s=rates.start_s,
         counts=counts,
         retrain_speed=rates.retrain_images_per_s / rates.train_images_per_s,

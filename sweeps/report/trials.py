@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweeps.config.settings import SweepSettings
+from sweeps.config.settings import MEASURED, SweepSettings
 from sweeps.state.storage import write_local
 
 # How a trial ended (the table's ``status``), in the words report.md, the plots and the summary use.
@@ -26,11 +26,12 @@ def collect_trials(
     results, settings: SweepSettings, stopped_by_time: frozenset[str] = frozenset()
 ) -> pd.DataFrame:
     """The trials table of a ResultGrid, a row per trial: ``trial_id``, ``status`` (a ``STATUSES`` key),
-    ``error`` ("" unless failed), ``params``, ``epochs``, ``best_<metric>``, ``last_<metric>``, ``device``,
-    ``ray_gpus``, ``intermediate`` ({epoch: metric}), ``path``. A trial that neither failed nor reached
+    ``error`` ("" unless failed), ``params``, ``epochs``, ``best_<metric>``, ``last_<metric>``, each measured
+    objective (``latency_ms``) with ``latency_machine`` (the CPU it was timed on), ``device``, ``ray_gpus``, ``intermediate`` ({epoch: metric}), ``path``. A trial that neither failed nor reached
     ``scheduler.max_epochs`` was stopped by the time limit when in ``stopped_by_time``, else by ASHA."""
     m, names = settings.metric, [p.name for p in settings.search_space]
     last_cols = {"training_iteration": "epochs", m: f"last_{m}", "device": "device", "ray_gpus": "ray_gpus"}
+    last_cols |= {c: c for c in _timed(settings)}
     # Each trial's last row; a trial that never reported has none.
     last = results.get_dataframe().reindex(columns=["trial_id", *last_cols]).rename(columns=last_cols)
     # What the dataframes leave out: the errors, and the trials that ended before their first report.
@@ -57,6 +58,23 @@ def collect_trials(
     ended = [table["error"] != "", timed, short]
     table.insert(1, "status", np.select(ended, ["failed", "stopped_time", "stopped_asha"], "completed"))
     return table
+
+
+def measured(settings: SweepSettings) -> list[str]:
+    """The objectives after the metric, which trials report from their architecture's measurement."""
+    return [o for o in settings.objectives if o in MEASURED]
+
+
+def _timed(settings: SweepSettings) -> list[str]:
+    """The measured objectives' columns, with the CPU they were timed on."""
+    return measured(settings) + ["latency_machine"] if measured(settings) else []
+
+
+def objective_points(trials: pd.DataFrame, settings: SweepSettings) -> pd.DataFrame:
+    """``trial_id``, ``status`` and a column per objective: the values the front compares (the metric's is
+    the trial's best epoch)."""
+    values = trials.rename(columns={f"best_{settings.metric}": settings.metric})
+    return values[["trial_id", "status", *settings.objectives]].reset_index(drop=True)
 
 
 def _params(result, names: list[str]) -> dict:
@@ -154,5 +172,17 @@ def top_trials(trials: pd.DataFrame, settings: SweepSettings, k: int) -> list[di
 def write_csv(trials: pd.DataFrame, settings: SweepSettings, path: Path) -> None:
     """``trials.csv``: every trial, ranked, with one column per searched parameter."""
     m, names = settings.metric, [p.name for p in settings.search_space]
-    cols = ["trial_id", "status", "epochs", f"best_{m}", f"last_{m}", *names, "device", "ray_gpus", "error"]
+    timed = measured(settings) + (["latency_machine"] if measured(settings) else [])
+    cols = [
+        "trial_id",
+        "status",
+        "epochs",
+        f"best_{m}",
+        f"last_{m}",
+        *timed,
+        *names,
+        "device",
+        "ray_gpus",
+        "error",
+    ]
     write_local(path, ranked(trials, settings)[cols].to_csv(index=False, na_rep="nan").encode())

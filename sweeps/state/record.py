@@ -22,7 +22,7 @@ from sweeps.state.storage import open_storage
 RECORD, DATA, PLAN = "fer_sweep.json", "fer_data.json", "fer_plan.json"
 WINNER, PHASES = "fer_winner.json", "fer_phases.json"
 # Read only by the retrain and the report, after the search: safe to change until the retrain starts.
-RETRAIN_KEYS = ("retrain_epochs", "ensemble_top_k", "retrain.")
+RETRAIN_KEYS = ("retrain_epochs", "ensemble_top_k", "retrain.", "pick", "int8")
 
 
 def flat_settings(s: SweepSettings) -> dict:
@@ -146,15 +146,15 @@ def check_data(exp: str, dataset: Dataset, record: bool) -> None:
         )
 
 
-def write_plan(exp: str, budget: dict) -> None:
-    """Record the time budget's plan (``TimeBudget.to_record``) as the search starts."""
-    _write(exp, PLAN, {"budget": budget})
+def write_plan(exp: str, budget: dict | None, measured: dict) -> None:
+    """Record the plan as the search starts: the time budget's (``TimeBudget.to_record``, None without one)
+    and the measured objectives per architecture (``sweeps.plan.latency``, empty without them)."""
+    _write(exp, PLAN, {"budget": budget, "measured": measured})
 
 
-def read_plan(exp: str) -> dict | None:
-    """The recorded time budget's plan, or None (no budget, or not started)."""
-    doc = _read(exp, PLAN)
-    return None if doc is None else doc["budget"]
+def read_plan(exp: str) -> dict:
+    """``write_plan``'s document (``budget``, ``measured``); empty values before the search started."""
+    return _read(exp, PLAN) or {"budget": None, "measured": {}}
 
 
 def write_winner(

@@ -116,8 +116,9 @@ def match_searcher_to_trials(exp: str) -> list[str]:
     return gone
 
 
-def _trainable(base: dict, resources: dict, members: list[dict] | None = None):
-    return tune.with_resources(tune.with_parameters(fer_trainable, base=base, members=members), resources)
+def _trainable(base: dict, resources: dict, members: list[dict] | None = None, measured: dict | None = None):
+    trainable = tune.with_parameters(fer_trainable, base=base, members=members, measured=measured)
+    return tune.with_resources(trainable, resources)
 
 
 class _NoRestoreHint(logging.Filter):
@@ -176,11 +177,13 @@ def run_search(
     resume: bool,
     time_limit_s: float | None = None,
     callbacks: list | tuple = (),
+    measured: dict | None = None,
 ):
     """Run (or, with ``resume``, restore and continue) the search, stopped ``time_limit_s`` after it starts
-    when given; returns Ray's ResultGrid and the ids of the trials the time limit stopped."""
+    when given; returns Ray's ResultGrid and the ids of the trials the time limit stopped. ``measured``: the
+    measured objectives per architecture (``sweeps.plan.latency``), which each trial reports."""
     resources = placement.resources
-    trainable = _trainable(trial_config(settings, data=data), resources)
+    trainable = _trainable(trial_config(settings, data=data), resources, measured=measured)
     exp = experiment_uri(settings)
     print(
         f"[sweeps] {settings.num_samples} trials, up to {placement.concurrent} at once, each {resources['cpu']} "
@@ -200,16 +203,23 @@ def run_search(
             )
         tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=again)
         return _fit(tuner, exp, resumed=True), frozenset()
-    # TPE's default 10 random start-up trials would leave a small sweep entirely random.
+    # TPE's default 10 random start-up trials would leave a small sweep entirely random. With several
+    # objectives TPE is Optuna's MOTPE: it models the front from the first trials on, where NSGA-II would
+    # spend a population of 50 per generation, more trials than a CPU sweep has.
     startup = max(2, min(10, settings.num_samples // 3))
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
-    # The searcher holds the space as Optuna distributions, so it takes metric and mode itself.
+    # The searcher holds the space as Optuna distributions, so it takes metric and mode itself. Ray's
+    # OptunaSearch gets every objective, in order (a list of one for a single one would change nothing).
     space = to_optuna(settings.search_space)
     points = list(settings.initial_points) or None
-    searcher = OptunaSearch(
-        space=space, metric=settings.metric, mode=settings.mode, sampler=sampler, points_to_evaluate=points
-    )
-    sch = settings.scheduler  # ASHA counts Tune's training_iteration (its default time_attr): epochs
+    metric, mode = settings.metric, settings.mode
+    if len(settings.objectives) > 1:
+        metric, mode = list(settings.objectives), list(settings.objectives.values())
+    searcher = OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler, points_to_evaluate=points)
+    # ASHA stops trials on the metric alone (Ray's schedulers take one), counting Tune's training_iteration
+    # (its default time_attr): epochs. With a second objective this cuts a fast network that learns slower at
+    # the first rung, before its accuracy could earn it a place on the front (sweeps/report/pareto.py).
+    sch = settings.scheduler
     scheduler = ASHAScheduler(
         metric=settings.metric,
         mode=settings.mode,

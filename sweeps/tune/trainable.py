@@ -15,6 +15,7 @@ from ray import tune
 from fer_core.config import config_to_dict, make_config
 from fer_core.train import train
 from sweeps.config.settings import SweepSettings
+from sweeps.plan.latency import trial_objectives
 from sweeps.plan.resources import assigned_threads
 
 
@@ -41,9 +42,12 @@ def _quiet_stop(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
-def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -> None:
+def fer_trainable(
+    params: dict, base: dict, members: list[dict] | None = None, measured: dict | None = None
+) -> None:
     """Run one trial of the sampled ``params`` over the fixed ``base`` keys; in a retrain, params is
-    ``{"member": i}`` and the trial trains ``members[i]``."""
+    ``{"member": i}`` and the trial trains ``members[i]``. ``measured``: the measured objectives per
+    architecture, which every epoch's result carries (``sweeps.plan.latency``)."""
     sys.unraisablehook = _quiet_stop
     if members is not None:
         params = members[int(params["member"])]
@@ -57,10 +61,11 @@ def fer_trainable(params: dict, base: dict, members: list[dict] | None = None) -
     # GPUs Ray gave this trial, beside the device fer_core trained on (each row's "device"): the report warns
     # when the two disagree, i.e. a GPU was reserved and the trial trained on a CPU all the same.
     ray_gpus = len(ray.get_gpu_ids())
+    objectives = trial_objectives(measured, cfg) if measured else {}
 
     def report(row: dict, ckpt_dir: Path) -> None:
         tune.report(
-            {**_flat(row), "node_id": node_id, "ray_gpus": ray_gpus},
+            {**_flat(row), **objectives, "node_id": node_id, "ray_gpus": ray_gpus},
             checkpoint=tune.Checkpoint.from_directory(ckpt_dir),
         )
 
