@@ -69,7 +69,7 @@ def build_study(
     and each trial's values are its row of ``points`` (``sweeps.report.pareto``'s table): a stopped trial keeps
     them as PRUNED, a failed one has none, and one without a finite value of every objective has none either:
     Optuna keeps a COMPLETE trial only with every value, so a completed one is kept as PRUNED, off the front."""
-    names = list(objectives or {}) if objectives and len(objectives) > 1 else []
+    names = list(objectives) if objectives and len(objectives) > 1 else []
     directions = [_DIRECTIONS[d] for d in objectives.values()] if names else [_DIRECTIONS[mode]]
     with _quiet():
         study = optuna.create_study(directions=directions)
