@@ -1,6 +1,7 @@
 """The sweep's plots, drawn by Optuna (``optuna.visualization.matplotlib``) on the sweep rebuilt as a study from
 the trials table: each trial's parameters, per-epoch metric (intermediate values), best epoch's metric (its
-value) and state (``STATES``: a ``status`` user attr says how a PRUNED trial stopped)."""
+value, or its first value beside the other objectives' of a multi-objective sweep) and state (``STATES``: a
+``status`` user attr says how a PRUNED trial stopped)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import matplotlib
 import optuna
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 from optuna.distributions import CategoricalDistribution
@@ -39,6 +41,7 @@ STATES = {
     "stopped_time": TrialState.PRUNED,
     "failed": TrialState.FAIL,
 }
+_DIRECTIONS = {"max": "maximize", "min": "minimize"}
 # The history plot's line style and end marker for the trials that stopped before their last epoch.
 STOPPED_STYLE = {"stopped_asha": ("--", "x"), "stopped_time": (":", "s")}
 
@@ -57,21 +60,45 @@ def _quiet(figsize=None):
         optuna.logging.set_verbosity(verbosity)
 
 
-def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]]:
+def build_study(
+    trials, space: dict, mode: str, points=None, objectives: dict[str, str] | None = None
+) -> tuple[optuna.Study, list[str]]:
     """The trials table (``collect_trials``) as an Optuna study of the ``space`` (``to_optuna``), and one line
-    for each trial it had to leave out (a value outside its distribution)."""
+    for each trial it had to leave out (a value outside its distribution). With more than one of
+    ``objectives`` (name -> "max"/"min", the metric first) the study has a direction and a name per objective,
+    and each trial's values are its row of ``points`` (``sweeps.report.pareto``'s table): a stopped trial keeps
+    them as PRUNED, a failed one has none, and one without a finite value of every objective has none either:
+    Optuna keeps a COMPLETE trial only with every value, so a completed one is kept as PRUNED, off the front."""
+    names = list(objectives) if objectives and len(objectives) > 1 else []
+    directions = [_DIRECTIONS[d] for d in objectives.values()] if names else [_DIRECTIONS[mode]]
     with _quiet():
-        study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+        study = optuna.create_study(directions=directions)
+        if names:
+            study.set_metric_names(names)
+    rows = points.set_index("trial_id")[names] if names else None
     notes = []
     for t in trials.to_dict("records"):
         curve = {int(k): float(v) for k, v in (t["intermediate"] or {}).items() if math.isfinite(v)}
         state = STATES[t["status"]]
+        values = [best_value(curve, mode)] if curve and state != TrialState.FAIL else None
+        if names and state != TrialState.FAIL:
+            found = rows.loc[t["trial_id"]] if t["trial_id"] in rows.index else pd.Series(math.nan, names)
+            values = [float(v) for v in found]
+            missing = [k for k, v in zip(names, values) if not math.isfinite(v)]
+            if missing:
+                values = None
+                if state == TrialState.COMPLETE:
+                    state = TrialState.PRUNED
+                    notes.append(
+                        f"trial {code(t['trial_id'])} completed without a value of {text(', '.join(missing))}: "
+                        "the study keeps it as pruned, off the Pareto front."
+                    )
         params = {k: v for k, v in (t["params"] or {}).items() if k in space and v is not None}
         try:
             study.add_trial(
                 create_trial(
                     state=state,
-                    value=best_value(curve, mode) if curve and state != TrialState.FAIL else None,
+                    values=values,
                     params=params,
                     distributions={k: space[k] for k in params},
                     intermediate_values=curve,
@@ -86,14 +113,15 @@ def build_study(trials, space: dict, mode: str) -> tuple[optuna.Study, list[str]
 def save_study(study: optuna.Study, name: str, metric: str, path: Path) -> Path:
     """Save ``study`` (``build_study``'s) as the Optuna study ``name`` in a new SQLite file at ``path``, which
     ``optuna-dashboard sqlite:///PATH`` opens and ``optuna.load_study`` reads: every trial with its state,
-    parameters, per-epoch values and value. A file an earlier report of the sweep left is replaced.
+    parameters, per-epoch values and value(s), each objective named (``build_study``'s names, else ``metric``).
+    A file an earlier report of the sweep left is replaced.
     SQLite writes a file of its own in a temporary folder (an address that ``%XX`` in ``path`` cannot
     change), then the one writer copies it into the report."""
     with tempfile.TemporaryDirectory() as tmp:
         storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}/{STUDY_FILE}")
         with _quiet():
             saved = optuna.create_study(storage=storage, study_name=name, directions=study.directions)
-            saved.set_metric_names([metric])
+            saved.set_metric_names(study.metric_names or [metric])
             saved.add_trials(study.trials)
         storage.remove_session()
         storage.engine.dispose()  # close the file before it is copied
@@ -153,13 +181,17 @@ def write_plots(study: optuna.Study, metric: str, out: Path) -> list[str]:
     """Draw every sweep plot into ``out``, skipping any this sweep cannot give; returns lines for report.md:
     each plot skipped and why, and what Optuna warned of while drawing them."""
     viz = optuna.visualization.matplotlib
-    # Every trial with a value as complete: Optuna's parameter plots read only complete trials, and in an ASHA
-    # sweep most trials are stopped early (each counts with its best epoch).
+    # Every trial with a value of the metric as complete: Optuna's parameter plots read only complete trials, and
+    # in an ASHA sweep most trials are stopped early (each counts with its best epoch). A study of one objective,
+    # the metric, whatever the study's other objectives.
+    direction = study.directions[0]
     with _quiet():
-        scored = optuna.create_study(directions=study.directions)
+        scored = optuna.create_study(direction=direction)
+    mode = "max" if direction == optuna.study.StudyDirection.MAXIMIZE else "min"
     for t in study.trials:
-        if t.state != TrialState.FAIL and t.value is not None:
-            scored.add_trial(create_trial(value=t.value, params=t.params, distributions=t.distributions))
+        value = best_value(t.intermediate_values, mode)
+        if t.state != TrialState.FAIL and math.isfinite(value):
+            scored.add_trial(create_trial(value=value, params=t.params, distributions=t.distributions))
     n = len(scored.trials)
     params = sorted({k for t in scored.trials for k in t.params})
     kinds = {p: type(d) for t in scored.trials for p, d in t.distributions.items()}
