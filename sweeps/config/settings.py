@@ -427,6 +427,15 @@ def _check(s: SweepSettings) -> None:
 def _check_objectives(s: SweepSettings) -> None:
     """The objectives with what the sweep does with them: an architecture per measured combination, a pick
     rule that reads them, one model retrained."""
+    # The rule's grammar is the report's (sweeps.report.pareto), whose plots import these settings.
+    from sweeps.report.pareto import parse_pick
+
+    rule = parse_pick(s.pick, s.objectives, source_of(s, "pick"))
+    if rule.kind != "best" and len(s.objectives) < 2:
+        raise ConfigError(
+            f"{source_of(s, 'pick')} = {s.pick!r} chooses on a front of several objectives, and this sweep has one "
+            f"({s.metric}); add objectives: {{{s.metric}: {s.mode}, latency_ms: min}}, or pick: best"
+        )
     if any(name in MEASURED for name in s.objectives):
         architectures(s.search_space, s.train, source_of(s, "search_space"))
     if len(s.objectives) > 1 and s.ensemble_top_k > 1:

@@ -17,7 +17,9 @@ from sweeps.config.settings import Scheduler, SweepSettings, fmt_duration
 RETRAIN_SHARE = 0.7  # of the time left for training once start-up, report and margin are set aside
 MARGIN_SHARE, MARGIN_MIN_S = 0.10, 15.0  # kept free at the end: a slow spell, Ray's shutdown, the upload
 REPORT_PLOTS_S = 10.0  # the report's plots and files besides its evaluation (~7 s measured on 2 cores)
-REPORT_SHIP_S = 8.0  # model.onnx exported and timed at batch 1 and the throughput batch (sweeps/report/ship.py)
+REPORT_SHIP_S = (
+    8.0  # model.onnx exported and timed at batch 1 and the throughput batch (sweeps/report/ship.py)
+)
 REPORT_INT8_S = 25.0  # int8: calibrated, quantized, and timed against FP32 three times (its scoring: images)
 MAX_TRIALS = 64  # the most trials a budget plans when the YAML sets no num_samples
 MAX_RETRAIN_EPOCHS = 100

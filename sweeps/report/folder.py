@@ -1,5 +1,6 @@
 """The report folder of a finished sweep, written in its steps: the winner's checkpoint and config, the scores,
-the figures, the sweep's plots, then (the report's own time known) metrics.json, report.md and report.html."""
+the model to ship (ONNX, its speed, INT8), the figures, the sweep's plots (the Pareto front of several
+objectives), then (the report's own time known) metrics.json, report.md, report.html and the model card."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from fer_core.metrics import DATASET_METRIC
 from fer_core.runtime import resolve_runtime
 from sweeps.config.settings import SweepSettings
 from sweeps.config.space import to_optuna
-from sweeps.report import plots
+from sweeps.report import pareto, plots
 from sweeps.report.calibration import FILE as RELIABILITY
 from sweeps.report.calibration import calibrate_winner, plot_reliability
 from sweeps.report.ensemble import copy_result_checkpoint, ensemble
 from sweeps.report.html import write_html
 from sweeps.report.markdown import started_from, write_markdown
-from sweeps.report.trials import status_counts, write_csv
+from sweeps.report.ship import export_winner, write_card
+from sweeps.report.trials import objective_points, status_counts, write_csv
 from sweeps.state.storage import write_local
 from sweeps.tune.progress import Phases, Steps
 
@@ -89,7 +91,7 @@ def write_report(
     """Write the report folder ``out``: the sweep, its retrained winner and (if several) their ensemble;
     returns ``out``. ``members`` (``top_trials``, winner first) and ``finals`` (their retrains' Ray Results)
     share one order; ``phases`` gets "report" ended here, so metrics.json and report.md time every phase."""
-    step = Steps("report", 5 if len(members) > 1 else 4)
+    step = Steps("report", 6 if len(members) > 1 else 5)
     out.mkdir(parents=True, exist_ok=True)
     # The retrain's final epoch is the winner (no extra selection on val): cosine ends at its lowest lr.
     copy_result_checkpoint(finals[0], out / "best.pt")
@@ -111,12 +113,17 @@ def write_report(
         scoring = dict(data=data, cache_dir=cache_dir, runtime=runtime)
         ensembled = ensemble(out, members, finals, raw, classes, seed, **scoring)
     winner, calibration = calibrate_winner(out / "best.pt", raw)
+    step("model.onnx and its speed" + (", the INT8 copy against it" if settings.int8 else ""))
+    shipped = export_winner(settings, out / "best.pt", out, data=data, cache_dir=cache_dir)
     metrics = {
         "best_trial": members[0]["trial_id"],
         f"best_trial_{settings.metric}": members[0]["best"],
         "params": members[0]["params"],
         "metric": settings.metric,
         "mode": settings.mode,
+        "objectives": dict(settings.objectives),
+        "pick": settings.pick,
+        "choice": members[0].get("reason", ""),
         "retrain_epochs": int(state["epoch"]),  # trained, as best.pt says: a time limit may stop it early
         "retrain_epochs_planned": int(config["epochs"]),
         "started_from": started_from(config),
@@ -132,6 +139,7 @@ def write_report(
         "calibration": calibration,
         **{k: v for sp, m in winner.items() for k, v in m.items() if k.startswith(f"{sp}_")},
         **ensembled,
+        **shipped,
     }
     step("training curves, confusion matrix, per-class accuracy")
     val, history = winner["val"], finals[0].metrics_dataframe
@@ -143,9 +151,21 @@ def write_report(
     viz.plot_per_class_accuracy(per_class, out / "per_class_accuracy.png", support=support)
     plot_reliability(raw, calibration["temperature"], out / RELIABILITY)
     step("hyperparameter plots")
-    study, plot_notes = plots.build_study(trials, to_optuna(settings.search_space), settings.mode)
+    points, objectives = objective_points(trials, settings), settings.objectives
+    space = to_optuna(settings.search_space)
+    study, plot_notes = plots.build_study(trials, space, settings.mode, points, objectives)
     plot_notes += plots.write_plots(study, settings.metric, out)
     plots.save_study(study, settings.name, settings.metric, out / plots.STUDY_FILE)
+    front = []
+    if len(objectives) > 1:
+        choice = pareto.Choice(members[0]["trial_id"], members[0]["reason"])
+        pareto.plot_front(study, choice.trial_id, out / pareto.PARETO_FILE, objectives, settings.pick)
+        front = [
+            f"![Pareto front]({pareto.PARETO_FILE})",
+            "",
+            *pareto.front_lines(points, objectives, choice),
+        ]
+        front += pareto.other_rules(points, objectives, settings.pick)
     step("sample predictions, saliency maps, trials.csv, report.md and report.html")
     size, gray = config["img_size"], config["grayscale"]
     images = np.asarray(
@@ -167,6 +187,7 @@ def write_report(
         timing |= {"plan": budget.lines(), "budget": budget.to_dict()}
     metrics |= {"wall_seconds": timing["phases"]["total"], "timing": timing}
     write_local(out / "metrics.json", json.dumps(metrics, indent=1).encode(), out.parent)
-    write_markdown(settings, trials, metrics, out / "report.md", audit, plot_notes)
+    write_markdown(settings, trials, metrics, out / "report.md", audit, plot_notes, front)
+    write_card(out / "best.pt", out, metrics=metrics, audit=audit, choice=metrics["choice"])
     write_html(out / "report.md")  # last: it inlines every image report.md links
     return out

@@ -13,7 +13,8 @@ from sweeps.config.settings import SweepSettings, fmt_duration
 from sweeps.report import plots
 from sweeps.report.calibration import markdown_lines as calibration_lines
 from sweeps.report.escape import code, text
-from sweeps.report.trials import STATUSES, device_lines, ranked, status_counts
+from sweeps.report.ship import CARD, INT8, ONNX
+from sweeps.report.trials import STATUSES, device_lines, measured, ranked, status_counts
 from sweeps.state.storage import write_local
 
 
@@ -44,10 +45,10 @@ def trials_line(counts: dict) -> str:
 
 def _trial_table(trials: pd.DataFrame, settings: SweepSettings, limit: int, cell=text) -> list[str]:
     r = ranked(trials, settings).iloc[:limit]
-    names = [p.name for p in settings.search_space]
-    shown = r[["trial_id", "status", "epochs", f"best_{settings.metric}", *names]]
+    names, timed = [p.name for p in settings.search_space], measured(settings)
+    shown = r[["trial_id", "status", "epochs", f"best_{settings.metric}", *timed, *names]]
     shown = shown.assign(status=shown["status"].map(STATUSES))
-    columns = ["trial", "status", "epochs", settings.metric, *names]
+    columns = ["trial", "status", "epochs", settings.metric, *timed, *names]
     return _table(columns, shown.itertuples(index=False), cell)
 
 
@@ -172,19 +173,82 @@ def _saliency_lines(folder: Path) -> list[str]:
     return lines[:-1]
 
 
+def _ship_lines(m: dict) -> list[str]:
+    """The model to ship: ``model.onnx``'s speed, INT8 against FP32 (``int8: true``) and the model card."""
+    lat = m["latency"]
+    sizes = sorted(lat["batches"], key=int)
+    lo, hi = lat["latency_iqr_ms"]
+    lines = [
+        "\n## The model to ship\n",
+        f"`{ONNX}` (preprocessing and temperature inside, {lat['size_bytes'] / 1e6:.1f} MB): batch {sizes[0]} in "
+        f"{lat['latency_ms']:.2f} ms (median, IQR {lo:.2f}-{hi:.2f}), batch {sizes[-1]} at "
+        f"{lat['images_per_s']:.0f} images/s; onnxruntime, {lat['threads']} thread(s) on {text(lat['machine'])}.",
+    ]
+    int8 = m.get("int8")
+    if int8 and "error" in int8:
+        lines += ["", f"No INT8 model: {text(int8['error'])}"]
+    elif int8:
+        q = int8["quantization"] or {}
+        rows = [
+            [f"{split} {key}", r["fp32"][key], r["int8"][key]]
+            for split, r in int8["splits"].items()
+            for key in ("accuracy", "ece")
+        ]
+        rows += [
+            [
+                f"batch-1 latency (ms, {lat['threads']} thread(s))",
+                *(int8["latency"][k]["latency_ms"] for k in ("fp32", "int8")),
+            ]
+        ]
+        rows += [["images/s", *(int8["latency"][k]["images_per_s"] for k in ("fp32", "int8"))]]
+        rows += [["file (MB)", *(int8["size_bytes"][k] / 1e6 for k in ("fp32", "int8"))]]
+        lines += [
+            "",
+            f"`{INT8}`: onnxruntime's {text(q.get('method', 'INT8'))} quantization.",
+            "",
+            *_table(["", "FP32", "INT8"], rows),
+        ]
+        if int8["warning"]:
+            lines += ["", f"WARNING: {text(int8['warning'])}"]
+    return lines + [
+        "",
+        f"Model card: `{CARD}` (the Hugging Face Hub's README format). `python -m fer_core.apps.export best.pt "
+        "--hub DIR` writes the folder a Hub upload takes (model.onnx, model.safetensors, config.json, the card); "
+        "nothing is uploaded.",
+    ]
+
+
+def _search_words(settings: SweepSettings) -> str:
+    s, metric = settings.scheduler, settings.metric
+    asha = f"ASHA (grace {s.grace_period}, max {s.max_epochs} epochs, reduction {s.reduction_factor:g})"
+    if len(settings.objectives) == 1:
+        return f"Search: Optuna TPE (seed {settings.seed}), {asha}; metric `{metric}` ({settings.mode})."
+    both = ", ".join(f"`{k}` ({v})" for k, v in settings.objectives.items())
+    return (
+        f"Search: Optuna TPE (seed {settings.seed}) on the objectives {both}, {asha} on `{metric}` alone; "
+        f"the trial retrained is chosen by the rule {code(settings.pick)}."
+    )
+
+
 def write_markdown(
-    settings: SweepSettings, trials: pd.DataFrame, m: dict, path: Path, audit=None, plot_notes=()
+    settings: SweepSettings,
+    trials: pd.DataFrame,
+    m: dict,
+    path: Path,
+    audit=None,
+    plot_notes=(),
+    front=(),
 ) -> None:
     """``report.md`` beside the figures: ``m`` is what metrics.json holds (its ``timing`` included), ``audit``
-    the dataset audit's findings if any, ``plot_notes`` what ``plots.write_plots`` returned."""
-    s, metric = settings.scheduler, settings.metric
+    the dataset audit's findings if any, ``plot_notes`` what ``plots.write_plots`` returned, ``front`` the
+    Pareto front's section (``sweeps.report.pareto.front_lines``) of a sweep of several objectives."""
+    metric = settings.metric
     failed = trials[trials["status"] == "failed"].to_dict("records")
     lines = [
         f"# Sweep report: {text(settings.name)}",
         "",
         f"Data: {code(', '.join(data_roots(m['data'])))}; classes {code(', '.join(m['classes']))}. Device: {text(m['device'])}. Wall time: {fmt_duration(m['wall_seconds'])} (every "
-        f"phase, listed under Time). Search: Optuna TPE (seed {settings.seed}), ASHA (grace {s.grace_period}, "
-        f"max {s.max_epochs} epochs, reduction {s.reduction_factor:g}); metric `{metric}` ({settings.mode}).",
+        f"phase, listed under Time). {_search_words(settings)}",
         "",
         trials_line(m["trials"]),
         *[f"\n{text(line)}" for line in device_lines(trials)],
@@ -195,6 +259,7 @@ def write_markdown(
         "with seed "
         f"{m['seed']}: `best.pt`, config in `best_config.yaml`.",
         "",
+        *([f"Why this trial: {text(m['choice'])}", ""] if len(settings.objectives) > 1 else []),
         f"Seeds: training {m['seed']}, search (TPE) {settings.seed}. "
         "TTA \"flip\" averages each image's and its mirror image's probabilities.",
         "",
@@ -202,6 +267,7 @@ def write_markdown(
         *_dataset_lines(m),
         *_ensemble_lines(m),
         *calibration_lines(m),
+        *_ship_lines(m),
         *_audit_lines(audit, m["dedupe"]),
         "\n## Training\n",
         "![training curves](training_curves.png)",
@@ -209,6 +275,7 @@ def write_markdown(
         "![per-class accuracy](per_class_accuracy.png)",
         "![sample predictions](sample_predictions.png)",
         *_saliency_lines(path.parent),
+        *(["\n## Accuracy against speed\n", *front] if front else []),
         "\n## The search\n",
         "Optuna's plots of the sweep's study. Per epoch: every trial, those stopped early by ASHA dashed, those "
         "stopped by the time limit dotted, failed ones in red. The parameter plots: every trial that reported "

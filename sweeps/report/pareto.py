@@ -36,7 +36,7 @@ import pandas as pd
 from optuna.trial import TrialState, create_trial
 
 from fer_core.errors import ConfigError, FerError
-from sweeps.report.escape import text
+from sweeps.report.escape import code, text
 from sweeps.report.plots import _finish, _quiet
 
 PARETO_FILE = "pareto_front.png"  # the front's plot in the report folder
@@ -346,3 +346,18 @@ def plot_front(
             f"candidates); {chosen_trial_id} chosen by '{rule}'"
         )
         return _finish(ax, title, path)
+
+
+def other_rules(points: pd.DataFrame, objectives: dict[str, str], rule: str) -> list[str]:
+    """report.md's lines on what the other standard rules would have chosen from the same trials (a rule is
+    not retaken: the retrain ran the one the sweep was given)."""
+    rules = ["best", "knee"] + (["fastest within 1 point"] if "latency_ms" in objectives else [])
+    lines = []
+    for other in (r for r in rules if r != " ".join(rule.split()).lower()):
+        try:
+            choice = choose(points, objectives, parse_pick(other, objectives, "pick"))
+        except (ConfigError, FerError) as e:
+            lines.append(f"- {code(other)}: {text(str(e))}")
+        else:
+            lines.append(f"- {code(other)}: {text(choice.reason)}")
+    return ["", "What the other rules would have chosen from these trials:", "", *lines] if lines else []
