@@ -2,6 +2,7 @@
 
     python -m fer_core.apps.export CHECKPOINT --onnx model.onnx [--check] [--batch-size 64] [--opset 17] [--overwrite]
         [--int8 [model.int8.onnx] [--quantization static|dynamic] [--calibration DIR] [--data DIR] [--threads N]]
+        [--hub DIR]
 
 The exported model takes what a deployment has at hand, decoded uint8 pixels, and returns probabilities:
 
@@ -23,6 +24,10 @@ preprocessing and metadata, plus a ``quantization`` key), then prints FP32 again
 on val (and test) of the checkpoint's data (or ``--data``), batch-1 latency, throughput and file size.
 Static quantization draws its calibration images from the checkpoint's training data (``--calibration``
 when it is elsewhere).
+
+``--hub DIR`` writes a Hugging Face Hub folder (``fer_core.apps.hub``): model.onnx (there, unless --onnx
+says where), the weights as timm's model.safetensors and config.json, and the model card as README.md
+(with the --int8 report when given). Nothing is uploaded.
 """
 
 from __future__ import annotations
@@ -297,6 +302,10 @@ def check_onnx(
 
 def _check_arguments(args, out: Path) -> None:
     """One-line errors for arguments that would otherwise fail deep inside torch or onnxruntime."""
+    if args.hub is not None:
+        from .hub import check_hub_folder
+
+        check_hub_folder(args.hub, args.checkpoint, args.overwrite)
     if args.opset not in OPSETS:
         raise FerError(
             f"--opset = {args.opset}; this torch exports opsets {OPSETS[0]} to {OPSETS[-1]}: pass one of them"
@@ -355,7 +364,7 @@ def main(argv=None) -> int:
         help="compare onnxruntime with PyTorch on a batch and time both on CPU",
     )
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the --check timing (default 64)")
-    p.add_argument("--overwrite", action="store_true", help="let --onnx replace a checkpoint or a run's file")
+    p.add_argument("--overwrite", action="store_true", help="let --onnx/--hub replace a checkpoint or files")
     p.add_argument(
         "--int8",
         nargs="?",
@@ -385,8 +394,10 @@ def main(argv=None) -> int:
         metavar="N",
         help="onnxruntime threads of the --int8 timings (default: the CPUs this process may use)",
     )
+    p.add_argument("--hub", metavar="DIR", help="write a Hugging Face Hub folder there (no upload)")
     args = p.parse_args(argv)
-    out = Path(args.onnx) if args.onnx else Path(args.checkpoint).with_suffix(".onnx")
+    hub_onnx = Path(args.hub) / "model.onnx" if args.hub else None
+    out = Path(args.onnx) if args.onnx else hub_onnx or Path(args.checkpoint).with_suffix(".onnx")
     try:
         _check_arguments(args, out)
         calibration = (None, "")
@@ -414,8 +425,13 @@ def main(argv=None) -> int:
                 f"CPU inference, batch {r['bench_batch']}, {r['threads']} threads: onnxruntime {r['onnx_images_per_s']:.0f} images/s, "
                 f"PyTorch {r['torch_images_per_s']:.0f} images/s"
             )
-        if args.int8 is not None:
-            _int8(args, out, calibration)
+        report = _int8(args, out, calibration) if args.int8 is not None else None
+        if args.hub is not None:  # its folder was checked above, before model.onnx was written there
+            from .hub import describe_hub_folder, hub_card, write_hub_folder
+
+            card = hub_card(args.checkpoint, **({"int8": report} if report else {}))
+            write_hub_folder(args.checkpoint, args.hub, card=card, onnx=out, overwrite=True)
+            print(describe_hub_folder(args.hub))
     except FerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
