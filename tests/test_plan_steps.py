@@ -57,10 +57,10 @@ def test_a_time_budget_derives_new_settings_and_leaves_the_given_ones(demo_root,
         budget.max_epochs,
         budget.retrain_epochs,
     )
-    assert (budget.num_samples, budget.retrain_epochs) != (6, 12)  # sized, not the YAML's
-    assert (given.num_samples, given.scheduler.max_epochs, given.retrain_epochs) == (6, 3, 12)
-    # Placed again for the new trial count: 16 four-CPU slots, no longer capped at the YAML's 6 trials.
-    assert before.concurrent == 6 and placement.concurrent == min(16, sized.num_samples)
+    assert (budget.num_samples, budget.retrain_epochs) != (8, 40)  # sized, not the YAML's
+    assert (given.num_samples, given.scheduler.max_epochs, given.retrain_epochs) == (8, 3, 40)
+    # Placed again for the new trial count: 16 four-CPU slots, no longer capped at the YAML's 8 trials.
+    assert before.concurrent == 8 and placement.concurrent == min(16, sized.num_samples)
     assert est.counts.train == 70 and est.retrain_speed == pytest.approx(0.8)
     out = capsys.readouterr().out
     assert "[sweeps] probe: 100 img/s training (80 with the retrain's config)" in out
@@ -110,7 +110,7 @@ def test_the_retrain_is_resized_into_new_values_from_the_winners_timing():
     epoch_s = 672 / 50 + 10.0  # its training rate over the retrain's images, and the rest of its epoch
     start_s = (200.0 - 90.0) / 2  # the slot-time the two trials spent outside their training function
     left = 300 - budget.margin_s - budget.est.report_s - start_s
-    assert resized.retrain_epochs == int(left // epoch_s) == 7 and s.retrain_epochs == 12
+    assert resized.retrain_epochs == int(left // epoch_s) == 7 and s.retrain_epochs == 40
     assert limit_s == pytest.approx(start_s + left + budget.margin_s / 2, abs=0.5)
     assert noted.notes[-1].startswith("retrain resized after the search: 7 epochs") and noted.lines()[-1]
     assert budget.notes == () and noted.notes[:-1] == budget.notes  # the budget given is left as it was
@@ -134,10 +134,10 @@ def test_dry_run_prints_the_plan_and_its_estimate(capsys):
     )
     out = capsys.readouterr().out
     assert out.startswith("Dry run: ") and "  train 700 images, val 210, no test split" in out
-    assert "  plan: each trial 4 CPU + 0 GPU" in out and "Search: 6 trials" in out
+    assert "  plan: each trial 4 CPU + 0 GPU" in out and "Search: 8 trials" in out
     assert "  lr: loguniform 0.0003 .. 0.01" in out and "rungs at epochs [1, 2, 3]" in out
-    # 6 trials one at a time of 5 s + 1.75 expected epochs of 6 s; one retrain of 5 s + 12 epochs of 7 s.
-    assert "search ~1m33s" in out and "retrain ~1m29s" in out and "report ~10s" in out
+    # 8 trials one at a time of 5 s + 1.75 expected epochs of 6 s; one retrain of 5 s + 40 epochs of 7 s.
+    assert "search ~2m04s" in out and "retrain ~4m45s" in out and "report ~10s" in out
     budget = split_budget(s, budget_s=60, elapsed_s=1, est=EST, concurrent=1, source="x")
     print_dry_run(
         s,
