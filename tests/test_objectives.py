@@ -38,7 +38,11 @@ BOTH = {"objectives": {"val_accuracy": "max", "latency_ms": "min"}}
         ({"objectives": {"latency_ms": "min"}}, {}, "its first entry (the metric ASHA stops trials on)"),
         ({**BOTH, "metric": "val_macro_f1"}, {}, "the first objective is the metric"),
         ({**BOTH, "ensemble_top_k": 2}, {}, "its speed is not any trial's on the front"),
-        ({}, {"pick": "knee"}, "chooses on a front of several objectives"),
+        (
+            {"objectives": {"val_accuracy": "max"}},
+            {"pick": "knee"},
+            "chooses on a front of several objectives",
+        ),
         (BOTH, {"pick": "latncy_ms <= 3"}, "--pick: 'latncy_ms <= 3' names 'latncy_ms'"),
         (BOTH, {"pick": "fastest"}, "--pick: 'fastest' is not a pick rule"),
         ({**BOTH, "latency.threads": 0}, {}, "'latency'.threads must be >= 1"),

@@ -133,6 +133,8 @@ def test_the_folder_has_every_file_and_the_ensemble(report):
         "contour.png",
         "reliability.png",
         "optuna.db",
+        "model.onnx",
+        "model_card.md",
         "ensemble/member0.pt",
         "ensemble/member1.pt",
     ]

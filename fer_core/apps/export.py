@@ -127,7 +127,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
 def export_config(cfg: TrainConfig, num_classes: int, out: str | Path, opset: int = 17) -> Path:
     """Write the model a run of ``cfg`` would train, untrained, as ``export_onnx`` writes a checkpoint's: the
     same graph (architecture, input size, preprocessing, softmax), so the same speed, before any training."""
-    model = build_model(cfg.model, num_classes=num_classes, drop_rate=cfg.drop_rate)
+    # The weights change no speed; loaded, they are checked against the architecture before any trial.
+    model = build_model(
+        cfg.model, num_classes=num_classes, weights=cfg.weights or None, drop_rate=cfg.drop_rate
+    )
     classes = [f"class_{i}" for i in range(num_classes)]
     wrapped = PreprocessedModel(model, Preprocess.for_config(cfg, model))
     return _write_onnx(wrapped, classes, out, f"untrained {cfg.model}", opset)

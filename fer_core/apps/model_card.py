@@ -428,14 +428,18 @@ def _limitation_lines(state: dict, audit: dict | None, pre: Preprocess, names: l
     counts = (audit or {}).get("splits", {}).get("train", {}).get("class_counts")
     if counts:
         big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+        ratio = counts[big] / max(counts[small], 1)
         lines.append(
             f"- Class imbalance: train holds {counts[big]} {big} images against {counts[small]} {small} "
-            f"({counts[big] / max(counts[small], 1):.1f}x); rare classes are recognised less reliably."
+            f"({ratio:.1f}x); rare classes are recognised less reliably."
+            if ratio >= 1.5
+            else f"- Classes: train holds {counts[small]} to {counts[big]} images of each."
         )
     else:
         lines.append("- Class balance of the training data: not known (no audit was given).")
     if audit:
-        lines += ["- The data audit found:", *(f"  - {line}" for line in summarize(audit))]
+        found = [line for line in summarize(audit) if not line.startswith("audit took")]
+        lines += ["- The data audit found:", *(f"  - {line}" for line in found)]
         cross = audit.get("exact_duplicates", {}).get("cross_split", {})
         if cross.get("images") and c.get("dedupe", "none") != "cross_split":
             lines.append(

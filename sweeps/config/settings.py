@@ -141,6 +141,11 @@ class SweepSettings:
     # Where keys set on the command line came from ({"train.lr": "command line", "name": "--name"}): source_of
     origins: dict = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        # The metric alone is the objective of settings built without one (``objectives: {}``).
+        if not self.objectives:
+            object.__setattr__(self, "objectives", {self.metric: self.mode})
+
 
 _SECTIONS = {"resources": Resources, "scheduler": Scheduler, "latency": Latency, "demo": Demo}
 _MAPPINGS = ("train", "retrain", "search_space", "objectives")
@@ -340,12 +345,17 @@ def _objectives(raw: dict, values: dict, src: str, origins: dict) -> dict:
         )
     first, first_mode = next(iter(spec.items()))
     _typed(_SCALARS["metric"], first, f"{where}: its first entry (the metric ASHA stops trials on)")
+    # metric= or mode= on the command line replace the file's first objective; set beside it, they must agree.
+    replaces = {k for k in ("metric", "mode") if k in origins and "objectives" not in origins}
     for key, value in (("metric", first), ("mode", first_mode)):
-        if key in raw and raw[key] != value:
+        if key in raw and raw[key] != value and key not in replaces:
             raise ConfigError(
-                f"{where} starts with {first}: {first_mode}, but {origins.get(key, src)}: '{key}' = {raw[key]}; the first objective "
-                f"is the metric: drop '{key}' or make them agree"
+                f"{where} starts with {first}: {first_mode}, but {origins.get(key, src)}: '{key}' = {raw[key]}; "
+                f"the first objective is the metric: drop '{key}' or make them agree"
             )
+    first = metric if "metric" in replaces else first
+    first_mode = mode if "mode" in replaces else first_mode
+    spec = {first: first_mode, **{k: v for k, v in list(spec.items())[1:] if k != first}}
     measured = ", ".join(f"{k} ({v})" for k, v in MEASURED.items())
     for name, direction in spec.items():
         if direction not in ("max", "min"):
