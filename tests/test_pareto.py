@@ -151,7 +151,7 @@ def test_no_completed_trial_says_stopped_trials_are_not_candidates():
         ("", OBJ, "the pick rule is empty"),
         ("fastest", OBJ, "'fastest' is not a pick rule"),
         ("fastest within x points", OBJ, "N must be a number"),
-        ("fastest within 1 point", {"val_accuracy": "max", "images_per_s": "max"}, "needs latency_ms among"),
+        ("fastest within 1 point", {"val_accuracy": "max", "throughput": "max"}, "needs latency_ms among"),
         ("fastest within 1 point", {"val_loss": "min", "latency_ms": "min"}, "val_loss is min"),
         ("latency <= 4", OBJ, "names 'latency', not an objective of this sweep (did you mean latency_ms?)"),
         ("latency_ms =< 4", OBJ, "'latency_ms =< 4' is not NAME OP NUMBER"),

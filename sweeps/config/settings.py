@@ -29,7 +29,7 @@ from sweeps.config.space import Param, architectures, parse_space, to_spec
 TRACKERS = ("none", "mlflow")
 # Objectives a trial reports beside its epoch metric, each with the direction that is better: measured once per
 # architecture of the search space, before the search (sweeps/plan/latency.py).
-MEASURED = {"latency_ms": "min", "images_per_s": "max"}
+MEASURED = {"latency_ms": "min", "throughput": "max"}
 DEFAULT_YAML = Path(__file__).parent.parent / "configs" / "default.yaml"
 
 
@@ -85,7 +85,7 @@ class Latency:
     # onnxruntime threads of the measurement: one core, as one stream of many on a server or a phone's big
     # core runs it, and a figure that does not depend on how many cores the measuring machine has
     threads: int = _key(1, low=1)
-    batch: int = _key(64, low=2)  # the batch size of the throughput (images_per_s)
+    batch: int = _key(64, low=2)  # the batch size of the throughput (images per second)
 
 
 @dataclass(frozen=True)

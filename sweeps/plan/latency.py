@@ -1,4 +1,4 @@
-"""The measured objectives (``latency_ms``, ``images_per_s``): each architecture the search can train, exported as
+"""The measured objectives (``latency_ms``, ``throughput``): each architecture the search can train, exported as
 ``fer_core.apps.export`` exports a checkpoint and timed by onnxruntime on CPU, once, before the search.
 
 Speed belongs to the exported graph (network, input size, channels), not to the weights a trial learns, so
@@ -39,7 +39,7 @@ def _time_architectures(train: TrainConfig, archs: list[dict], num_classes: int,
             out[arch_key(cfg)] = {
                 "latency_ms": r["latency_ms"],
                 "latency_iqr_ms": r["latency_iqr_ms"],
-                "images_per_s": r["images_per_s"],
+                "throughput": r["images_per_s"],
                 "stable": all(b["stable"] for b in r["batches"].values()),
                 "threads": r["threads"],
                 "batch": batch,
@@ -49,7 +49,7 @@ def _time_architectures(train: TrainConfig, archs: list[dict], num_classes: int,
 
 
 def measure_objectives(settings, num_classes: int, resources: dict) -> dict:
-    """``{arch_key: {"latency_ms", "latency_iqr_ms", "images_per_s", "stable", "threads", "batch", "machine"}}``
+    """``{arch_key: {"latency_ms", "latency_iqr_ms", "throughput", "stable", "threads", "batch", "machine"}}``
     for every architecture of the search, timed in one Ray task with a trial's ``resources`` (Tune's
     ``{"cpu", "gpu"}``; the timing uses ``settings.latency.threads`` of them, and no GPU)."""
     archs = architectures(settings.search_space, settings.train, settings.source)
@@ -70,4 +70,4 @@ def measure_objectives(settings, num_classes: int, resources: dict) -> dict:
 def trial_objectives(measured: dict, config) -> dict:
     """What a trial of ``config`` reports beside its epoch: its architecture's figures."""
     m = measured[arch_key(config)]
-    return {"latency_ms": m["latency_ms"], "images_per_s": m["images_per_s"], "latency_machine": m["machine"]}
+    return {"latency_ms": m["latency_ms"], "throughput": m["throughput"], "latency_machine": m["machine"]}

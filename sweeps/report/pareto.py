@@ -164,7 +164,7 @@ def front(points: pd.DataFrame, objectives: dict[str, str]) -> pd.DataFrame:
 def _value(name: str, v: float) -> str:
     if name == "latency_ms":
         return f"{v:.2f} ms"
-    if name == "images_per_s":
+    if name == "throughput":
         return f"{v:.0f} images/s"
     return f"{name} {v:.4f}" if abs(v) < 100 else f"{name} {v:.0f}"
 
