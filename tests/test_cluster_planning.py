@@ -159,7 +159,7 @@ def test_gpu_trials_go_to_the_gpu_node_with_the_configured_share(tmp_path):
             sweep(tmp_path, "gpu", "num_samples=2", "resources.gpus_per_trial=0.5", address=cluster.address),
             cluster.env,
             tmp_path / "driver.log",
-            "[sweeps] best trial",
+            "retraining it anew",
         )
         seconds = time.perf_counter() - t0
     finally:
@@ -225,7 +225,7 @@ def test_autoscaling_from_zero_workers_gets_gpu_trials(tmp_path):
             ),
             cluster.env,
             tmp_path / "driver.log",
-            "[sweeps] best trial",
+            "retraining it anew",
         )
         seconds = time.perf_counter() - t0
         nodes = cluster.nodes()

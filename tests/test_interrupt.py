@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -98,7 +99,7 @@ def test_a_driver_killed_in_the_retrain_resumes_with_the_winner_it_announced(tmp
             f.stat().st_size for f in exp.glob("retrain/*/result.json")
         ):
             assert proc.poll() is None and time.time() < deadline, Path(log.name).read_text()[-3000:]
-            if announced_at is None and "[sweeps] best trial" in Path(log.name).read_text():
+            if announced_at is None and "retraining it anew" in Path(log.name).read_text():
                 announced_at = time.monotonic()  # the search (and the start-up before it) ended about here
             time.sleep(0.3)
         children = descendants(proc.pid)
@@ -106,8 +107,8 @@ def test_a_driver_killed_in_the_retrain_resumes_with_the_winner_it_announced(tmp
         proc.wait(timeout=30)
     finally:
         kill_all(proc, children or descendants(proc.pid))
-    announced = next(ln for ln in Path(log.name).read_text().splitlines() if "[sweeps] best trial" in ln)
-    winner = announced.split("best trial ", 1)[1].split(":", 1)[0]
+    announced = next(ln for ln in Path(log.name).read_text().splitlines() if "retraining it anew" in ln)
+    winner = re.search(r"\[sweeps\] (?:best|chosen) trial (\w+):", announced).group(1)
 
     r = subprocess.run([*cmd, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
