@@ -200,8 +200,8 @@ def _ship_lines(m: dict) -> list[str]:
                 *(int8["latency"][k]["latency_ms"] for k in ("fp32", "int8")),
             ]
         ]
-        rows += [["images/s", *(int8["latency"][k]["images_per_s"] for k in ("fp32", "int8"))]]
-        rows += [["file (MB)", *(int8["size_bytes"][k] / 1e6 for k in ("fp32", "int8"))]]
+        rows += [["images/s", *(round(int8["latency"][k]["images_per_s"]) for k in ("fp32", "int8"))]]
+        rows += [["file (MB)", *(f"{int8['size_bytes'][k] / 1e6:.2f}" for k in ("fp32", "int8"))]]
         lines += [
             "",
             f"`{INT8}`: onnxruntime's {text(q.get('method', 'INT8'))} quantization.",
