@@ -148,6 +148,8 @@ def _write_onnx(wrapped: PreprocessedModel, classes: list[str], out, source: str
     # Its "legacy exporter" DeprecationWarning is silenced: it says nothing a user of this command can act on.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        # The normalisation's mean and std tensors are constants: the tracer's warning that they are is noise.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapped,
             (torch.zeros(shape, dtype=torch.uint8),),
