@@ -268,7 +268,11 @@ def sweep(
     best = members[0]
     others = len(members) - 1
     ensemble = f", with the next {others} configuration(s) for the ensemble" if others else ""
-    chosen = f"by the pick rule {settings.pick!r}, {best['reason']}" if len(settings.objectives) > 1 else ""
+    chosen = (
+        f"by the pick rule {settings.pick!r}, {best['reason'].rstrip('.')}"
+        if len(settings.objectives) > 1
+        else ""
+    )
     print(
         f"[sweeps] {'chosen' if chosen else 'best'} trial {best['trial_id']}: {settings.metric} {best['best']:.4f} "
         f"with {best['params']}; {chosen + '; ' if chosen else ''}retraining it anew (not continued from its "
