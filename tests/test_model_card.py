@@ -155,8 +155,10 @@ def test_the_card_words_every_input(checkpoint, demo_root):
         and "4321 images/s" in card
     )
     assert "| val accuracy | 0.5123 | 0.5012 |" in card and "| batch-1 latency, ms | 1.23 | 0.88 |" in card
-    for line in summarize(audit):  # the audit's findings, and its counts per split and class
-        assert line in card, line
+    for line in summarize(
+        audit
+    ):  # the audit's findings (not its own run time), and its counts per split and class
+        assert (line in card) != line.startswith("audit took"), line
     counts = audit["splits"]["train"]["class_counts"]
     assert (
         f"| train | {audit['splits']['train']['images']} | " + " | ".join(str(counts[c]) for c in classes)
