@@ -49,7 +49,7 @@ def test_a_budgeted_sweep_plans_reports_and_keeps_its_budget(budgeted):
     assert "| report | " in report and "| total | " in report and "(being written)" not in report
     assert "Time: start-up and probe" in r.stdout and "(time budget 1m40s:" in r.stdout
     # Progress with an ETA in each long phase.
-    for phase in ("[sweeps] search: ", "[sweeps] retrain: ", "[sweeps] report 1/4: "):
+    for phase in ("[sweeps] search: ", "[sweeps] retrain: ", "[sweeps] report 1/5: "):
         assert phase in r.stdout
     assert "ETA" in r.stdout.split("[sweeps] retrain: ")[1].splitlines()[0]
 
