@@ -7,6 +7,7 @@ users of MinIO/Ceph), with dummy credentials and the EC2 metadata probe off, so 
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -199,6 +200,91 @@ def test_sweep_refuses_a_missing_bucket_or_experiment_in_one_line_before_ray(s3)
         "(check --storage/--name)"
     ], r.stderr
     assert "Ray" not in r.stdout
+
+
+# ---- a save carried to storage before its manifest ----
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_save_uploaded_before_its_manifest_is_put_back_signed_on_resume(
+    where, tmp_path, request, monkeypatch
+):
+    """Tune's upload of an earlier save can still be running when the next save is written, and carry it up
+    before SignStateCallback's manifest reaches storage (or that manifest write fails in an outage): a driver
+    killed then leaves an unsigned state file. --resume puts back the last signed version, never an unsigned
+    one."""
+    from types import SimpleNamespace
+
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    from fer_core.errors import FerError
+    from sweeps.state.signing import (
+        SIGNED_COPIES,
+        SignStateCallback,
+        experiment_id,
+        restore_signed_state,
+        verify_experiment,
+    )
+    from sweeps.state.storage import open_storage
+
+    if where == "s3":
+        for k, v in request.getfixturevalue("s3").env.items():
+            if k.startswith("AWS_"):
+                monkeypatch.setenv(k, v)
+        uri = f"s3://{BUCKET}/sweeps/racy"
+    else:
+        uri = str(tmp_path / "runs" / "racy")
+    fs, root = open_storage(uri)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    syncer = _FilesystemSyncer(storage_filesystem=fs)  # Tune's uploader of the staging folder
+    trial = SimpleNamespace(  # what the callback reads of a trial: Tune's storage context
+        storage=SimpleNamespace(
+            experiment_driver_staging_path=str(staging),
+            storage_filesystem=fs,
+            experiment_fs_path=root,
+            syncer=syncer,
+        )
+    )
+    callback = SignStateCallback("racy", experiment_id(uri))
+    callback.on_step_begin(0, [trial])
+    state, searcher = "experiment_state-s.json", "searcher-state-s.pkl"
+
+    def save(n: int, signed: bool) -> None:  # Tune's save: the state files, then the callbacks' state
+        (staging / state).write_text(json.dumps({"trials": n, "pad": "x" * n}))
+        (staging / searcher).write_bytes(bytes([n]) * (10 + n))
+        if signed:
+            callback.get_state()
+
+    def upload(rel: str) -> None:  # an upload of the staging folder that reached this file
+        with fs.open_output_stream(f"{root}/{rel}") as f:
+            f.write((staging / rel).read_bytes())
+
+    save(1, signed=True)
+    syncer.sync_up(str(staging), root)  # Tune's step: the save, its upload in the background ...
+    callback.on_step_end(
+        1, [trial]
+    )  # ... which the callback waits for: the next save is never carried up early
+    first = (staging / state).read_bytes()
+    with fs.open_input_stream(f"{root}/{state}") as f:
+        assert f.readall() == first
+    verify_experiment(uri)
+    save(2, signed=False)  # the driver is killed before the manifest of save 2 reaches storage ...
+    upload(state)  # ... after an upload carried its state file up (its manifest write failed in an outage)
+    with pytest.raises(FerError, match=f"{state}: changed after the sweep"):
+        verify_experiment(uri)
+    assert restore_signed_state(uri) == [state]
+    with fs.open_input_stream(f"{root}/{state}") as f:
+        assert f.readall() == first
+    verify_experiment(uri)
+
+    # A copy in fer_signed/ is trusted only through the manifest: one written there by anyone else is not put back.
+    upload(state)
+    with fs.open_output_stream(f"{root}/{SIGNED_COPIES}/{state}") as f:
+        f.write(b'{"trials": 99}')
+    assert restore_signed_state(uri) == []
+    with pytest.raises(FerError, match=f"{state}: changed after the sweep"):
+        verify_experiment(uri)
 
 
 # ---- a real sweep (a local Ray on 127.0.0.1) ----

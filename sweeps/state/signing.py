@@ -25,7 +25,7 @@ from ray._common.utils import get_default_ray_temp_dir
 from ray.train.constants import _get_ray_train_session_dir
 
 from fer_core.errors import FerError
-from sweeps.state.storage import open_storage, write_local, write_state
+from sweeps.state.storage import one_line, open_storage, write_local, write_state
 
 MANIFEST_PREFIX = "fer_manifest-"
 DRIVER = f"{MANIFEST_PREFIX}driver.json"  # the driver's manifest: it holds the experiment's id
@@ -33,6 +33,8 @@ KEY_ENV = "FER_SWEEP_KEY_FILE"
 DEFAULT_KEY = "~/.config/fer-sweep/experiment.key"
 HISTORY = 200  # hashes kept per file: state is re-saved every ~10 s, and storage may lag by an upload or two
 NESTED = ("retrain",)  # experiments inside the sweep's folder, verified on their own
+# The folder holding the last signed version of each state file Ray writes (see restore_signed_state).
+SIGNED_COPIES = "fer_signed"
 
 
 def key_file() -> Path:
@@ -84,7 +86,7 @@ def covered(rel: str) -> bool:
     """Files Ray deserialises on resume: the experiment's top-level .json/.pkl (it downloads and reads
     those) and any .pkl in a trial folder (``error.pkl``, ``params.pkl``)."""
     name = rel.rsplit("/", 1)[-1]
-    if name.startswith(MANIFEST_PREFIX):
+    if name.startswith(MANIFEST_PREFIX) or rel.startswith(f"{SIGNED_COPIES}/"):
         return False
     return name.endswith(".pkl") or ("/" not in rel and name.endswith(".json"))
 
@@ -231,13 +233,16 @@ def verify_experiment(uri: str) -> None:
 
 
 def restore_signed_state(uri: str) -> list[str]:
-    """Before a resume of the local experiment ``uri``: put back, from the driver's staging folders that Ray
-    left in its temporary folder, the signed version of each state file Ray's upload left unsigned in the
-    experiment (a full disk truncates what it copies), with the manifest that signs it; then remove the
-    unsigned ``.pkl`` files left empty (nothing in them can run). Returns the files restored or removed;
-    any other unsigned file is left for ``verify_experiment`` to refuse. Nothing unsigned is ever accepted."""
-    if "://" in uri:  # object storage is written in single puts: never truncated
-        return []
+    """Before a resume of the experiment ``uri``: put back the signed version of each state file that Ray
+    left unsigned there, and remove the unsigned ``.pkl`` files left empty (nothing in them can run).
+    Returns the files restored or removed; any other unsigned file is left for ``verify_experiment`` to
+    refuse. Nothing unsigned is ever accepted.
+
+    Two ways leave Ray's state unsigned in storage, each followed by a killed driver: a save whose manifest
+    write failed while Tune's upload of it got through (the storage came back between the two), and a full
+    local disk, which truncates what Tune's upload copies. The signed versions come from the driver's
+    staging folders Ray left in its temporary folder (local storage: the newest save, with the manifest that
+    signs it), then from the copies ``SignStateCallback`` keeps in ``fer_signed/``."""
     fs, root = open_storage(uri)
     rels = _listing(fs, root)
     if not any(r.startswith(MANIFEST_PREFIX) for r in rels):
@@ -245,6 +250,28 @@ def restore_signed_state(uri: str) -> list[str]:
     key = load_key(create=False)
     accepted, experiment = read_manifests(fs, root, key, rels)
     bad = {r for r in rels if covered(r) and _sha(_read(fs, f"{root}/{r}")) not in accepted.get(r, ())}
+    done = []
+    if bad and isinstance(fs, pyarrow.fs.LocalFileSystem):
+        done += _restore_from_staging(fs, root, key, experiment, bad)
+    kept = set(_listing(fs, f"{root}/{SIGNED_COPIES}"))
+    for rel in sorted(bad & kept):
+        data = _read(fs, f"{root}/{SIGNED_COPIES}/{rel}")
+        if _sha(data) in accepted.get(rel, ()):
+            write_state(fs, f"{root}/{rel}", data, root)
+            bad.discard(rel)
+            done.append(rel)
+    for rel in sorted(r for r in bad if r.endswith(".pkl") and not _read(fs, f"{root}/{r}")):
+        fs.delete_file(f"{root}/{rel}")
+        done.append(rel)
+    if done:
+        print(f"[sweeps] {uri}: put back the signed state a killed driver or a full disk left unsigned: "
+              f"{', '.join(done)}", flush=True)  # fmt: skip
+    return done
+
+
+def _restore_from_staging(fs, root: str, key: bytes, experiment: str | None, bad: set) -> list[str]:
+    """Put back the files of ``bad`` whose signed version is in a driver staging folder of this experiment
+    (newest first), each with the manifest that signs it; they leave ``bad``."""
     done = []
     pattern = (
         f"{get_default_ray_temp_dir()}/session_*/artifacts/*/{glob.escape(Path(root).name)}/driver_artifacts"
@@ -267,14 +294,6 @@ def restore_signed_state(uri: str) -> list[str]:
                 write_local(Path(root, rel), data, Path(root))
                 bad.discard(rel)
                 done.append(rel)
-    for rel in sorted(r for r in bad if r.endswith(".pkl") and not _read(fs, f"{root}/{r}")):
-        fs.delete_file(f"{root}/{rel}")
-        done.append(rel)
-    if done:
-        print(
-            f"[sweeps] {uri}: put back the signed state a full disk left cut short: {', '.join(done)}",
-            flush=True,
-        )
     return done
 
 
@@ -314,6 +333,17 @@ class SignStateCallback(tune.Callback):
     def on_step_begin(self, iteration, trials, **info):
         self._find_staging(trials)
 
+    def on_step_end(self, iteration, trials, **info):
+        # Tune uploads a save in the background and may write the next save while that upload still runs,
+        # which could then carry the new state up before its manifest. Waiting here, after the step's save
+        # (the last step's too, before Tune's final save), keeps each upload apart from the next save.
+        if trials:
+            try:
+                trials[0].storage.syncer.wait()
+            except Exception as e:  # noqa: BLE001 - the storage is down; Tune uploads again after its next save
+                print(f"[sweeps] WARNING: could not upload the experiment state ({one_line(e)}); trying again "
+                      "at the next save", file=sys.stderr, flush=True)  # fmt: skip
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._find_staging(trials)
 
@@ -334,7 +364,7 @@ class SignStateCallback(tune.Callback):
             try:
                 self._sign_staging()
             except Exception as e:  # noqa: BLE001 - a failed signature must not stop the sweep; resume says so
-                msg = f"could not sign the experiment state ({e}); --resume will refuse the unsigned files"
+                msg = f"could not sign the experiment state ({e}); --resume puts back the last state signed"
                 print(f"[sweeps] WARNING: {msg}", file=sys.stderr, flush=True)
         return None
 
@@ -342,18 +372,23 @@ class SignStateCallback(tune.Callback):
         key = load_key(create=True)
         self._session = self._session or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         root = Path(self._staging)
+        changed = {}  # rel -> the content just signed
         for path in root.rglob("*"):
             rel = path.relative_to(root).as_posix()
             if path.is_file() and covered(rel) and not path.name.startswith((".", "tmp-")):
                 stamp = (path.stat().st_mtime_ns, path.stat().st_size)
                 if self._seen.get(rel) != stamp:  # a file unchanged since the last save is not read again
                     self._seen[rel] = stamp
-                    _merge(self._files, rel, _sha(path.read_bytes()))
+                    changed[rel] = path.read_bytes()
+                    _merge(self._files, rel, _sha(changed[rel]))
         name = f"{MANIFEST_PREFIX}{self._session}.json"
         if self._remote is not None:
-            # Straight to storage, before Tune uploads the state just hashed: no unsigned state there, ever.
+            # Straight to storage, before Tune uploads the state just hashed; then a copy of each file just
+            # signed, which --resume puts back should Tune's upload land and this manifest not.
             fs, path = self._remote
             write_state(fs, f"{path}/{name}", _manifest_bytes(key, self._experiment, self._files), path)
+            for rel, data in changed.items():
+                write_state(fs, f"{path}/{SIGNED_COPIES}/{rel}", data, path)
             return
         # No trial known yet: the manifest travels with the state it signs (its temporary name is hidden
         # from the uploader, which never sees half a manifest).
