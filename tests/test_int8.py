@@ -119,3 +119,30 @@ def test_bad_input_is_one_line(exported, demo_root, tmp_path, capsys):
     assert main([str(ckpt), "--onnx", str(out), "--int8", "--threads", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--threads = 0" in err and not out.exists(), err
+
+
+def test_onnx_files_are_written_whole_and_never_through_a_link(exported, tmp_path):
+    """export_onnx and quantize write through a temporary file renamed into place: a link planted at the
+    target is replaced, not followed, and a quantization that fails leaves the file already there as it was."""
+    ckpt, fp32 = exported
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(b"precious")
+    for name, write in {
+        "model.onnx": lambda p: export_onnx(ckpt, p),
+        "model.int8.onnx": lambda p: quantize(fp32, p, "dynamic"),
+    }.items():
+        target = tmp_path / "report" / name
+        target.parent.mkdir(exist_ok=True)
+        target.symlink_to(outside)
+        write(target)
+        assert not target.is_symlink() and outside.read_bytes() == b"precious", name
+        assert OnnxPredictor.from_onnx(target).class_names == OnnxPredictor.from_onnx(fp32).class_names
+    kept = tmp_path / "report" / "model.int8.onnx"
+    before = kept.read_bytes()
+    with pytest.raises(FerError, match="cannot quantize it statically"):  # images of the wrong shape
+        quantize(fp32, kept, "static", np.zeros((2, 5, 5), np.uint8))
+    assert kept.read_bytes() == before
+    assert sorted(p.name for p in kept.parent.iterdir()) == [
+        "model.int8.onnx",
+        "model.onnx",
+    ]  # no temporary left

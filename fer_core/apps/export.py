@@ -33,6 +33,7 @@ says where), the weights as timm's model.safetensors and config.json, and the mo
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import write_atomic
 from ..calibration import tempered_softmax
 from ..checkpoint import load_model, temperature_of
 from ..config import TrainConfig
@@ -143,7 +145,7 @@ def _write_onnx(wrapped: PreprocessedModel, classes: list[str], out, source: str
     pre, temperature = wrapped.preprocess, wrapped.temperature
     shape = (2, pre.img_size, pre.img_size) + (() if pre.grayscale else (3,))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    traced = io.BytesIO()
     # The TorchScript exporter: no onnxscript dependency, and it handles timm's EfficientNet without fuss.
     # Its "legacy exporter" DeprecationWarning is silenced: it says nothing a user of this command can act on.
     with warnings.catch_warnings():
@@ -153,14 +155,14 @@ def _write_onnx(wrapped: PreprocessedModel, classes: list[str], out, source: str
         torch.onnx.export(
             wrapped,
             (torch.zeros(shape, dtype=torch.uint8),),
-            str(out),
+            traced,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )
-    proto = onnx.load(str(out))
+    proto = onnx.load_from_string(traced.getvalue())
     meta = {
         "class_names": json.dumps(classes),
         "preprocess": json.dumps(pre.to_dict()),
@@ -174,7 +176,7 @@ def _write_onnx(wrapped: PreprocessedModel, classes: list[str], out, source: str
         entry.key, entry.value = key, value
     proto.producer_name, proto.doc_string = "fer_core", meta["input_contract"]
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(out))
+    write_atomic(out, lambda f: f.write(proto.SerializeToString()), mode=0o644)  # a kill leaves no half file
     return out
 
 

@@ -18,10 +18,12 @@ import contextlib
 import io
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..calibration import ece
 from ..checkpoint import load_checkpoint
 from ..decode_cache import load_dataset
@@ -129,52 +131,53 @@ def quantize(
     if method == "static" and (images is None or len(images) == 0):
         raise FerError(f"{onnx_path}: static quantization needs calibration images; pass --calibration DIR")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    muted = logging.root.manager.disable
-    # Silences the quantizer's advice to pre-process the model: measured, it changed nothing here.
-    logging.disable(logging.WARNING)
-    try:
-        if method == "static":
-            # One image a batch: the percentile calibrator cannot stack batches of different sizes.
-            batches = iter([{INPUT_NAME: images[i : i + 1]} for i in range(len(images))])
+    # The quantizer writes its file here; ``out`` is written whole, once the model is known to run.
+    with tempfile.TemporaryDirectory(prefix="fer-int8-") as work:
+        raw = Path(work, out.name)
+        muted = logging.root.manager.disable
+        # Silences the quantizer's advice to pre-process the model: measured, it changed nothing here.
+        logging.disable(logging.WARNING)
+        try:
+            if method == "static":
+                # One image a batch: the percentile calibrator cannot stack batches of different sizes.
+                batches = iter([{INPUT_NAME: images[i : i + 1]} for i in range(len(images))])
 
-            class Reader(q.CalibrationDataReader):
-                def get_next(self):
-                    return next(batches, None)
+                class Reader(q.CalibrationDataReader):
+                    def get_next(self):
+                        return next(batches, None)
 
-            with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
-                q.quantize_static(
-                    str(onnx_path),
-                    str(out),
-                    Reader(),
-                    quant_format=q.QuantFormat.QDQ,
-                    op_types_to_quantize=OP_TYPES,
-                    per_channel=True,
-                    activation_type=q.QuantType.QUInt8,
-                    weight_type=q.QuantType.QInt8,
-                    # Percentile (99.999 %) ranges: on the model DEFAULT_METHOD names, FER2013 val accuracy
-                    # 0.6219 and ECE 0.0325, against 0.6199 and 0.0396 with MinMax or Entropy (FP32: 0.6264,
-                    # 0.0297).
-                    calibrate_method=q.CalibrationMethod.Percentile,
+                with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
+                    q.quantize_static(
+                        str(onnx_path),
+                        str(raw),
+                        Reader(),
+                        quant_format=q.QuantFormat.QDQ,
+                        op_types_to_quantize=OP_TYPES,
+                        per_channel=True,
+                        activation_type=q.QuantType.QUInt8,
+                        weight_type=q.QuantType.QInt8,
+                        # Percentile (99.999 %) ranges: on the model DEFAULT_METHOD names, FER2013 val accuracy
+                        # 0.6219 and ECE 0.0325, against 0.6199 and 0.0396 with MinMax or Entropy (FP32: 0.6264,
+                        # 0.0297).
+                        calibrate_method=q.CalibrationMethod.Percentile,
+                    )
+                how = (
+                    "static QDQ, int8 weights per channel, uint8 activations, 99.999th-percentile ranges from "
+                    + (source or f"{len(images)} images")
                 )
-            how = (
-                "static QDQ, int8 weights per channel, uint8 activations, 99.999th-percentile ranges from "
-                + (source or f"{len(images)} images")
-            )
-        else:
-            q.quantize_dynamic(
-                str(onnx_path), str(out), op_types_to_quantize=OP_TYPES, weight_type=q.QuantType.QUInt8
-            )
-            how = "dynamic, uint8 weights, activation ranges computed at every call"
-    except Exception as e:  # onnxruntime's quantizer raises whatever its passes raise
-        out.unlink(missing_ok=True)
-        raise FerError(
-            f"{onnx_path}: onnxruntime {ort.__version__} cannot quantize it {method}ally ({type(e).__name__}: "
-            f"{_first_line(e)}); {_other_method(method)}"
-        ) from None
-    finally:
-        logging.disable(muted)
-    proto = onnx.load(str(out))
+            else:
+                q.quantize_dynamic(
+                    str(onnx_path), str(raw), op_types_to_quantize=OP_TYPES, weight_type=q.QuantType.QUInt8
+                )
+                how = "dynamic, uint8 weights, activation ranges computed at every call"
+        except Exception as e:  # onnxruntime's quantizer raises whatever its passes raise
+            raise FerError(
+                f"{onnx_path}: onnxruntime {ort.__version__} cannot quantize it {method}ally ({type(e).__name__}: "
+                f"{_first_line(e)}); {_other_method(method)}"
+            ) from None
+        finally:
+            logging.disable(muted)
+        proto = onnx.load(str(raw))
     del proto.metadata_props[:]
     for key, value in {
         **meta,
@@ -183,17 +186,17 @@ def quantize(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name, proto.doc_string = "fer_core", meta.get("input_contract", "")
-    onnx.save(proto, str(out))
+    model = proto.SerializeToString()
     try:  # a platform without the quantized kernels fails here, not in a deployment
-        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
         shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
         session.run([OUTPUT_NAME], {INPUT_NAME: np.zeros(shape, np.uint8)})
     except Exception as e:
-        out.unlink(missing_ok=True)
         raise FerError(
             f"{out}: onnxruntime {ort.__version__} on this platform cannot run the {method} INT8 model "
             f"({_first_line(e)}); {_other_method(method)}"
         ) from None
+    write_atomic(out, lambda f: f.write(model), mode=0o644)  # a kill leaves no half file
     return out
 
 

@@ -33,7 +33,7 @@ def export_winner(settings: SweepSettings, ckpt: Path, out: Path, *, data, cache
             quantize(onnx, out / INT8, DEFAULT_METHOD, images, source)
             r = int8_report(ckpt, onnx, out / INT8, data=data, cache_dir=cache_dir, latency=timing)
         except FerError as e:
-            (out / INT8).unlink(missing_ok=True)
+            (out / INT8).unlink(missing_ok=True)  # an earlier report's, which this one would not describe
             print(f"[sweeps] WARNING: no INT8 model: {e}", flush=True)
             r = {"error": str(e)}
         else:
