@@ -165,3 +165,35 @@ def test_the_table_and_the_plots_give_a_trial_the_same_best_value(tmp_path):
     study, _ = build_study(table, to_optuna(SPACE), "max")
     plotted = {t.user_attrs["trial_id"]: t.value for t in study.trials}
     assert table.set_index("trial_id")["best_val_accuracy"].to_dict() == plotted == {"inf": 0.4, "ok": 0.2}
+
+
+def test_a_trial_stopped_before_it_had_parameters_leaves_int_parameters_ints(tmp_path):
+    """A time limit can end a trial before Tune gave it a config: its parameters are missing, and the
+    others' integer parameters still print as integers in trials.csv and report.md."""
+    from sweeps.report.markdown import _trial_table
+
+    space = parse_space(
+        {
+            "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "batch_size": {"type": "choice", "values": [32, 64]},
+        },
+        "test",
+    )
+    settings = SweepSettings(
+        metric="val_accuracy", mode="max", search_space=space, scheduler=Scheduler(max_epochs=3)
+    )
+    ran = _result(tmp_path, "ran", [0.3, 0.4, 0.5], 1e-3)
+    ran.metrics["config"]["batch_size"] = 64
+    never = _result(tmp_path, "never", [], 2e-3)
+    (tmp_path / "fer_trainable_never_lr=0.002" / "params.json").unlink()  # Tune wrote no parameters
+    trials = collect_trials(Grid([ran, never]), settings, stopped_by_time=frozenset({"never"}))
+    write_csv(trials, settings, tmp_path / "trials.csv")
+    rows = (tmp_path / "trials.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    values = [dict(zip(header, r.split(","))) for r in rows[1:]]
+    assert [(v["batch_size"], v["lr"]) for v in values] == [("64", "0.001"), ("nan", "nan")]
+    table = _trial_table(trials, settings, limit=10)
+    assert table[2:] == [
+        "| ran | completed | 3 | 0.5000 | 0.001 | 64 |",
+        "| never | stopped by the time limit | 0 | nan | nan | nan |",
+    ], table

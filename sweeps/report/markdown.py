@@ -19,6 +19,8 @@ from sweeps.state.storage import write_local
 
 
 def _fmt(v, cell) -> str:
+    if v is None:  # a parameter of a trial stopped before it was given any
+        return "nan"
     if isinstance(v, float):
         return "nan" if v != v else (f"{v:.3g}" if abs(v) < 0.01 or abs(v) >= 1000 else f"{v:.4f}")
     return cell(v)

@@ -151,7 +151,8 @@ def ranked(trials: pd.DataFrame, settings: SweepSettings) -> pd.DataFrame:
     )
     r = trials.assign(_usable=_usable(trials, settings), _params=trials["params"].map(_params_key))
     r = r.sort_values(keys, ascending=ascending, na_position="last").drop(columns=["_usable", "_params"])
-    params = pd.DataFrame(r["params"].tolist(), index=r.index)
+    # object: a trial that never got its parameters (None) must not turn an int column into floats
+    params = pd.DataFrame(r["params"].tolist(), index=r.index, dtype=object)
     return r.join(params.reindex(columns=[p.name for p in settings.search_space]))
 
 
