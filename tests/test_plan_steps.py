@@ -138,6 +138,10 @@ def test_dry_run_prints_the_plan_and_its_estimate(capsys):
     assert "  lr: loguniform 0.0003 .. 0.01" in out and "rungs at epochs [1, 2, 3]" in out
     # 8 trials one at a time of 5 s + 1.75 expected epochs of 6 s; one retrain of 5 s + 40 epochs of 7 s.
     assert "search ~2m04s" in out and "retrain ~4m45s" in out and "report ~10s" in out
+    # The demo's second objective: what would be timed before the search, and how the model is picked.
+    assert "Objectives: val_accuracy (max), latency_ms (min); ASHA stops trials on val_accuracy" in out
+    assert "2 architecture(s) (efficientnet_b0/48/gray, mobilenetv3_small_100/48/gray)" in out
+    assert "the pick rule 'knee'" in out
     budget = split_budget(s, budget_s=60, elapsed_s=1, est=EST, concurrent=1, source="x")
     print_dry_run(
         s,

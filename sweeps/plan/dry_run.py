@@ -6,7 +6,7 @@ import math
 import time
 
 from sweeps.config.settings import SweepSettings, fmt_duration
-from sweeps.config.space import Param
+from sweeps.config.space import Param, arch_key, architectures
 from sweeps.plan.budget import Estimate, TimeBudget, asha_epochs, asha_rungs, trial_s, waves
 from sweeps.plan.resources import Placement
 
@@ -54,6 +54,7 @@ def print_dry_run(
         f"Search: {settings.num_samples} trials, Optuna TPE (seed {settings.seed}), metric {settings.metric} "
         f"({settings.mode}), up to {placement.concurrent} at once",
         *[f"  {_space_line(p)}" for p in settings.search_space],
+        *_objective_lines(settings),
         f"Scheduler: ASHA, rungs at epochs {rungs} (keeps the best 1/{sch.reduction_factor:g} at each); "
         f"~{epochs:.1f} epochs per trial expected",
         f"Retrain: the best {members} configuration(s) anew (not continued from their trials) for {settings.retrain_epochs} epochs"
@@ -67,3 +68,20 @@ def print_dry_run(
         *[f"  {line}" for line in (budget.lines() if budget else [])],
     ]
     print("\n".join(lines), flush=True)
+
+
+def _objective_lines(settings: SweepSettings) -> list[str]:
+    """With measured objectives: what the run would time before the search, and how it picks the model."""
+    if len(settings.objectives) == 1:
+        return []
+    archs = architectures(settings.search_space, settings.train, settings.source)
+    lat = settings.latency
+    return [
+        "Objectives: "
+        + ", ".join(f"{o} ({m})" for o, m in settings.objectives.items())
+        + f"; ASHA stops trials on {settings.metric}",
+        f"  timed once before the search: {len(archs)} architecture(s) ({', '.join(map(arch_key, archs))}), "
+        f"onnxruntime, {lat.threads} thread(s), batch 1 and {lat.batch}",
+        f"  the model to ship: the pick rule {settings.pick!r} on the Pareto front"
+        + ("; an INT8 copy weighed against it" if settings.int8 else ""),
+    ]
