@@ -162,6 +162,12 @@ def test_a_real_sweep_is_signed_and_resumes_with_its_own_settings(finished):
     storage, exp = finished
     verify_experiment(str(exp))
     verify_experiment(str(exp / "retrain"))
+    # Each save was signed straight into the storage, with a copy of what it signed: the last save's state.
+    for folder in (exp, exp / "retrain"):
+        state = sorted(p.name for p in folder.glob("*-state-*.*") if p.suffix in (".json", ".pkl"))
+        assert state and all(
+            (folder / "fer_signed" / n).read_bytes() == (folder / n).read_bytes() for n in state
+        )
     r = _bare_resume(storage, "g")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "with the settings it was started with" in r.stdout

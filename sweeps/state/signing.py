@@ -324,11 +324,16 @@ class SignStateCallback(tune.Callback):
         self.__init__(state["name"], state.get("experiment"))
 
     def _find_staging(self, trials) -> None:
-        # Tune tells a callback its staging folder only through a trial's storage context.
-        if self._staging is None and trials:
+        # Tune tells a callback its staging folder and storage only through a trial's storage context (a save
+        # before the first trial finds the folder in get_state, and signs it there).
+        if self._remote is None and trials:
             storage = trials[0].storage
             self._staging = storage.experiment_driver_staging_path
             self._remote = (storage.storage_filesystem, storage.experiment_fs_path)
+            # The manifest now goes straight to storage, under the name it had in the staging folder: the
+            # staging one, older, must not be uploaded over it (no upload runs now: see on_step_end).
+            if self._session:
+                Path(self._staging, f"{MANIFEST_PREFIX}{self._session}.json").unlink(missing_ok=True)
 
     def on_step_begin(self, iteration, trials, **info):
         self._find_staging(trials)
