@@ -330,10 +330,6 @@ class SignStateCallback(tune.Callback):
             storage = trials[0].storage
             self._staging = storage.experiment_driver_staging_path
             self._remote = (storage.storage_filesystem, storage.experiment_fs_path)
-            # The manifest now goes straight to storage, under the name it had in the staging folder: the
-            # staging one, older, must not be uploaded over it (no upload runs now: see on_step_end).
-            if self._session:
-                Path(self._staging, f"{MANIFEST_PREFIX}{self._session}.json").unlink(missing_ok=True)
 
     def on_step_begin(self, iteration, trials, **info):
         self._find_staging(trials)
@@ -386,15 +382,16 @@ class SignStateCallback(tune.Callback):
                     self._seen[rel] = stamp
                     changed[rel] = path.read_bytes()
                     _merge(self._files, rel, _sha(changed[rel]))
-        name = f"{MANIFEST_PREFIX}{self._session}.json"
+        manifest = _manifest_bytes(key, self._experiment, self._files)
+        # In the staging folder: Tune uploads it with the state it signs, and restore_signed_state finds it
+        # there after a full disk cut that upload short (its temporary name is hidden from the uploader,
+        # which never sees half a manifest).
+        write_local(root / f"{MANIFEST_PREFIX}{self._session}-staged.json", manifest, root)
         if self._remote is not None:
-            # Straight to storage, before Tune uploads the state just hashed; then a copy of each file just
-            # signed, which --resume puts back should Tune's upload land and this manifest not.
+            # Straight to storage too, before Tune uploads the state just hashed, under a name of its own (an
+            # upload of the staged one never overwrites it); then a copy of each file just signed, which
+            # --resume puts back should Tune's upload land and neither manifest.
             fs, path = self._remote
-            write_state(fs, f"{path}/{name}", _manifest_bytes(key, self._experiment, self._files), path)
+            write_state(fs, f"{path}/{MANIFEST_PREFIX}{self._session}.json", manifest, path)
             for rel, data in changed.items():
                 write_state(fs, f"{path}/{SIGNED_COPIES}/{rel}", data, path)
-            return
-        # No trial known yet: the manifest travels with the state it signs (its temporary name is hidden
-        # from the uploader, which never sees half a manifest).
-        write_local(root / name, _manifest_bytes(key, self._experiment, self._files), root)
