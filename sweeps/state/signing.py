@@ -238,9 +238,9 @@ def restore_signed_state(uri: str) -> list[str]:
     Returns the files restored or removed; any other unsigned file is left for ``verify_experiment`` to
     refuse. Nothing unsigned is ever accepted.
 
-    Two ways leave Ray's state unsigned in storage, each followed by a killed driver: a save whose manifest
-    write failed while Tune's upload of it got through (the storage came back between the two), and a full
-    local disk, which truncates what Tune's upload copies. The signed versions come from the driver's
+    Two ways leave Ray's state unsigned in storage: a driver killed after Tune's upload landed a save but
+    not the staged manifest, when the manifest's own write to storage had failed (an outage that ended
+    between the two); and a full local disk, which truncates what Tune's upload copies. The signed versions come from the driver's
     staging folders Ray left in its temporary folder (local storage: the newest save, with the manifest that
     signs it), then from the copies ``SignStateCallback`` keeps in ``fer_signed/``."""
     fs, root = open_storage(uri)
