@@ -140,7 +140,9 @@ def test_dry_run_prints_the_plan_and_its_estimate(capsys):
     assert "search ~2m04s" in out and "retrain ~4m45s" in out and "report ~10s" in out
     # The demo's second objective: what would be timed before the search, and how the model is picked.
     assert "Objectives: val_accuracy (max), latency_ms (min); ASHA stops trials on val_accuracy" in out
-    assert "2 architecture(s) (efficientnet_b0/48/gray, mobilenetv3_small_100/48/gray)" in out
+    assert (
+        "2 architecture(s) for the objectives (efficientnet_b0/48/gray, mobilenetv3_small_100/48/gray)" in out
+    )
     assert "the pick rule 'knee'" in out
     budget = split_budget(s, budget_s=60, elapsed_s=1, est=EST, concurrent=1, source="x")
     print_dry_run(

@@ -6,8 +6,9 @@ import math
 import time
 
 from sweeps.config.settings import SweepSettings, fmt_duration
-from sweeps.config.space import Param, arch_key, architectures
+from sweeps.config.space import Param, architectures
 from sweeps.plan.budget import Estimate, TimeBudget, asha_epochs, asha_rungs, trial_s, waves
+from sweeps.plan.latency import what_is_timed
 from sweeps.plan.resources import Placement
 
 
@@ -75,13 +76,11 @@ def _objective_lines(settings: SweepSettings) -> list[str]:
     if len(settings.objectives) == 1:
         return []
     archs = architectures(settings.search_space, settings.train, settings.source)
-    lat = settings.latency
     return [
         "Objectives: "
         + ", ".join(f"{o} ({m})" for o, m in settings.objectives.items())
         + f"; ASHA stops trials on {settings.metric}",
-        f"  timed once before the search: {len(archs)} architecture(s) ({', '.join(map(arch_key, archs))}), "
-        f"onnxruntime, {lat.threads} thread(s), batch 1 and {lat.batch}",
+        f"  timed once before the search: {what_is_timed(settings, archs)}",
         f"  the model to ship: the pick rule {settings.pick!r} on the Pareto front"
         + ("; an INT8 copy weighed against it" if settings.int8 else ""),
     ]

@@ -48,16 +48,20 @@ def _time_architectures(train: TrainConfig, archs: list[dict], num_classes: int,
     return out
 
 
+def what_is_timed(settings, archs: list[dict]) -> str:
+    """The architectures and the timing's settings, as the driver and the dry run say them."""
+    return (
+        f"{len(archs)} architecture(s) for the objectives ({', '.join(map(arch_key, archs))}): "
+        f"onnxruntime, {settings.latency.threads} thread(s), batch 1 and {settings.latency.batch}"
+    )
+
+
 def measure_objectives(settings, num_classes: int, resources: dict) -> dict:
     """``{arch_key: {"latency_ms", "latency_iqr_ms", "throughput", "stable", "threads", "batch", "machine"}}``
     for every architecture of the search, timed in one Ray task with a trial's ``resources`` (Tune's
     ``{"cpu", "gpu"}``; the timing uses ``settings.latency.threads`` of them, and no GPU)."""
     archs = architectures(settings.search_space, settings.train, settings.source)
-    print(
-        f"[sweeps] timing {len(archs)} architecture(s) for the objectives ({', '.join(map(arch_key, archs))}): "
-        f"onnxruntime, {settings.latency.threads} thread(s), batch 1 and {settings.latency.batch}",
-        flush=True,
-    )
+    print(f"[sweeps] timing {what_is_timed(settings, archs)}", flush=True)
     cpus = max(float(resources.get("cpu", 1)), float(settings.latency.threads))
     task = ray.remote(num_cpus=cpus, num_gpus=0, max_retries=0)(_time_architectures)
     args = (settings.train, archs, num_classes, settings.latency.threads, settings.latency.batch)
